@@ -1,0 +1,48 @@
+"""Histogram bucket layouts.
+
+The seed's buckets (0.1, 0.5, 1, 2 s) put a 1 ms service's whole distribution into one
+bucket, so ``histogram_quantile`` can only guess. Ours are log-spaced with neighbours at most
+25% apart, so linear interpolation inside a bucket stays within a few percent of the truth.
+"""
+
+from collections.abc import Iterable
+
+# Mantissas per decade: neighbours differ by at most 25% (2 -> 2.5, 4 -> 5).
+_FINE = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+_COARSE = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
+
+
+def log_buckets(low: float, high: float, mantissas: Iterable[float] = _FINE) -> tuple[float, ...]:
+    """Bucket bounds from ``low`` to ``high`` (inclusive) using the given mantissas per decade.
+
+    >>> log_buckets(0.001, 0.01, (1.0, 2.0, 5.0))
+    (0.001, 0.002, 0.005, 0.01)
+    """
+    if not 0 < low < high:
+        raise ValueError("need 0 < low < high")
+    steps = sorted(mantissas)
+    bounds: list[float] = []
+    exponent = -12
+    while 10.0**exponent * steps[-1] < low:
+        exponent += 1
+    while True:
+        for m in steps:
+            value = float(f"{m * 10.0**exponent:.12g}")
+            if value < low * (1 - 1e-9):
+                continue
+            if value > high * (1 + 1e-9):
+                return tuple(bounds)
+            bounds.append(value)
+        exponent += 1
+
+
+DEFAULT_LATENCY_BUCKETS = log_buckets(0.0005, 10.0)
+"""End-to-end latency: 0.5 ms to 10 s, 15 bounds per decade."""
+
+DEFAULT_STAGE_BUCKETS = log_buckets(0.0001, 10.0, _COARSE)
+"""Per-stage latency: 0.1 ms to 10 s, 6 bounds per decade (four stages per model)."""
+
+DEFAULT_BATCH_SIZE_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
+
+SEED_LATENCY_BUCKETS = (0.1, 0.5, 1.0, 2.0)
+"""The seed tutorial's buckets, kept for comparison benchmarks."""

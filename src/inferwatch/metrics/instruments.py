@@ -1,0 +1,288 @@
+"""The inference metrics: names kept from the seed tutorial, plus stages, batching and models."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from inferwatch.metrics.buckets import (
+    DEFAULT_BATCH_SIZE_BUCKETS,
+    DEFAULT_LATENCY_BUCKETS,
+    DEFAULT_STAGE_BUCKETS,
+)
+
+UNKNOWN_MODEL = "_unknown"
+"""Label value that every model name outside the known set is folded into."""
+
+STAGES = ("queue", "preprocess", "compute", "postprocess")
+
+# Status codes an inference service answers with; anything else is reported by class.
+_KNOWN_CODES = frozenset(
+    {200, 201, 204, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429,
+     500, 501, 502, 503, 504}
+)
+
+# Error reasons are a closed set: free text never becomes a label value.
+ERROR_REASONS = frozenset(
+    {
+        "invalid_json", "invalid_image", "invalid_shape", "empty_body", "body_too_large", "bad_request",
+        "unsupported_media_type", "unknown_model", "method_not_allowed", "not_found",
+        "overloaded", "timeout", "internal", "injected", "upstream_connect",
+        "upstream_timeout", "upstream_5xx", "upstream_4xx",
+    }
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def status_code_label(status: int) -> str:
+    return str(status) if status in _KNOWN_CODES else f"{status // 100}xx"
+
+
+@dataclass
+class _ModelSeries:
+    """Labelled children of one (model, version), resolved once instead of per request."""
+
+    requests: Any
+    errors: Any
+    latency: Any
+    in_flight: Any
+    stages: dict[str, Any]
+    batch_size: Any
+    codes: dict[int, Any] = field(default_factory=dict)
+    reasons: dict[str, Any] = field(default_factory=dict)
+
+
+class InferenceMetrics:
+    """Prometheus metrics for an inference service, guarded against unbounded labels.
+
+    >>> from prometheus_client import CollectorRegistry
+    >>> metrics = InferenceMetrics({"digits": "1"}, registry=CollectorRegistry())
+    >>> with metrics.track("digits") as request:
+    ...     request.status = 200
+    >>> metrics.requests.labels("digits", "1")._value.get()
+    1.0
+
+    ``inference_requests_total``, ``inference_errors_total`` and ``inference_latency_seconds``
+    keep the seed tutorial's names so its dashboard queries and alert rule work unchanged.
+    ``inference_errors_total`` counts server-side failures (status >= 500); client mistakes are
+    visible per status code and per reason in their own series.
+    """
+
+    def __init__(
+        self,
+        models: Mapping[str, str] | Iterable[str] = (),
+        *,
+        registry: CollectorRegistry | None = REGISTRY,
+        latency_buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS,
+        stage_buckets: Sequence[float] = DEFAULT_STAGE_BUCKETS,
+        batch_size_buckets: Sequence[float] = DEFAULT_BATCH_SIZE_BUCKETS,
+    ) -> None:
+        kw: dict[str, Any] = {"registry": registry}
+        labels = ("model", "version")
+        self.requests = Counter(
+            "inference_requests", "Inference requests received.", labels, **kw
+        )
+        self.errors = Counter(
+            "inference_errors",
+            "Inference requests that failed on the server side (status >= 500).",
+            labels, **kw,
+        )
+        self.responses = Counter(
+            "inference_responses", "Inference responses by HTTP status code.",
+            (*labels, "code"), **kw,
+        )
+        self.error_reasons = Counter(
+            "inference_error_reasons", "Failed inference requests by reason, client or server.",
+            (*labels, "reason"), **kw,
+        )
+        self.latency = Histogram(
+            "inference_latency_seconds",
+            "End-to-end time of successful inference requests.",
+            labels, buckets=latency_buckets, **kw,
+        )
+        self.stage_latency = Histogram(
+            "inference_stage_seconds",
+            "Time spent per request in each stage: queue, preprocess, compute, postprocess.",
+            (*labels, "stage"), buckets=stage_buckets, **kw,
+        )
+        self.batch_size = Histogram(
+            "inference_batch_size", "Samples per executed model batch.",
+            labels, buckets=batch_size_buckets, **kw,
+        )
+        self.in_flight = Gauge(
+            "inference_in_flight_requests", "Inference requests being processed.", labels, **kw
+        )
+        self.queue_depth = Gauge(
+            "inference_queue_depth", "Samples waiting in the batching queue.", labels, **kw
+        )
+        self.queue_capacity = Gauge(
+            "inference_queue_capacity", "Capacity of the batching queue, in samples.", labels, **kw
+        )
+        self.model_info = Gauge(
+            "inference_model_info", "Loaded model, with its runtime; always 1.",
+            (*labels, "runtime"), **kw,
+        )
+        self.model_load = Gauge(
+            "inference_model_load_seconds", "Time taken to load or train the model.", labels, **kw
+        )
+        self.model_accuracy = Gauge(
+            "inference_model_heldout_accuracy_ratio",
+            "Accuracy of the model on held-out data, measured at load time.", labels, **kw,
+        )
+        self._lock = threading.Lock()
+        self._versions: dict[str, str] = {}
+        self._series: dict[str, _ModelSeries] = {}
+        items = models.items() if isinstance(models, Mapping) else ((m, "") for m in models)
+        for name, version in items:
+            self.add_model(name, version)
+
+    @property
+    def models(self) -> Mapping[str, str]:
+        return dict(self._versions)
+
+    def add_model(self, name: str, version: str = "") -> None:
+        """Allow ``name`` as a label value and create its series at zero."""
+        with self._lock:
+            self._versions[name] = version
+            self._series.pop(name, None)
+        self._children(name)
+
+    def model_label(self, name: str | None) -> str:
+        """The label value for ``name``: itself when known, else ``UNKNOWN_MODEL``."""
+        return name if name in self._versions else UNKNOWN_MODEL
+
+    def _children(self, name: str | None) -> _ModelSeries:
+        model = self.model_label(name)
+        series = self._series.get(model)
+        if series is not None:
+            return series
+        version = self._versions.get(model, "")
+        series = _ModelSeries(
+            requests=self.requests.labels(model, version),
+            errors=self.errors.labels(model, version),
+            latency=self.latency.labels(model, version),
+            in_flight=self.in_flight.labels(model, version),
+            stages={s: self.stage_latency.labels(model, version, s) for s in STAGES},
+            batch_size=self.batch_size.labels(model, version),
+        )
+        with self._lock:
+            return self._series.setdefault(model, series)
+
+    def observe_request(
+        self, model: str | None, status: int, seconds: float, reason: str | None = None
+    ) -> None:
+        """Count one finished request; latency is recorded for successes only."""
+        s = self._children(model)
+        s.requests.inc()
+        code = s.codes.get(status)
+        if code is None:
+            version = self._versions.get(self.model_label(model), "")
+            code = self.responses.labels(self.model_label(model), version,
+                                         status_code_label(status))
+            s.codes[status] = code
+        code.inc()
+        if status >= 500:
+            s.errors.inc()
+        if status < 400:
+            s.latency.observe(seconds)
+        elif reason is not None:
+            self._reason(model, s, reason).inc()
+
+    def _reason(self, model: str | None, s: _ModelSeries, reason: str) -> Any:
+        if reason not in ERROR_REASONS:
+            reason = "internal"
+        child = s.reasons.get(reason)
+        if child is None:
+            label = self.model_label(model)
+            child = self.error_reasons.labels(label, self._versions.get(label, ""), reason)
+            s.reasons[reason] = child
+        return child
+
+    def observe_stage(self, model: str, stage: str, seconds: float) -> None:
+        self._children(model).stages[stage].observe(seconds)
+
+    def observe_batch(self, model: str, size: int) -> None:
+        self._children(model).batch_size.observe(size)
+
+    def in_flight_gauge(self, model: str | None) -> Any:
+        return self._children(model).in_flight
+
+    def set_model_loaded(
+        self, name: str, *, runtime: str, load_seconds: float, accuracy: float | None = None
+    ) -> None:
+        version = self._versions.get(name, "")
+        self.model_info.labels(name, version, runtime).set(1)
+        self.model_load.labels(name, version).set(load_seconds)
+        if accuracy is not None:
+            self.model_accuracy.labels(name, version).set(accuracy)
+
+    def watch_queue(self, name: str, depth: Callable[[], float], capacity: int) -> None:
+        """Report the queue depth by calling ``depth`` at scrape time: no per-request cost."""
+        version = self._versions.get(name, "")
+        self.queue_depth.labels(name, version).set_function(depth)
+        self.queue_capacity.labels(name, version).set(capacity)
+
+    @contextmanager
+    def track(self, model: str | None) -> Iterator[RequestTracker]:
+        """Time and count one request; an exception counts as a 500 ``internal`` failure."""
+        tracker = RequestTracker()
+        gauge = self.in_flight_gauge(model)
+        gauge.inc()
+        start = time.perf_counter()
+        try:
+            yield tracker
+        except BaseException:
+            tracker.status, tracker.reason = 500, tracker.reason or "internal"
+            raise
+        finally:
+            gauge.dec()
+            self.observe_request(model, tracker.status, time.perf_counter() - start,
+                                 tracker.reason)
+
+    def instrument(self, model: str) -> Callable[[F], F]:
+        """Decorator form of :meth:`track` for sync and async functions.
+
+        >>> from prometheus_client import CollectorRegistry
+        >>> metrics = InferenceMetrics(["m"], registry=CollectorRegistry())
+        >>> @metrics.instrument("m")
+        ... def predict(x):
+        ...     return x * 2
+        >>> predict(2)
+        4
+        """
+
+        def decorate(fn: F) -> F:
+            if inspect.iscoroutinefunction(fn):
+
+                @functools.wraps(fn)
+                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    with self.track(model):
+                        return await fn(*args, **kwargs)
+
+                return async_wrapper  # type: ignore[return-value]
+
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                with self.track(model):
+                    return fn(*args, **kwargs)
+
+            return wrapper  # type: ignore[return-value]
+
+        return decorate
+
+
+@dataclass
+class RequestTracker:
+    """Outcome of one tracked request; set ``status``/``reason`` before the block ends."""
+
+    status: int = 200
+    reason: str | None = None
