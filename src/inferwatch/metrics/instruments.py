@@ -171,9 +171,12 @@ class InferenceMetrics:
             errors=self.errors.labels(model, version),
             latency=self.latency.labels(model, version),
             in_flight=self.in_flight.labels(model, version),
-            stages={s: self.stage_latency.labels(model, version, s) for s in STAGES},
-            batch_size=self.batch_size.labels(model, version),
+            stages={},
+            batch_size=None,
         )
+        if model != UNKNOWN_MODEL:  # requests for unknown models never reach a stage
+            series.stages = {s: self.stage_latency.labels(model, version, s) for s in STAGES}
+            series.batch_size = self.batch_size.labels(model, version)
         with self._lock:
             return self._series.setdefault(model, series)
 
@@ -208,10 +211,14 @@ class InferenceMetrics:
         return child
 
     def observe_stage(self, model: str, stage: str, seconds: float) -> None:
-        self._children(model).stages[stage].observe(seconds)
+        child = self._children(model).stages.get(stage)
+        if child is not None:
+            child.observe(seconds)
 
     def observe_batch(self, model: str, size: int) -> None:
-        self._children(model).batch_size.observe(size)
+        child = self._children(model).batch_size
+        if child is not None:
+            child.observe(size)
 
     def in_flight_gauge(self, model: str | None) -> Any:
         return self._children(model).in_flight

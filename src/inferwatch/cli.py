@@ -1,0 +1,274 @@
+"""The ``inferwatch`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from inferwatch.stack.config import HOST, StackPorts
+
+app = typer.Typer(help="Monitor real-time AI inference services with Prometheus.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+
+RunDir = Annotated[Path, typer.Option("--run-dir", help="Directory for config, data and logs.")]
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(2)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Bind address.")] = HOST,
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="Model to serve (repeat): digits, resnet18.")] = None,
+    resnet18_weights: Annotated[Path | None, typer.Option(
+        help="Path of the official resnet18-f37072fd.pth weight file.")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(
+        help="Largest batch per model call (default: the model's own).")] = None,
+    max_wait_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch.")] = 2.0,
+    queue_capacity: Annotated[int, typer.Option(
+        help="Samples that may wait per model; beyond, 503 with Retry-After.")] = 256,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 4 << 20,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
+) -> None:
+    """Run the inference service (TorchServe and Open Inference Protocol v2 routes)."""
+    import uvicorn
+
+    from inferwatch.serve.app import ServeConfig, create_app
+
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServeConfig(
+        models=tuple(model or ["digits"]), resnet18_weights=resnet18_weights,
+        max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+        queue_capacity=queue_capacity, max_body_bytes=max_body_bytes,
+    )
+    try:
+        asgi = create_app(config)
+    except (ValueError, ImportError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    uvicorn.run(asgi, host=host, port=port, log_level="warning", access_log=False,
+                loop=_best("uvloop", "auto"), http=_best("httptools", "auto"))
+
+
+def _best(module: str, fallback: str) -> Any:
+    import importlib.util
+
+    return module if importlib.util.find_spec(module) else fallback
+
+
+@app.command()
+def inbox(
+    host: Annotated[str, typer.Option(help="Bind address.")] = HOST,
+    port: Annotated[int, typer.Option(help="Port.")] = 9095,
+    file: Annotated[Path, typer.Option(help="Where notifications are kept (JSON lines).")] =
+        Path("inbox.jsonl"),
+) -> None:
+    """Receive Alertmanager webhook notifications, print and keep them."""
+    import uvicorn
+
+    from inferwatch.stack.inbox import create_inbox_app
+
+    uvicorn.run(create_inbox_app(file), host=host, port=port, log_level="warning",
+                access_log=False)
+
+
+def _ports(auto: bool, service: int, prometheus: int, alertmanager: int, node_exporter: int,
+           inbox_port: int) -> StackPorts:
+    if auto:
+        return StackPorts.free()
+    return StackPorts(service, prometheus, alertmanager, node_exporter, inbox_port)
+
+
+@app.command()
+def up(
+    run_dir: RunDir = Path("run"),
+    profile: Annotated[str, typer.Option(
+        help="default: the seed's 10 s scrape/evaluation; fast: 1 s, short alert delays.")
+    ] = "default",
+    fast: Annotated[bool, typer.Option("--fast", help="Shorthand for --profile fast.")] = False,
+    model: Annotated[list[str] | None, typer.Option("--model", help="Model(s) to serve.")
+                     ] = None,
+    resnet18_weights: Annotated[Path | None, typer.Option()] = None,
+    traffic: Annotated[float, typer.Option(help="Demo requests per second (0: none).")] = 20.0,
+    detach: Annotated[bool, typer.Option("--detach", "-d",
+                                         help="Start and return; stop with `down`.")] = False,
+    auto_ports: Annotated[bool, typer.Option("--auto-ports", help="Use free ports.")] = False,
+    service_port: int = 8080,
+    prometheus_port: int = 9090,
+    alertmanager_port: int = 9093,
+    node_exporter_port: int = 9100,
+    inbox_port: int = 9095,
+) -> None:
+    """Start the service, Prometheus, Alertmanager, node_exporter and an alert inbox."""
+    from inferwatch.stack.runner import Stack, StackError, StackOptions, profile_named
+
+    try:
+        opts = StackOptions(
+            run_dir=run_dir.resolve(), profile=profile_named("fast" if fast else profile),
+            ports=_ports(auto_ports, service_port, prometheus_port, alertmanager_port,
+                         node_exporter_port, inbox_port),
+            models=tuple(model or ["digits"]), traffic_rate=traffic,
+            resnet18_weights=resnet18_weights,
+        )
+        stack = Stack(opts)
+        with console.status("starting the stack..."):
+            stack.start()
+    except StackError as exc:
+        raise _fail(str(exc)) from None
+    _print_stack(opts.run_dir)
+    if detach:
+        console.print(f"Detached. Stop with: inferwatch down --run-dir {run_dir}")
+        return
+    console.print("Alert notifications appear below. Ctrl-C stops everything.")
+    stopping = False
+
+    def _stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    seen = 0
+    try:
+        while not stopping:
+            seen = _print_new_notifications(opts.run_dir / "inbox.jsonl", seen)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        with console.status("stopping..."):
+            stack.stop()
+        console.print("stopped.")
+
+
+def _print_new_notifications(path: Path, seen: int) -> int:
+    from inferwatch.stack.inbox import describe, read_inbox
+
+    records = read_inbox(path)
+    for record in records[seen:]:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record["received_at"]))
+        status = record["notification"].get("status")
+        colour = "red" if status == "firing" else "green"
+        console.print(f"[{colour}]{stamp} {describe(record['notification'])}[/]")
+    return len(records)
+
+
+def _print_stack(run_dir: Path) -> None:
+    from inferwatch.stack.runner import alive, read_state, read_state_info
+
+    info = read_state_info(run_dir)
+    table = Table(title=f"inferwatch stack ({info.get('profile', '?')} profile) in {run_dir}")
+    for column in ("component", "pid", "state", "url", "log"):
+        table.add_column(column)
+    for p in read_state(run_dir):
+        state = "[green]running[/]" if alive(p) else "[red]stopped[/]"
+        table.add_row(p.name, str(p.pid), state, p.url or "", p.log)
+    console.print(table)
+    ports = info.get("ports")
+    if ports:
+        console.print(f"Prometheus UI: http://{HOST}:{ports['prometheus']}/graph   "
+                      f"metrics: http://{HOST}:{ports['service']}/metrics   "
+                      f"alerts: http://{HOST}:{ports['alertmanager']}/#/alerts")
+
+
+@app.command()
+def down(run_dir: RunDir = Path("run")) -> None:
+    """Stop a stack started with `up --detach`."""
+    from inferwatch.stack.runner import read_state, stop_processes
+
+    processes = read_state(run_dir)
+    if not processes:
+        raise _fail(f"no stack state in {run_dir}")
+    stop_processes(processes)
+    (run_dir / "state.json").unlink(missing_ok=True)
+    console.print(f"stopped {len(processes)} processes.")
+
+
+@app.command()
+def status(run_dir: RunDir = Path("run")) -> None:
+    """Show the processes of a running stack; exit 1 when one has stopped."""
+    from inferwatch.stack.runner import alive, read_state
+
+    processes = read_state(run_dir)
+    if not processes:
+        raise _fail(f"no stack state in {run_dir}")
+    _print_stack(run_dir)
+    if not all(alive(p) for p in processes):
+        raise typer.Exit(1)
+
+
+@app.command()
+def load(
+    url: Annotated[str, typer.Option(help="Base URL of the inference service.")] =
+        f"http://{HOST}:8080",
+    model: str = "digits",
+    route: Annotated[str, typer.Option(help="predictions | v2 | infer")] = "predictions",
+    rate: Annotated[float, typer.Option(help="Requests per second (open loop).")] = 50.0,
+    count: Annotated[int | None, typer.Option(help="Stop after this many requests.")] = None,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")
+                        ] = None,
+    prometheus: Annotated[str | None, typer.Option(
+        help="Prometheus URL: compare its latency estimate with the client's.")] = None,
+    scrape_interval: Annotated[float, typer.Option(help="Prometheus scrape interval, s.")
+                               ] = 1.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
+) -> None:
+    """Send open-loop, constant-rate traffic; report client percentiles next to Prometheus'."""
+    from inferwatch.operate.load import LoadPlan, report, run_load_sync, run_with_progress
+    from inferwatch.operate.promapi import PrometheusAPI
+
+    if count is None and duration is None:
+        count = 1000
+    try:
+        plan = LoadPlan(url=url, model=model, route=route, rate=rate,  # type: ignore[arg-type]
+                        count=count, duration=duration)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if quiet:
+        run_load_sync(plan)
+        return
+    result = run_with_progress(plan, console)
+    prom = PrometheusAPI(prometheus) if prometheus else None
+    figures = report(result, console, prom, model=model, scrape_interval=scrape_interval)
+    if as_json:
+        print(json.dumps(figures, default=str))
+    if result.ok == 0:
+        raise typer.Exit(1)
+
+
+@app.command()
+def render(
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("generated"),
+    profile: str = "default",
+) -> None:
+    """Write the generated Prometheus, rule and Alertmanager files for a local stack."""
+    from inferwatch.stack.config import write_stack_config
+    from inferwatch.stack.runner import StackError, profile_named
+
+    try:
+        paths = write_stack_config(out, profile_named(profile), StackPorts())
+    except StackError as exc:
+        raise _fail(str(exc)) from None
+    for name, path in paths.items():
+        console.print(f"{name}: {path}")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    import inferwatch
+
+    print(inferwatch.__version__)

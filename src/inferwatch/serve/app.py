@@ -1,0 +1,321 @@
+"""The ASGI inference service: TorchServe and Open Inference Protocol v2 routes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.exposition import choose_encoder
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from inferwatch.metrics import InferenceMetrics, MetricsMiddleware
+from inferwatch.models import InputError, ServedModel, decode_image, load_model
+from inferwatch.serve.batching import MicroBatcher, QueueFullError
+from inferwatch.serve.errors import InferenceError, error_response, handle_inference_error
+from inferwatch.serve.openapi import openapi_document
+
+log = logging.getLogger("inferwatch.serve")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_TOP_K = 5
+
+
+@dataclass
+class ServeConfig:
+    models: Sequence[str] = ("digits",)
+    resnet18_weights: Path | None = None
+    max_batch_size: int | None = None  # None: the model's own preference
+    max_wait_ms: float = 2.0
+    queue_capacity: int = 256
+    max_body_bytes: int = 4 * 1024 * 1024
+    latency_buckets: Sequence[float] | None = None
+
+
+@dataclass
+class _Deployment:
+    model: ServedModel
+    batcher: MicroBatcher
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class InferenceService:
+    """The models, their batchers and metrics; routes are thin wrappers around ``infer``."""
+
+    def __init__(self, config: ServeConfig, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.registry = registry or _default_registry()
+        loaded = [load_model(name, resnet18_weights=config.resnet18_weights)
+                  for name in dict.fromkeys(config.models)]
+        kwargs = {"latency_buckets": config.latency_buckets} if config.latency_buckets else {}
+        self.metrics = InferenceMetrics(
+            {m.card.name: m.card.version for m in loaded}, registry=self.registry, **kwargs
+        )
+        self.deployments: dict[str, _Deployment] = {}
+        for model in loaded:
+            card = model.card
+            batcher = MicroBatcher(
+                model.predict_proba,
+                max_batch_size=config.max_batch_size or model.max_batch_size,
+                max_wait=config.max_wait_ms / 1000.0,
+                capacity=config.queue_capacity,
+                on_batch=lambda size, name=card.name: self.metrics.observe_batch(name, size),
+                name=card.name,
+            )
+            self.metrics.watch_queue(card.name, lambda b=batcher: b.depth, batcher.capacity)
+            self.metrics.set_model_loaded(card.name, runtime=card.runtime,
+                                          load_seconds=card.load_seconds,
+                                          accuracy=card.heldout_accuracy)
+            self.deployments[card.name] = _Deployment(model, batcher)
+            log.info("model %s version %s loaded in %.2fs (%s)%s", card.name, card.version,
+                     card.load_seconds, card.runtime,
+                     f", held-out accuracy {card.heldout_accuracy:.4f}"
+                     if card.heldout_accuracy is not None else "")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        for d in self.deployments.values():
+            d.batcher.start()
+        try:
+            yield
+        finally:
+            for d in self.deployments.values():
+                await d.batcher.stop()
+
+    def deployment(self, name: str) -> _Deployment:
+        found = self.deployments.get(name)
+        if found is None:
+            raise InferenceError(
+                "unknown_model",
+                f"model {name[:64]!r} is not served; served models: "
+                f"{', '.join(self.deployments)}",
+            )
+        return found
+
+    async def infer(self, name: str, samples: np.ndarray, preprocess_seconds: float) -> np.ndarray:
+        d = self.deployments[name]
+        if len(samples) > d.batcher.capacity:
+            raise InferenceError("invalid_shape",
+                                 f"at most {d.batcher.capacity} samples per request")
+        try:
+            result = await d.batcher.submit(samples)
+        except QueueFullError as exc:
+            raise InferenceError("overloaded", f"server overloaded: {exc}",
+                                 {"Retry-After": "1"}) from None
+        observe = self.metrics.observe_stage
+        observe(name, "preprocess", preprocess_seconds)
+        observe(name, "queue", result.queue_seconds)
+        observe(name, "compute", result.compute_seconds)
+        return result.probabilities
+
+
+def _default_registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise InferenceError("body_too_large", f"body of {declared} bytes exceeds {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InferenceError("body_too_large", f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        raise InferenceError("empty_body", "the request body is empty")
+    return body
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InferenceError("invalid_json", f"invalid JSON: {exc}") from None
+
+
+def _request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def _input_error(exc: InputError) -> InferenceError:
+    return InferenceError(exc.reason, str(exc))
+
+
+def create_app(
+    config: ServeConfig | None = None, registry: CollectorRegistry | None = None
+) -> MetricsMiddleware:
+    """The service as an ASGI app, wrapped in the metrics middleware it exports."""
+    disable_created_metrics()  # `_created` series double the exposition for no query we run
+    service = InferenceService(config or ServeConfig(), registry)
+    limit = service.config.max_body_bytes
+
+    async def predictions(request: Request) -> Response:
+        name = request.path_params["model"]
+        d = service.deployment(name)
+        body = await read_body(request, limit)
+        start = time.perf_counter()
+        if request.headers.get("content-type", "").startswith("application/json"):
+            payload = parse_json(body)
+            encoded = payload.get("image_base64") if isinstance(payload, dict) else None
+            if not isinstance(encoded, str):
+                raise InferenceError("invalid_json",
+                                     'expected a JSON object {"image_base64": "..."}')
+            try:
+                body = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise InferenceError("invalid_image", "image_base64 is not valid base64") from None
+        try:
+            sample = d.model.from_image(decode_image(body))
+        except InputError as exc:
+            raise _input_error(exc) from None
+        probs = await service.infer(name, sample[None], time.perf_counter() - start)
+        post = time.perf_counter()
+        labels = d.model.card.labels
+        top = np.argsort(probs[0])[::-1][:_TOP_K]
+        response = JSONResponse({labels[i]: round(float(probs[0][i]), 6) for i in top},
+                                headers={"X-Request-ID": _request_id(request)})
+        service.metrics.observe_stage(name, "postprocess", time.perf_counter() - post)
+        return response
+
+    async def v2_infer(request: Request) -> Response:
+        name = request.path_params["model"]
+        d = service.deployment(name)
+        version = request.path_params.get("version")
+        if version is not None and version != d.model.card.version:
+            raise InferenceError("unknown_model",
+                                 f"model {name} has version {d.model.card.version}")
+        body = await read_body(request, limit)
+        start = time.perf_counter()
+        samples, request_id = _v2_samples(d.model, parse_json(body))
+        probs = await service.infer(name, samples, time.perf_counter() - start)
+        post = time.perf_counter()
+        card = d.model.card
+        response = JSONResponse({
+            "model_name": card.name,
+            "model_version": card.version,
+            "id": request_id or _request_id(request),
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape),
+                 "data": [round(float(v), 6) for v in probs.ravel()]},
+                {"name": "label", "datatype": "INT64", "shape": [len(probs)],
+                 "data": [int(i) for i in probs.argmax(axis=1)]},
+            ],
+        })
+        service.metrics.observe_stage(name, "postprocess", time.perf_counter() - post)
+        return response
+
+    async def v2_metadata(request: Request) -> Response:
+        card = service.deployment(request.path_params["model"]).model.card
+        return JSONResponse({
+            "name": card.name,
+            "versions": [card.version],
+            "platform": card.runtime,
+            "inputs": [{"name": "input-0", "datatype": "FP32",
+                        "shape": [-1, *card.input_shape]}],
+            "outputs": [{"name": "probabilities", "datatype": "FP32",
+                         "shape": [-1, len(card.labels)]},
+                        {"name": "label", "datatype": "INT64", "shape": [-1]}],
+        })
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"models": [
+            {"modelName": d.model.card.name, "modelVersion": d.model.card.version}
+            for d in service.deployments.values()
+        ]})
+
+    async def ping(request: Request) -> Response:
+        return JSONResponse({"status": "Healthy"})
+
+    async def ready(request: Request) -> Response:
+        return JSONResponse({"ready": True})
+
+    async def metrics(request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(service.registry), headers={"Content-Type": content_type})
+
+    document = openapi_document(list(service.deployments))
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code,
+                                                                    "bad_request")
+        return error_response(request, reason, str(exc.detail), exc.status_code, exc.headers)
+
+    app = Starlette(
+        routes=[
+            Route("/predictions/{model}", predictions, methods=["POST"]),
+            Route("/v2/models/{model}/infer", v2_infer, methods=["POST"]),
+            Route("/v2/models/{model}/versions/{version}/infer", v2_infer, methods=["POST"]),
+            Route("/v2/models/{model}", v2_metadata, methods=["GET"]),
+            Route("/v2/health/ready", ready, methods=["GET"]),
+            Route("/v2/health/live", ready, methods=["GET"]),
+            Route("/models", models, methods=["GET"]),
+            Route("/ping", ping, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+        ],
+        exception_handlers={InferenceError: handle_inference_error, HTTPException: http_error},
+        lifespan=service.lifespan,
+    )
+    wrapped = MetricsMiddleware(app, service.metrics)
+    wrapped.service = service  # type: ignore[attr-defined]
+    return wrapped
+
+
+def _v2_samples(model: ServedModel, payload: Any) -> tuple[np.ndarray, str | None]:
+    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list) \
+            or len(payload["inputs"]) != 1 or not isinstance(payload["inputs"][0], dict):
+        raise InferenceError("invalid_json", 'expected {"inputs": [{"shape": ..., "data": ...}]}')
+    tensor = payload["inputs"][0]
+    shape, data = tensor.get("shape"), tensor.get("data")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise InferenceError("invalid_shape", "inputs[0].shape must be a list of positive ints")
+    if tensor.get("datatype", "FP32") not in ("FP32", "FP64", "INT32", "INT64", "UINT8"):
+        raise InferenceError("invalid_shape", f"unsupported datatype {tensor.get('datatype')!r}")
+    try:
+        values = np.asarray(data, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InferenceError("invalid_shape", "inputs[0].data must hold numbers") from None
+    if values.size != int(np.prod(shape)):
+        raise InferenceError("invalid_shape",
+                             f"inputs[0].data has {values.size} values, shape {shape} needs "
+                             f"{int(np.prod(shape))}")
+    try:
+        samples = model.from_tensor(values.reshape(shape))
+    except InputError as exc:
+        raise _input_error(exc) from None
+    request_id = payload.get("id")
+    return samples, request_id if isinstance(request_id, str) and _REQUEST_ID.match(
+        request_id) else None

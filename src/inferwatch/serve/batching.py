@@ -1,0 +1,142 @@
+"""Dynamic micro-batching: requests that arrive close together run as one model call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class QueueFullError(Exception):
+    """The batching queue is at capacity; the caller should shed the request."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    probabilities: np.ndarray
+    queue_seconds: float
+    compute_seconds: float
+    batch_size: int
+
+
+@dataclass
+class _Pending:
+    samples: np.ndarray
+    enqueued: float
+    future: asyncio.Future[BatchResult]
+
+
+class MicroBatcher:
+    """Collects samples for up to ``max_wait`` seconds or ``max_batch_size`` samples.
+
+    The model runs in one worker thread, so the event loop keeps accepting requests while a
+    batch computes. ``capacity`` bounds the samples waiting; beyond it ``submit`` raises
+    :class:`QueueFullError` at once instead of letting latency grow without bound.
+    """
+
+    def __init__(
+        self,
+        predict: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_batch_size: int = 32,
+        max_wait: float = 0.002,
+        capacity: int = 1024,
+        on_batch: Callable[[int], None] | None = None,
+        name: str = "model",
+    ) -> None:
+        if max_batch_size < 1 or capacity < 1 or max_wait < 0:
+            raise ValueError("max_batch_size and capacity must be >= 1, max_wait >= 0")
+        self._predict = predict
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait
+        self.capacity = capacity
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._waiting = 0  # samples queued, not yet taken into a batch
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
+        self._task: asyncio.Task[None] | None = None
+        self._carry: _Pending | None = None
+
+    @property
+    def depth(self) -> int:
+        return self._waiting
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, samples: np.ndarray) -> BatchResult:
+        n = len(samples)
+        if self._waiting + n > self.capacity:
+            raise QueueFullError(f"{self._waiting} samples queued, capacity {self.capacity}")
+        future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        self._waiting += n
+        self._queue.put_nowait(_Pending(samples, time.perf_counter(), future))
+        return await future
+
+    async def _collect(self) -> list[_Pending]:
+        first = self._carry or await self._queue.get()
+        self._carry = None
+        batch, size = [first], len(first.samples)
+        deadline = time.perf_counter() + self.max_wait
+        while size < self.max_batch_size:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if size + len(item.samples) > self.max_batch_size:
+                self._carry = item  # would overflow: it opens the next batch
+                break
+            batch.append(item)
+            size += len(item.samples)
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            live = [p for p in batch if not p.future.done()]  # cancelled clients drop out
+            self._waiting -= sum(len(p.samples) for p in batch)
+            if not live:
+                continue
+            started = time.perf_counter()
+            stacked = np.concatenate([p.samples for p in live])
+            try:
+                probs = await loop.run_in_executor(self._executor, self._predict, stacked)
+            except Exception as exc:
+                for p in live:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            compute = time.perf_counter() - started
+            if self._on_batch is not None:
+                self._on_batch(len(stacked))
+            offset = 0
+            for p in live:
+                n = len(p.samples)
+                if not p.future.done():
+                    p.future.set_result(
+                        BatchResult(probs[offset:offset + n], started - p.enqueued, compute,
+                                    len(stacked))
+                    )
+                offset += n

@@ -1,0 +1,35 @@
+"""Errors answered to clients: a status, a bounded reason label and a readable message."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from inferwatch.metrics import REASON_STATE_KEY
+
+_STATUS_BY_REASON = {
+    "empty_body": 400, "invalid_json": 400, "invalid_image": 400, "bad_request": 400,
+    "invalid_shape": 422, "unknown_model": 404, "not_found": 404, "method_not_allowed": 405,
+    "body_too_large": 413, "unsupported_media_type": 415, "overloaded": 503,
+    "timeout": 504, "internal": 500, "injected": 500,
+}
+
+
+class InferenceError(Exception):
+    def __init__(self, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = _STATUS_BY_REASON[reason]
+        self.headers = headers or {}
+
+
+def error_response(request: Request, reason: str, message: str, status: int,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    request.scope.setdefault("state", {})[REASON_STATE_KEY] = reason
+    return JSONResponse({"code": status, "error": reason, "message": message}, status,
+                        headers=headers)
+
+
+async def handle_inference_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InferenceError)
+    return error_response(request, exc.reason, str(exc), exc.status, exc.headers)

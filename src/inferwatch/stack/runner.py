@@ -1,0 +1,244 @@
+"""Start and stop the local stack: real Prometheus, Alertmanager and node_exporter binaries,
+the inference service, the alert inbox and demo traffic, each a child process on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from inferwatch.stack.config import HOST, StackPorts, url, write_stack_config
+from inferwatch.stack.profiles import PROFILES, Profile
+
+APT_PACKAGES = "prometheus prometheus-alertmanager prometheus-node-exporter prometheus-pushgateway"
+
+# Debian's binary names first, then upstream's.
+BINARIES = {
+    "prometheus": ("prometheus",),
+    "alertmanager": ("prometheus-alertmanager", "alertmanager"),
+    "node_exporter": ("prometheus-node-exporter", "node_exporter"),
+}
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def find_binary(component: str) -> str:
+    for name in BINARIES[component]:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise StackError(
+        f"{component} not found on PATH (looked for {', '.join(BINARIES[component])}). "
+        f"As root on Debian/Ubuntu: apt-get install -y {APT_PACKAGES}; without root, put the "
+        "upstream binaries from the Prometheus release archives on PATH."
+    )
+
+
+@dataclass
+class Component:
+    name: str
+    argv: list[str]
+    ready_url: str | None
+    url: str | None = None
+
+
+@dataclass
+class StackOptions:
+    run_dir: Path
+    profile: Profile
+    ports: StackPorts = field(default_factory=StackPorts)
+    models: Sequence[str] = ("digits",)
+    traffic_rate: float = 0.0  # demo requests per second; 0 for none
+    resnet18_weights: Path | None = None
+
+
+def components(opts: StackOptions) -> list[Component]:
+    d, p = opts.run_dir, opts.ports
+    python = [sys.executable, "-m", "inferwatch"]
+    serve = [*python, "serve", "--host", HOST, "--port", str(p.service)]
+    for model in opts.models:
+        serve += ["--model", model]
+    if opts.resnet18_weights:
+        serve += ["--resnet18-weights", str(opts.resnet18_weights)]
+    parts = [
+        Component("service", serve, f"{url(p.service)}/ping", url(p.service)),
+        Component("inbox", [*python, "inbox", "--host", HOST, "--port", str(p.inbox),
+                            "--file", str(d / "inbox.jsonl")],
+                  f"{url(p.inbox)}/alerts", f"{url(p.inbox)}/alerts"),
+        Component("node_exporter", [find_binary("node_exporter"),
+                                    f"--web.listen-address={HOST}:{p.node_exporter}"],
+                  f"{url(p.node_exporter)}/metrics", url(p.node_exporter)),
+        Component("alertmanager", [
+            find_binary("alertmanager"), f"--config.file={d / 'alertmanager.yml'}",
+            f"--storage.path={d / 'data' / 'alertmanager'}",
+            f"--web.listen-address={HOST}:{p.alertmanager}",
+            "--cluster.listen-address=",  # no gossip: a single local instance
+        ], f"{url(p.alertmanager)}/-/ready", url(p.alertmanager)),
+        Component("prometheus", [
+            find_binary("prometheus"), f"--config.file={d / 'prometheus.yml'}",
+            f"--storage.tsdb.path={d / 'data' / 'prometheus'}",
+            f"--web.listen-address={HOST}:{p.prometheus}", "--web.enable-lifecycle",
+            f"--rules.alert.resend-delay={opts.profile.resend_delay}",
+        ], f"{url(p.prometheus)}/-/ready", url(p.prometheus)),
+    ]
+    if opts.traffic_rate > 0:
+        parts.append(Component("traffic", [
+            *python, "load", "--url", url(p.service), "--rate", str(opts.traffic_rate),
+            "--duration", str(365 * 86400), "--quiet",
+        ], None))
+    return parts
+
+
+@dataclass
+class RunningProcess:
+    name: str
+    pid: int
+    argv: list[str]
+    log: str
+    url: str | None
+
+
+class Stack:
+    """The stack of one run directory; ``state.json`` there lets another process stop it."""
+
+    def __init__(self, opts: StackOptions) -> None:
+        self.opts = opts
+        self.processes: list[RunningProcess] = []
+        self._popen: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def state_path(self) -> Path:
+        return self.opts.run_dir / "state.json"
+
+    def start(self, timeout: float = 90.0) -> None:
+        existing = read_state(self.opts.run_dir)
+        if existing and any(_alive(p) for p in existing):
+            raise StackError(f"a stack is already running from {self.opts.run_dir}; "
+                             "stop it with `inferwatch down` first")
+        busy = self.opts.ports.busy()
+        if busy:
+            raise StackError("port(s) already in use: " + ", ".join(
+                f"{port} ({name})" for name, port in busy
+            ) + ". Stop what listens there or choose other ports (see `inferwatch up --help`).")
+        parts = components(self.opts)
+        write_stack_config(self.opts.run_dir, self.opts.profile, self.opts.ports)
+        logs = self.opts.run_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        try:
+            for part in parts:
+                log_path = logs / f"{part.name}.log"
+                with log_path.open("ab") as log:
+                    proc = subprocess.Popen(part.argv, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=env,
+                                            start_new_session=True)
+                self._popen[proc.pid] = proc
+                self.processes.append(
+                    RunningProcess(part.name, proc.pid, part.argv, str(log_path), part.url))
+                self._write_state()
+            deadline = time.monotonic() + timeout
+            for part, running in zip(parts, self.processes, strict=True):
+                if part.ready_url:
+                    self._wait_ready(part, running, deadline)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, part: Component, running: RunningProcess, deadline: float) -> None:
+        assert part.ready_url is not None
+        while time.monotonic() < deadline:
+            proc = self._popen[running.pid]
+            if proc.poll() is not None:
+                tail = Path(running.log).read_text(errors="replace")[-2000:]
+                raise StackError(f"{part.name} exited with {proc.returncode}; "
+                                 f"log {running.log}:\n{tail}")
+            try:
+                if httpx.get(part.ready_url, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise StackError(f"{part.name} not ready at {part.ready_url}; log: {running.log}")
+
+    def _write_state(self) -> None:
+        state = {"profile": self.opts.profile.name, "ports": asdict(self.opts.ports),
+                 "processes": [asdict(p) for p in self.processes]}
+        self.state_path.write_text(json.dumps(state, indent=2))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        stop_processes(self.processes, timeout)
+        for proc in self._popen.values():
+            proc.poll()  # reap
+        self.processes.clear()
+        self.state_path.unlink(missing_ok=True)
+
+    def process(self, name: str) -> RunningProcess:
+        return next(p for p in self.processes if p.name == name)
+
+
+def read_state(run_dir: Path) -> list[RunningProcess]:
+    path = run_dir / "state.json"
+    if not path.exists():
+        return []
+    return [RunningProcess(**p) for p in json.loads(path.read_text())["processes"]]
+
+
+def read_state_info(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "state.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def stop_processes(processes: Sequence[RunningProcess], timeout: float = 10.0) -> None:
+    """SIGTERM in reverse start order, SIGKILL whatever is left after ``timeout``."""
+    live = [p for p in reversed(processes) if _alive(p)]
+    for p in live:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in live) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for p in live:
+        if _alive(p):
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _alive(p: RunningProcess) -> bool:
+    """True while ``p.pid`` is running the same program (a reused pid is not ours)."""
+    try:
+        with open(f"/proc/{p.pid}/cmdline", "rb") as f:
+            argv0 = f.read().split(b"\0")[0].decode(errors="replace")
+        with open(f"/proc/{p.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+    except OSError:
+        return False
+    return os.path.basename(argv0) == os.path.basename(p.argv[0])
+
+
+def alive(p: RunningProcess) -> bool:
+    return _alive(p)
+
+
+def profile_named(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise StackError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}") from None

@@ -1,0 +1,68 @@
+import math
+import socket
+import time
+
+import httpx
+import pytest
+
+from inferwatch.operate.load import LoadPlan, run_load_sync
+from inferwatch.operate.promapi import PrometheusAPI
+from inferwatch.stack.config import StackPorts, url
+from inferwatch.stack.panels import SEED_PANELS
+from inferwatch.stack.profiles import FAST
+from inferwatch.stack.runner import Stack, StackError, StackOptions, alive, read_state
+
+N = 400
+
+
+def test_exact_count_and_seed_dashboard_queries(stack: Stack, prom: PrometheusAPI) -> None:
+    service = url(stack.opts.ports.service)
+    result = run_load_sync(LoadPlan(url=service, rate=100, count=N))
+    assert result.sent == N and result.ok == N, result.statuses
+
+    prom.wait_for_scrape("inference", after=time.time())
+    assert prom.scalar("sum(inference_requests_total)") == N
+    assert prom.scalar("sum(inference_latency_seconds_count)") == N
+    assert prom.scalar("sum(inference_errors_total)") == 0
+
+    prom.wait_for_scrape("node", after=time.time())
+    for panel in SEED_PANELS:
+        samples = prom.query(panel.query(FAST))
+        assert samples, f"{panel.key}: {panel.query(FAST)} returned nothing"
+        assert all(math.isfinite(s.value) for s in samples), (panel.key, samples)
+    qps = prom.scalar(SEED_PANELS[0].query(FAST))
+    assert qps is not None and qps > 0
+
+
+def test_every_target_up_and_seed_rule_loaded(stack: Stack, prom: PrometheusAPI) -> None:
+    prom.wait_for_scrape("prometheus", after=time.time())
+    jobs = {t["labels"]["job"]: t["health"] for t in prom.targets()}
+    assert jobs == {"inference": "up", "node": "up", "alertmanager": "up", "prometheus": "up"}
+    rules = [r for g in prom.rules() for r in g["rules"]]
+    assert [r["name"] for r in rules] == ["HighInferenceErrorRate"]
+    assert rules[0]["health"] in ("ok", "unknown")
+    ams = httpx.get(f"{prom.url}/api/v1/alertmanagers").json()["data"]["activeAlertmanagers"]
+    assert ams and str(stack.opts.ports.alertmanager) in ams[0]["url"]
+
+
+def test_busy_port_is_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ports = StackPorts.free()
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", ports.prometheus))
+        blocker.listen()
+        stack = Stack(StackOptions(run_dir=tmp_path, profile=FAST, ports=ports))
+        with pytest.raises(StackError, match=rf"{ports.prometheus} \(prometheus\)"):
+            stack.start()
+    assert read_state(tmp_path) == []
+
+
+def test_stop_leaves_no_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    stack = Stack(StackOptions(run_dir=tmp_path, profile=FAST, ports=StackPorts.free(),
+                               traffic_rate=5))
+    stack.start()
+    processes = list(stack.processes)
+    assert {p.name for p in processes} >= {"service", "prometheus", "alertmanager",
+                                            "node_exporter", "inbox", "traffic"}
+    stack.stop()
+    assert not any(alive(p) for p in processes)
+    assert not (tmp_path / "state.json").exists()

@@ -1,0 +1,143 @@
+import asyncio
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+from inferwatch.metrics import (
+    DEFAULT_LATENCY_BUCKETS,
+    REASON_STATE_KEY,
+    UNKNOWN_MODEL,
+    InferenceMetrics,
+    MetricsMiddleware,
+    log_buckets,
+)
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def series_count(registry: CollectorRegistry) -> int:
+    return sum(len(m.samples) for m in registry.collect())
+
+
+def test_buckets_are_sorted_fine_and_cover_service_range() -> None:
+    b = DEFAULT_LATENCY_BUCKETS
+    assert list(b) == sorted(set(b))
+    assert b[0] <= 0.0005 and b[-1] >= 10
+    assert max(hi / lo for lo, hi in zip(b, b[1:], strict=False)) <= 1.25 + 1e-9
+    assert log_buckets(0.1, 1, (1, 5)) == (0.1, 0.5, 1.0)
+    with pytest.raises(ValueError):
+        log_buckets(1, 0.5)
+
+
+def test_series_exist_at_zero_for_known_models() -> None:
+    reg = CollectorRegistry()
+    InferenceMetrics({"digits": "1"}, registry=reg)
+    assert value(reg, "inference_requests_total", model="digits", version="1") == 0
+    assert value(reg, "inference_errors_total", model="digits", version="1") == 0
+    assert value(reg, "inference_latency_seconds_count", model="digits", version="1") == 0
+
+
+def test_track_counts_success_client_and_server_errors() -> None:
+    reg = CollectorRegistry()
+    m = InferenceMetrics({"digits": "1"}, registry=reg)
+    with m.track("digits"):
+        pass
+    with m.track("digits") as t:
+        t.status, t.reason = 400, "invalid_image"
+    with pytest.raises(RuntimeError), m.track("digits"):
+        raise RuntimeError("boom")
+    labels = {"model": "digits", "version": "1"}
+    assert value(reg, "inference_requests_total", **labels) == 3
+    assert value(reg, "inference_errors_total", **labels) == 1  # only the 500
+    assert value(reg, "inference_latency_seconds_count", **labels) == 1  # only the success
+    assert value(reg, "inference_responses_total", code="400", **labels) == 1
+    assert value(reg, "inference_responses_total", code="500", **labels) == 1
+    assert value(reg, "inference_error_reasons_total", reason="invalid_image", **labels) == 1
+    assert value(reg, "inference_error_reasons_total", reason="internal", **labels) == 1
+
+
+def test_free_text_reason_and_odd_status_stay_bounded() -> None:
+    reg = CollectorRegistry()
+    m = InferenceMetrics(["m"], registry=reg)
+    m.observe_request("m", 418, 0.1, reason="user 42 sent a teapot")
+    assert value(reg, "inference_responses_total", model="m", version="", code="4xx") == 1
+    assert value(reg, "inference_error_reasons_total", model="m", version="",
+                 reason="internal") == 1
+
+
+def test_unknown_model_names_never_create_series() -> None:
+    reg = CollectorRegistry()
+    m = InferenceMetrics({"digits": "1"}, registry=reg)
+    m.observe_request("bogus-0", 404, 0.001, "unknown_model")
+    before = series_count(reg)
+    for i in range(2000):
+        m.observe_request(f"bogus-{i}", 404, 0.001, "unknown_model")
+        m.observe_stage(f"bogus-{i}", "compute", 0.1)
+    assert series_count(reg) == before
+    assert value(reg, "inference_requests_total", model=UNKNOWN_MODEL, version="") == 2001
+    assert b"bogus" not in generate_latest(reg)
+
+
+def test_decorator_sync_and_async() -> None:
+    reg = CollectorRegistry()
+    m = InferenceMetrics(["m"], registry=reg)
+
+    @m.instrument("m")
+    def f(x: int) -> int:
+        return x + 1
+
+    @m.instrument("m")
+    async def g(x: int) -> int:
+        return x * 2
+
+    assert f(1) == 2
+    assert asyncio.run(g(2)) == 4
+    assert value(reg, "inference_requests_total", model="m", version="") == 2
+
+
+def _app() -> Starlette:
+    async def predict(request: Request) -> JSONResponse:
+        kind = request.query_params.get("kind")
+        if kind == "bad":
+            setattr(request.state, REASON_STATE_KEY, "invalid_image")
+            return JSONResponse({"error": "invalid_image"}, 400)
+        if kind == "crash":
+            raise RuntimeError("crash")
+        return JSONResponse({"ok": True})
+
+    async def other(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("x")
+
+    return Starlette(routes=[Route("/predictions/{model}", predict, methods=["POST"]),
+                             Route("/other", other)])
+
+
+def test_middleware_counts_statuses_and_reasons_from_state() -> None:
+    reg = CollectorRegistry()
+    m = InferenceMetrics({"digits": "1"}, registry=reg)
+    app = MetricsMiddleware(_app(), m)
+
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            assert (await c.post("/predictions/digits")).status_code == 200
+            assert (await c.post("/predictions/digits?kind=bad")).status_code == 400
+            assert (await c.post("/predictions/digits?kind=crash")).status_code == 500
+            assert (await c.post("/predictions/other-model")).status_code == 200
+            assert (await c.get("/other")).status_code == 200
+
+    asyncio.run(run())
+    labels = {"model": "digits", "version": "1"}
+    assert value(reg, "inference_requests_total", **labels) == 3
+    assert value(reg, "inference_errors_total", **labels) == 1
+    assert value(reg, "inference_error_reasons_total", reason="invalid_image", **labels) == 1
+    assert value(reg, "inference_error_reasons_total", reason="internal", **labels) == 1
+    assert value(reg, "inference_requests_total", model=UNKNOWN_MODEL, version="") == 1
+    assert value(reg, "inference_in_flight_requests", **labels) == 0

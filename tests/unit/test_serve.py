@@ -1,0 +1,160 @@
+import asyncio
+import base64
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from inferwatch.models.digits import digit_png, heldout_digits
+from inferwatch.serve.app import ServeConfig, create_app
+
+Client = httpx.AsyncClient
+
+
+def run_with_client(
+    test: Callable[[Client, CollectorRegistry], Coroutine[Any, Any, None]],
+    config: ServeConfig | None = None,
+) -> None:
+    registry = CollectorRegistry()
+    app = create_app(config or ServeConfig(), registry)
+
+    async def main() -> None:
+        async with app.app.router.lifespan_context(app.app):  # type: ignore[attr-defined]
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                await test(c, registry)
+
+    asyncio.run(main())
+
+
+def count(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, {"model": "digits", "version": "1", **labels}) or 0.0
+
+
+def test_digits_model_accuracy_is_exported_and_above_095() -> None:
+    async def test(c: Client, reg: CollectorRegistry) -> None:
+        accuracy = count(reg, "inference_model_heldout_accuracy_ratio")
+        assert accuracy >= 0.95
+        assert "inference_model_heldout_accuracy_ratio" in (await c.get("/metrics")).text
+
+    run_with_client(test)
+
+
+def test_predictions_accepts_png_and_seed_base64_json() -> None:
+    data = heldout_digits()
+
+    async def test(c: Client, reg: CollectorRegistry) -> None:
+        correct = 0
+        for image, label in zip(data.images[:40], data.labels[:40], strict=True):
+            png = digit_png(image)
+            r1 = await c.post("/predictions/digits", content=png,
+                              headers={"content-type": "image/png"})
+            r2 = await c.post("/predictions/digits",
+                              json={"image_base64": base64.b64encode(png).decode()})
+            assert r1.status_code == r2.status_code == 200
+            assert r1.json() == r2.json() and len(r1.json()) == 5
+            assert r1.headers["x-request-id"]
+            correct += max(r1.json(), key=r1.json().get) == str(label)
+        assert correct >= 36
+        assert count(reg, "inference_requests_total") == 80
+        assert count(reg, "inference_latency_seconds_count") == 80
+        assert count(reg, "inference_stage_seconds_count", stage="compute") == 80
+
+    run_with_client(test)
+
+
+def test_v2_infer_batch_metadata_and_health() -> None:
+    data = heldout_digits()
+
+    async def test(c: Client, reg: CollectorRegistry) -> None:
+        body = {"id": "req-1", "inputs": [{"name": "input-0", "shape": [3, 64],
+                                           "datatype": "FP32",
+                                           "data": data.images[:3].ravel().tolist()}]}
+        r = await c.post("/v2/models/digits/infer", json=body)
+        assert r.status_code == 200, r.text
+        out = {o["name"]: o for o in r.json()["outputs"]}
+        assert r.json()["id"] == "req-1"
+        assert out["probabilities"]["shape"] == [3, 10]
+        assert out["label"]["data"] == [int(x) for x in data.labels[:3]]
+        r = await c.post("/v2/models/digits/versions/1/infer", json=body)
+        assert r.status_code == 200
+        meta = (await c.get("/v2/models/digits")).json()
+        assert meta["inputs"][0]["shape"] == [-1, 8, 8]
+        assert (await c.get("/v2/health/ready")).status_code == 200
+        assert (await c.get("/ping")).json() == {"status": "Healthy"}
+        assert (await c.get("/models")).json()["models"][0]["modelName"] == "digits"
+        doc = (await c.get("/openapi.json")).json()
+        assert "/v2/models/{model}/infer" in doc["paths"]
+        assert count(reg, "inference_batch_size_sum") == 6
+
+    run_with_client(test)
+
+
+BAD_REQUESTS = [
+    # (path, body, content-type, status, reason)
+    ("/predictions/digits", b"", "image/png", 400, "empty_body"),
+    ("/predictions/digits", b"not an image", "image/png", 400, "invalid_image"),
+    ("/predictions/digits", b"{not json", "application/json", 400, "invalid_json"),
+    ("/predictions/digits", b'{"image": 1}', "application/json", 400, "invalid_json"),
+    ("/predictions/digits", b'{"image_base64": "@@@"}', "application/json", 400,
+     "invalid_image"),
+    ("/predictions/digits", b"x" * 5000, "image/png", 413, "body_too_large"),
+    ("/predictions/nosuch", b"x", "image/png", 404, "unknown_model"),
+    ("/v2/models/digits/infer", b'{"inputs": []}', "application/json", 400, "invalid_json"),
+    ("/v2/models/digits/infer",
+     b'{"inputs": [{"shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}',
+     "application/json", 422, "invalid_shape"),
+    ("/v2/models/digits/infer",
+     b'{"inputs": [{"shape": [1, 64], "datatype": "FP32", "data": [1]}]}',
+     "application/json", 422, "invalid_shape"),
+    ("/v2/models/digits/infer",
+     b'{"inputs": [{"shape": [1, 2], "datatype": "FP32", "data": ["a", "b"]}]}',
+     "application/json", 422, "invalid_shape"),
+    ("/v2/models/digits/versions/9/infer", b"{}", "application/json", 404, "unknown_model"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "ctype", "status", "reason"), BAD_REQUESTS)
+def test_bad_input_gets_4xx_with_reason_and_is_counted(
+    path: str, body: bytes, ctype: str, status: int, reason: str
+) -> None:
+    async def test(c: Client, reg: CollectorRegistry) -> None:
+        r = await c.post(path, content=body, headers={"content-type": ctype})
+        assert r.status_code == status, r.text
+        assert r.json()["error"] == reason and r.json()["message"]
+        model = "digits" if "digits" in path else "_unknown"
+        version = "1" if model == "digits" else ""
+        assert reg.get_sample_value("inference_error_reasons_total",
+                                    {"model": model, "version": version,
+                                     "reason": reason}) == 1
+        assert reg.get_sample_value("inference_errors_total",
+                                    {"model": model, "version": version}) == 0
+        # the service keeps serving
+        ok = await c.post("/predictions/digits",
+                          content=digit_png(np.zeros((8, 8), np.float32)))
+        assert ok.status_code == 200
+
+    run_with_client(test, ServeConfig(max_body_bytes=4096))
+
+
+def test_overload_sheds_with_503_and_retry_after() -> None:
+    async def test(c: Client, reg: CollectorRegistry) -> None:
+        png = digit_png(np.zeros((8, 8), np.float32))
+        responses = await asyncio.gather(
+            *(c.post("/predictions/digits", content=png) for _ in range(60))
+        )
+        codes = [r.status_code for r in responses]
+        assert set(codes) <= {200, 503} and 503 in codes and 200 in codes
+        shed = [r for r in responses if r.status_code == 503]
+        assert all(r.headers["retry-after"] == "1" for r in shed)
+        assert count(reg, "inference_responses_total", code="200") == codes.count(200)
+        assert count(reg, "inference_error_reasons_total", reason="overloaded") == len(shed)
+        assert count(reg, "inference_errors_total") == len(shed)
+
+    # A one-sample queue and a long batching wait force shedding deterministically.
+    run_with_client(test, ServeConfig(queue_capacity=1, max_batch_size=1, max_wait_ms=0))
+
+
