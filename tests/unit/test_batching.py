@@ -47,7 +47,7 @@ def test_full_queue_is_refused_at_once() -> None:
             await b.submit(np.zeros((1, 1)))
         release.set()
         await asyncio.gather(first, *queued)
-        assert b.depth == 0
+        assert b.depth() == 0
         await b.stop()
 
     asyncio.run(run())

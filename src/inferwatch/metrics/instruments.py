@@ -33,8 +33,8 @@ _KNOWN_CODES = frozenset(
 # Error reasons are a closed set: free text never becomes a label value.
 ERROR_REASONS = frozenset(
     {
-        "invalid_json", "invalid_image", "invalid_shape", "empty_body", "body_too_large", "bad_request",
-        "unsupported_media_type", "unknown_model", "method_not_allowed", "not_found",
+        "invalid_json", "invalid_image", "invalid_shape", "empty_body", "body_too_large",
+        "bad_request", "unsupported_media_type", "unknown_model", "method_not_allowed", "not_found",
         "overloaded", "timeout", "internal", "injected", "upstream_connect",
         "upstream_timeout", "upstream_5xx", "upstream_4xx",
     }

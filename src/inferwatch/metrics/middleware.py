@@ -5,14 +5,10 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferwatch.metrics.instruments import InferenceMetrics
-
-Scope = dict[str, Any]
-Receive = Callable[[], Any]
-Send = Callable[[dict[str, Any]], Any]
-ASGIApp = Callable[[Scope, Receive, Send], Any]
 
 REASON_STATE_KEY = "inferwatch_error_reason"
 """Handlers put an error reason under this key of ``request.state`` for the middleware."""
@@ -76,7 +72,7 @@ class MetricsMiddleware:
         gauge.inc()
         start = time.perf_counter()
 
-        async def send_wrapper(message: dict[str, Any]) -> None:
+        async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

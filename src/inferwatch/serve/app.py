@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -80,10 +81,10 @@ class InferenceService:
                 max_batch_size=config.max_batch_size or model.max_batch_size,
                 max_wait=config.max_wait_ms / 1000.0,
                 capacity=config.queue_capacity,
-                on_batch=lambda size, name=card.name: self.metrics.observe_batch(name, size),
+                on_batch=functools.partial(self.metrics.observe_batch, card.name),
                 name=card.name,
             )
-            self.metrics.watch_queue(card.name, lambda b=batcher: b.depth, batcher.capacity)
+            self.metrics.watch_queue(card.name, batcher.depth, batcher.capacity)
             self.metrics.set_model_loaded(card.name, runtime=card.runtime,
                                           load_seconds=card.load_seconds,
                                           accuracy=card.heldout_accuracy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -61,8 +62,8 @@ class MicroBatcher:
         self._task: asyncio.Task[None] | None = None
         self._carry: _Pending | None = None
 
-    @property
     def depth(self) -> int:
+        """Samples queued and not yet taken into a batch."""
         return self._waiting
 
     def start(self) -> None:
@@ -72,10 +73,8 @@ class MicroBatcher:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         self._executor.shutdown(wait=True)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -24,7 +26,7 @@ class InferenceError(Exception):
 
 
 def error_response(request: Request, reason: str, message: str, status: int,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
     request.scope.setdefault("state", {})[REASON_STATE_KEY] = reason
     return JSONResponse({"code": status, "error": reason, "message": message}, status,
                         headers=headers)

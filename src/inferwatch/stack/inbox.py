@@ -48,11 +48,12 @@ def create_inbox_app(path: Path, echo: bool = True) -> Starlette:
         if not isinstance(notification, dict) or not isinstance(
                 notification.get("alerts"), list):
             return JSONResponse({"error": "expected an Alertmanager webhook payload"}, 400)
-        record = {"received_at": time.time(), "notification": notification}
+        received_at = time.time()
+        record = {"received_at": received_at, "notification": notification}
         with path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if echo:
-            stamp = time.strftime("%H:%M:%S", time.localtime(record["received_at"]))
+            stamp = time.strftime("%H:%M:%S", time.localtime(received_at))
             print(f"[{stamp}] alert {describe(notification)}", file=sys.stdout, flush=True)
         return JSONResponse({"status": "ok"})
 

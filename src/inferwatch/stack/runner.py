@@ -4,6 +4,7 @@ the inference service, the alert inbox and demo traffic, each a child process on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -205,19 +206,15 @@ def stop_processes(processes: Sequence[RunningProcess], timeout: float = 10.0) -
     """SIGTERM in reverse start order, SIGKILL whatever is left after ``timeout``."""
     live = [p for p in reversed(processes) if _alive(p)]
     for p in live:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + timeout
     while any(_alive(p) for p in live) and time.monotonic() < deadline:
         time.sleep(0.05)
     for p in live:
         if _alive(p):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _alive(p: RunningProcess) -> bool:
