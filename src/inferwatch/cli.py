@@ -37,7 +37,9 @@ def serve(
         help="Path of the official resnet18-f37072fd.pth weight file.")] = None,
     max_batch_size: Annotated[int | None, typer.Option(
         help="Largest batch per model call (default: the model's own).")] = None,
-    max_wait_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch.")] = 2.0,
+    max_wait_ms: Annotated[float, typer.Option(
+        help="Longest wait to fill a batch; 0 batches only what queued while the model was "
+             "busy, so an idle service adds no delay.")] = 0.0,
     queue_capacity: Annotated[int, typer.Option(
         help="Samples that may wait per model; beyond, 503 with Retry-After.")] = 256,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 4 << 20,

@@ -31,7 +31,7 @@ def test_buckets_are_sorted_fine_and_cover_service_range() -> None:
     b = DEFAULT_LATENCY_BUCKETS
     assert list(b) == sorted(set(b))
     assert b[0] <= 0.0005 and b[-1] >= 10
-    assert max(hi / lo for lo, hi in itertools.pairwise(b)) <= 1.25 + 1e-9
+    assert max(hi / lo for lo, hi in itertools.pairwise(b)) <= 7 / 6 + 1e-9
     assert log_buckets(0.1, 1, (1, 5)) == (0.1, 0.5, 1.0)
     with pytest.raises(ValueError):
         log_buckets(1, 0.5)

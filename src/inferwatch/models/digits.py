@@ -12,6 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -55,12 +56,18 @@ def heldout_digits() -> DigitsData:
     return DigitsData(x_test, y_test)
 
 
-def train_weights() -> dict[str, np.ndarray]:
+def train_classifier() -> Any:
+    """The fitted scikit-learn MLP (inputs scaled to 0..1) that ``train_weights`` exports."""
     from sklearn.neural_network import MLPClassifier
 
-    x_train, x_test, y_train, y_test = _split()
+    x_train, _, y_train, _ = _split()
     clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=400, random_state=0, alpha=1e-3)
-    clf.fit(x_train.reshape(len(x_train), -1) / 16.0, y_train)
+    return clf.fit(x_train.reshape(len(x_train), -1) / 16.0, y_train)
+
+
+def train_weights() -> dict[str, np.ndarray]:
+    _, x_test, _, y_test = _split()
+    clf = train_classifier()
     weights = {
         "w1": clf.coefs_[0].astype(np.float32),
         "b1": clf.intercepts_[0].astype(np.float32),

@@ -48,7 +48,7 @@ class ServeConfig:
     models: Sequence[str] = ("digits",)
     resnet18_weights: Path | None = None
     max_batch_size: int | None = None  # None: the model's own preference
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0  # 0: greedy, batches form only while the model is busy
     queue_capacity: int = 256
     max_body_bytes: int = 4 * 1024 * 1024
     latency_buckets: Sequence[float] | None = None

@@ -136,6 +136,10 @@ class Stack:
             ) + ". Stop what listens there or choose other ports (see `inferwatch up --help`).")
         parts = components(self.opts)
         write_stack_config(self.opts.run_dir, self.opts.profile, self.opts.ports)
+        self.start_components(parts, timeout)
+
+    def start_components(self, parts: Sequence[Component], timeout: float = 90.0) -> None:
+        """Start ``parts`` in order and wait until each answers its ready URL."""
         logs = self.opts.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -151,7 +155,7 @@ class Stack:
                     RunningProcess(part.name, proc.pid, part.argv, str(log_path), part.url))
                 self._write_state()
             deadline = time.monotonic() + timeout
-            for part, running in zip(parts, self.processes, strict=True):
+            for part, running in zip(parts, self.processes[-len(parts):], strict=True):
                 if part.ready_url:
                     self._wait_ready(part, running, deadline)
         except BaseException:
