@@ -56,7 +56,7 @@ def main() -> None:
         times = {}
         for runtime, fn in runtimes.items():
             assert np.allclose(fn(x), reference, atol=1e-4), runtime
-            times[runtime] = best_of(lambda fn=fn: fn(x), 2000 if batch == 1 else 500)
+            times[runtime] = best_of(lambda fn=fn, x=x: fn(x), 2000 if batch == 1 else 500)
         base = times["numpy"]
         print(f"batch {batch}: " + ", ".join(
             f"{k} {v * 1e6:.1f} us ({v / base:.2f}x numpy)" for k, v in times.items()))

@@ -229,7 +229,12 @@ def load(
     quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
 ) -> None:
     """Send open-loop, constant-rate traffic; report client percentiles next to Prometheus'."""
-    from inferwatch.operate.load import LoadPlan, report, run_load_sync, run_with_progress
+    from inferwatch.operate.load import (
+        LoadPlan,
+        report,
+        run_load_sync,
+        run_with_progress,
+    )
     from inferwatch.operate.promapi import PrometheusAPI
 
     if count is None and duration is None:
@@ -242,13 +247,33 @@ def load(
     if quiet:
         run_load_sync(plan)
         return
-    result = run_with_progress(plan, console)
     prom = PrometheusAPI(prometheus) if prometheus else None
-    figures = report(result, console, prom, model=model, scrape_interval=scrape_interval)
+    before = _first_count(prom, model, scrape_interval) if prom else None
+    result = run_with_progress(plan, console)
+    figures = report(result, console, prom, model=model, scrape_interval=scrape_interval,
+                     prom_count_before=before)
     if as_json:
         print(json.dumps(figures, default=str))
     if result.ok == 0:
         raise typer.Exit(1)
+
+
+def _first_count(prom: Any, model: str, scrape_interval: float) -> float | None:
+    """The request count once Prometheus has scraped the service at least once."""
+    from inferwatch.operate.load import prometheus_count
+    from inferwatch.operate.promapi import PrometheusError
+
+    deadline = time.monotonic() + 3 * scrape_interval + 5
+    while time.monotonic() < deadline:
+        try:
+            count = prometheus_count(prom, model)
+        except PrometheusError as exc:
+            raise _fail(str(exc)) from None
+        if count is not None:
+            return count
+        time.sleep(min(scrape_interval, 1.0))
+    console.print("[yellow]Prometheus has no sample of the service yet; counts are approximate")
+    return None
 
 
 @app.command()
