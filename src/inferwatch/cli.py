@@ -171,18 +171,19 @@ def _print_stack(run_dir: Path) -> None:
     from inferwatch.stack.runner import alive, read_state, read_state_info
 
     info = read_state_info(run_dir)
-    table = Table(title=f"inferwatch stack ({info.get('profile', '?')} profile) in {run_dir}")
-    for column in ("component", "pid", "state", "url", "log"):
-        table.add_column(column)
+    table = Table(title=f"inferwatch stack ({info.get('profile', '?')} profile)")
+    for column in ("component", "pid", "state", "url"):
+        table.add_column(column, no_wrap=True)
     for p in read_state(run_dir):
         state = "[green]running[/]" if alive(p) else "[red]stopped[/]"
-        table.add_row(p.name, str(p.pid), state, p.url or "", p.log)
+        table.add_row(p.name, str(p.pid), state, p.url or "")
     console.print(table)
+    console.print(f"config, data and logs: {run_dir}")
     ports = info.get("ports")
     if ports:
-        console.print(f"Prometheus UI: http://{HOST}:{ports['prometheus']}/graph   "
-                      f"metrics: http://{HOST}:{ports['service']}/metrics   "
-                      f"alerts: http://{HOST}:{ports['alertmanager']}/#/alerts")
+        console.print(f"Prometheus UI: http://{HOST}:{ports['prometheus']}/graph\n"
+                      f"service metrics: http://{HOST}:{ports['service']}/metrics\n"
+                      f"Alertmanager UI: http://{HOST}:{ports['alertmanager']}/#/alerts")
 
 
 @app.command()
