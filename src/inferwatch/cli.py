@@ -115,6 +115,7 @@ def up(
     inbox_port: int = 9095,
 ) -> None:
     """Start the service, Prometheus, Alertmanager, node_exporter and an alert inbox."""
+    from inferwatch.stack.alerting import AlertingConfigError, receivers_from_env
     from inferwatch.stack.runner import Stack, StackError, StackOptions, profile_named
 
     try:
@@ -123,12 +124,12 @@ def up(
             ports=_ports(auto_ports, service_port, prometheus_port, alertmanager_port,
                          node_exporter_port, inbox_port),
             models=tuple(model or ["digits"]), traffic_rate=traffic,
-            resnet18_weights=resnet18_weights,
+            resnet18_weights=resnet18_weights, receivers=receivers_from_env(),
         )
         stack = Stack(opts)
         with console.status("starting the stack..."):
             stack.start()
-    except StackError as exc:
+    except (StackError, AlertingConfigError) as exc:
         raise _fail(str(exc)) from None
     _print_stack(opts.run_dir)
     if detach:
@@ -281,14 +282,23 @@ def _first_count(prom: Any, model: str, scrape_interval: float) -> float | None:
 def render(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("generated"),
     profile: str = "default",
+    slo: Annotated[Path | None, typer.Option(help="SLO file (default: the built-in one).")
+                   ] = None,
 ) -> None:
-    """Write the generated Prometheus, rule and Alertmanager files for a local stack."""
+    """Write Prometheus config, rules, promtool rule tests and Alertmanager config.
+
+    Email and Slack receivers are configured from INFERWATCH_* environment variables
+    (see docs/alerting.md); credentials stay in files that Alertmanager reads.
+    """
+    from inferwatch.stack.alerting import AlertingConfigError, receivers_from_env
     from inferwatch.stack.config import write_stack_config
     from inferwatch.stack.runner import StackError, profile_named
+    from inferwatch.stack.slo import SLOError, load_slos
 
     try:
-        paths = write_stack_config(out, profile_named(profile), StackPorts())
-    except StackError as exc:
+        paths = write_stack_config(out, profile_named(profile), StackPorts(),
+                                   receivers_from_env(), load_slos(slo))
+    except (StackError, SLOError, AlertingConfigError) as exc:
         raise _fail(str(exc)) from None
     for name, path in paths.items():
         console.print(f"{name}: {path}")

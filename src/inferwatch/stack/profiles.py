@@ -11,7 +11,8 @@ class Profile:
     scrape_interval: str
     evaluation_interval: str
     rate_window: str  # range of rate() in rules and panels; >= 4 scrape intervals
-    error_alert_for: str
+    error_alert_for: str  # the seed's rule, target down, saturation
+    slow_alert_for: str  # latency, no traffic, host resources
     group_wait: str
     group_interval: str
     repeat_interval: str
@@ -24,13 +25,13 @@ class Profile:
 
 DEFAULT = Profile(
     name="default", scrape_interval="10s", evaluation_interval="10s", rate_window="5m",
-    error_alert_for="1m", group_wait="30s", group_interval="5m", repeat_interval="12h",
-    resend_delay="1m",
+    error_alert_for="1m", slow_alert_for="5m", group_wait="30s", group_interval="5m",
+    repeat_interval="12h", resend_delay="1m",
 )
 FAST = Profile(
     name="fast", scrape_interval="1s", evaluation_interval="1s", rate_window="15s",
-    error_alert_for="5s", group_wait="1s", group_interval="5s", repeat_interval="1h",
-    resend_delay="1s",
+    error_alert_for="5s", slow_alert_for="10s", group_wait="1s", group_interval="5s",
+    repeat_interval="1h", resend_delay="1s",
 )
 PROFILES = {p.name: p for p in (DEFAULT, FAST)}
 

@@ -1,11 +1,33 @@
-"""Alert and recording rules, defined once and rendered to Prometheus rule files."""
+"""Recording and alert rules, defined once and rendered to Prometheus rule files.
+
+Names of recording rules follow ``level:metric:operations``. SLO alerts are the multiwindow,
+multi-burn-rate alerts of the SRE workbook; every window's ratio is a ratio of summed
+increases over that window (request-weighted), never an average of shorter ratios.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from inferwatch.stack.profiles import Profile
+from inferwatch.stack.slo import SLO, load_slos
+
+RUNBOOK_BASE = "docs/runbooks.md"
+
+
+@dataclass(frozen=True)
+class RecordingRule:
+    record: str
+    expr: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def render(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"record": self.record, "expr": self.expr}
+        if self.labels:
+            out["labels"] = dict(self.labels)
+        return out
 
 
 @dataclass(frozen=True)
@@ -18,36 +40,256 @@ class AlertRule:
     description: str
     labels: dict[str, str] = field(default_factory=dict)
 
-    def render(self) -> dict[str, Any]:
+    def annotations(self, runbook_base: str = RUNBOOK_BASE) -> dict[str, str]:
+        return {"summary": self.summary, "description": self.description,
+                "runbook_url": f"{runbook_base}#{self.name.lower()}"}
+
+    def render(self, runbook_base: str = RUNBOOK_BASE) -> dict[str, Any]:
         return {
             "alert": self.name,
             "expr": self.expr,
             "for": self.for_,
             "labels": {"severity": self.severity, **self.labels},
-            "annotations": {"summary": self.summary, "description": self.description},
+            "annotations": self.annotations(runbook_base),
         }
 
 
-def alert_rules(profile: Profile) -> list[AlertRule]:
+@dataclass(frozen=True)
+class RuleGroup:
+    name: str
+    rules: Sequence[RecordingRule | AlertRule]
+    interval: str | None = None
+
+
+# Multiwindow, multi-burn-rate pairs: (long window, short window, burn-rate factor).
+PAGE_WINDOWS = (("1h", "5m", 14.4), ("6h", "30m", 6.0))
+TICKET_WINDOWS = (("1d", "2h", 3.0), ("3d", "6h", 1.0))
+SLO_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
+
+# Thresholds of the alerts that are not SLO-driven.
+ERROR_RATIO_THRESHOLD = 0.05
+QUEUE_SATURATION_THRESHOLD = 0.8
+HOST_CPU_THRESHOLD = 0.9
+HOST_MEMORY_THRESHOLD = 0.9
+
+
+def cpu_record(profile: Profile) -> str:
+    return f"instance:node_cpu_utilisation:rate{profile.rate_window}"
+
+
+MEMORY_RECORD = "instance:node_memory_utilisation:ratio"
+
+
+def error_ratio_record(window: str) -> str:
+    return f"model:inference_availability_errors:ratio_rate{window}"
+
+
+def slow_ratio_record(window: str) -> str:
+    return f"model:inference_latency_slow:ratio_rate{window}"
+
+
+def service_recordings(profile: Profile) -> list[RecordingRule]:
+    w = profile.rate_window
+    rules = [
+        RecordingRule(f"model:inference_requests:rate{w}",
+                      f"sum by (model) (rate(inference_requests_total[{w}]))"),
+        RecordingRule(f"model:inference_errors:ratio_rate{w}",
+                      f"sum by (model) (rate(inference_errors_total[{w}]))"
+                      f" / sum by (model) (rate(inference_requests_total[{w}]))"),
+    ]
+    for q in ("50", "95", "99"):
+        rules.append(RecordingRule(
+            f"model:inference_latency_seconds:p{q}_rate{w}",
+            f"histogram_quantile(0.{q}, sum by (model, le) "
+            f"(rate(inference_latency_seconds_bucket[{w}])))"))
+    rules.append(RecordingRule(
+        f"model_stage:inference_stage_seconds:p95_rate{w}",
+        f"histogram_quantile(0.95, sum by (model, stage, le) "
+        f"(rate(inference_stage_seconds_bucket[{w}])))"))
+    return rules
+
+
+def host_recordings(profile: Profile) -> list[RecordingRule]:
+    # The node-mixin formulas (node_exporter's own mixin), per instance.
     w = profile.rate_window
     return [
-        # The seed's rule, kept as written; its window and `for` follow the profile.
-        AlertRule(
-            name="HighInferenceErrorRate",
-            expr=f"rate(inference_errors_total[{w}]) / rate(inference_requests_total[{w}])"
-                 " > 0.05",
-            for_=profile.error_alert_for,
-            severity="critical",
-            summary="High inference error rate on {{ $labels.instance }}",
-            description="The inference error ratio of model {{ $labels.model }} on "
-                        "{{ $labels.instance }} over the last " + w + " is "
-                        "{{ $value | humanizePercentage }}, above the 5% threshold.",
-        ),
+        RecordingRule(cpu_record(profile),
+                      '1 - avg without (cpu) (sum without (mode) (rate(node_cpu_seconds_total'
+                      f'{{job="node", mode=~"idle|iowait|steal"}}[{w}])))'),
+        RecordingRule(MEMORY_RECORD,
+                      '1 - (node_memory_MemAvailable_bytes{job="node"}'
+                      ' / node_memory_MemTotal_bytes{job="node"})'),
     ]
 
 
-def render_rule_file(profile: Profile) -> dict[str, Any]:
-    return {"groups": [{
-        "name": "inferwatch-alerts",
-        "rules": [rule.render() for rule in alert_rules(profile)],
-    }]}
+def slo_recordings(slos: Sequence[SLO]) -> list[RecordingRule]:
+    """Error and slow-request ratios per SLO window, each a ratio of summed increases."""
+    rules = []
+    for w in SLO_WINDOWS:
+        rules.append(RecordingRule(
+            error_ratio_record(w),
+            f"sum by (model) (increase(inference_errors_total[{w}]))"
+            f" / sum by (model) (increase(inference_requests_total[{w}]))"))
+    for slo in slos:
+        # The threshold bucket differs per model; the static label keeps rules distinct.
+        sel = f'model="{slo.model}"'
+        for w in SLO_WINDOWS:
+            ok = f"sum by (model) (increase(inference_latency_seconds_count{{{sel}}}[{w}]))"
+            fast = (f"sum by (model) (increase(inference_latency_seconds_bucket"
+                    f'{{{sel}, le="{slo.le}"}}[{w}]))')
+            rules.append(RecordingRule(slow_ratio_record(w), f"({ok} - {fast}) / {ok}",
+                                       {"model": slo.model}))
+    return rules
+
+
+def _burn_expr(record: Any, slo_model: str, budget: float,
+               pairs: Sequence[tuple[str, str, float]]) -> str:
+    parts = []
+    for long, short, factor in pairs:
+        threshold = f"{factor * budget:.6g}"
+        parts.append(f'({record(long)}{{model="{slo_model}"}} > {threshold}'
+                     f' and {record(short)}{{model="{slo_model}"}} > {threshold})')
+    return "\n  or\n".join(parts)
+
+
+def slo_alerts(slo: SLO) -> list[AlertRule]:
+    m = slo.model
+    avail = f"{slo.availability:.4%}".rstrip("0").rstrip(".")
+    lat = f"{slo.latency_objective:.4%}".rstrip("0").rstrip(".")
+    thr = f"{slo.latency_threshold * 1000:g} ms"
+    return [
+        AlertRule(
+            "InferenceErrorBudgetBurnFast",
+            _burn_expr(error_ratio_record, m, slo.error_budget, PAGE_WINDOWS), "2m", "critical",
+            f"Model {m} is burning its error budget fast",
+            f"Model {m} fails requests at 6x or more of the rate its {avail} availability "
+            f"objective over {slo.window} allows (1h and 5m above 14.4x, or 6h and 30m above "
+            "6x): the budget is gone within days.",
+            {"slo": "availability", "model": m}),
+        AlertRule(
+            "InferenceErrorBudgetBurnSlow",
+            _burn_expr(error_ratio_record, m, slo.error_budget, TICKET_WINDOWS), "15m",
+            "warning",
+            f"Model {m} is slowly burning its error budget",
+            f"Model {m} fails requests faster than its {avail} availability objective over "
+            f"{slo.window} allows (1d and 2h above 3x, or 3d and 6h above 1x).",
+            {"slo": "availability", "model": m}),
+        AlertRule(
+            "InferenceLatencyBudgetBurnFast",
+            _burn_expr(slow_ratio_record, m, slo.latency_budget, PAGE_WINDOWS), "2m",
+            "critical",
+            f"Model {m} is burning its latency budget fast",
+            f"Too many requests to model {m} take longer than {thr}: the objective is {lat} "
+            f"within {thr} over {slo.window} (1h and 5m above 14.4x, or 6h and 30m above 6x).",
+            {"slo": "latency", "model": m}),
+        AlertRule(
+            "InferenceLatencyBudgetBurnSlow",
+            _burn_expr(slow_ratio_record, m, slo.latency_budget, TICKET_WINDOWS), "15m",
+            "warning",
+            f"Model {m} is slowly burning its latency budget",
+            f"More requests to model {m} take longer than {thr} than its objective ({lat} "
+            f"over {slo.window}) allows (1d and 2h above 3x, or 3d and 6h above 1x).",
+            {"slo": "latency", "model": m}),
+    ]
+
+
+def service_alerts(profile: Profile, slos: Sequence[SLO]) -> list[AlertRule]:
+    w = profile.rate_window
+    rules = [
+        # The seed's rule, kept as written; its window and `for` follow the profile.
+        AlertRule(
+            "HighInferenceErrorRate",
+            f"rate(inference_errors_total[{w}]) / rate(inference_requests_total[{w}])"
+            f" > {ERROR_RATIO_THRESHOLD}",
+            profile.error_alert_for, "critical",
+            "High inference error rate on {{ $labels.instance }}",
+            "The inference error ratio of model {{ $labels.model }} on {{ $labels.instance }}"
+            f" over the last {w} is {{{{ $value | humanizePercentage }}}}, above the "
+            f"{ERROR_RATIO_THRESHOLD:.0%} threshold."),
+        AlertRule(
+            "TargetDown", "up == 0", profile.error_alert_for, "critical",
+            "{{ $labels.job }} target {{ $labels.instance }} is down",
+            "Prometheus cannot scrape {{ $labels.instance }} (job {{ $labels.job }}); its "
+            "metrics and the alerts built on them are blind until it is back."),
+        AlertRule(
+            "InferenceQueueSaturated",
+            "max by (model, instance) (inference_queue_depth / inference_queue_capacity)"
+            f" > {QUEUE_SATURATION_THRESHOLD}",
+            profile.error_alert_for, "warning",
+            "Batching queue of {{ $labels.model }} on {{ $labels.instance }} is nearly full",
+            "The queue is {{ $value | humanizePercentage }} full; beyond capacity requests are "
+            "shed with 503."),
+        AlertRule(
+            "InferenceRequestsShed",
+            "sum by (model, instance) (rate(inference_error_reasons_total"
+            f'{{reason="overloaded"}}[{w}])) > 0',
+            profile.error_alert_for, "warning",
+            "{{ $labels.instance }} sheds requests for {{ $labels.model }}",
+            "The service answers 503 overloaded to {{ $value | humanize }} requests per second."),
+        AlertRule(
+            "HostCpuHigh", f"{cpu_record(profile)} > {HOST_CPU_THRESHOLD}",
+            profile.slow_alert_for, "warning",
+            "CPU of {{ $labels.instance }} is nearly saturated",
+            "CPU utilisation is {{ $value | humanizePercentage }}: inference latency grows "
+            "with queueing for CPU."),
+        AlertRule(
+            "HostMemoryHigh", f"{MEMORY_RECORD} > {HOST_MEMORY_THRESHOLD}",
+            profile.slow_alert_for, "warning",
+            "Memory of {{ $labels.instance }} is nearly exhausted",
+            "Memory utilisation is {{ $value | humanizePercentage }}."),
+    ]
+    for slo in slos:
+        m = slo.model
+        rules.append(AlertRule(
+            "InferenceLatencyHigh",
+            f"histogram_quantile(0.95, sum by (model, le) (rate(inference_latency_seconds_bucket"
+            f'{{model="{m}"}}[{w}]))) > {slo.latency_threshold:g}',
+            profile.slow_alert_for, "warning",
+            f"p95 latency of {m} is above {slo.latency_threshold * 1000:g} ms",
+            f"The p95 latency of model {m} over {w} is above its objective of "
+            f"{slo.latency_threshold * 1000:g} ms; see the per-stage latency panels for where "
+            "the time goes.",
+            {"model": m}))
+        if slo.expect_traffic:
+            rules.append(AlertRule(
+                "InferenceNoTraffic",
+                f'sum by (model) (rate(inference_requests_total{{model="{m}"}}[{w}])) == 0'
+                f'\nor absent(inference_requests_total{{model="{m}"}})',
+                profile.slow_alert_for, "warning",
+                f"Model {m} receives no requests",
+                f"Model {m} is expected to serve traffic but received none over {w}: clients, "
+                "load balancer or discovery may be broken.",
+                {"model": m}))
+    return rules
+
+
+def rule_groups(profile: Profile, slos: Sequence[SLO] | None = None) -> list[RuleGroup]:
+    slos = load_slos() if slos is None else slos
+    groups = [
+        RuleGroup("inferwatch-service-recording", service_recordings(profile)),
+        RuleGroup("inferwatch-host-recording", host_recordings(profile)),
+        RuleGroup("inferwatch-alerts", service_alerts(profile, slos)),
+    ]
+    # Recordings and the alerts that read them share a group: evaluated in order.
+    groups.append(RuleGroup("inferwatch-slo", [
+        *slo_recordings(slos), *(a for slo in slos for a in slo_alerts(slo))
+    ], interval="1m"))
+    return groups
+
+
+def render_rule_file(profile: Profile, slos: Sequence[SLO] | None = None,
+                     runbook_base: str = RUNBOOK_BASE) -> dict[str, Any]:
+    out = []
+    for group in rule_groups(profile, slos):
+        rendered: dict[str, Any] = {"name": group.name}
+        if group.interval:
+            rendered["interval"] = group.interval
+        rendered["rules"] = [r.render(runbook_base) if isinstance(r, AlertRule) else r.render()
+                             for r in group.rules]
+        out.append(rendered)
+    return {"groups": out}
+
+
+def alert_names(profile: Profile, slos: Sequence[SLO] | None = None) -> list[str]:
+    return sorted({r.name for g in rule_groups(profile, slos) for r in g.rules
+                   if isinstance(r, AlertRule)})

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from inferwatch.stack.alerting import Receivers
 from inferwatch.stack.config import HOST, StackPorts, url, write_stack_config
 from inferwatch.stack.profiles import PROFILES, Profile
 
@@ -64,6 +65,7 @@ class StackOptions:
     models: Sequence[str] = ("digits",)
     traffic_rate: float = 0.0  # demo requests per second; 0 for none
     resnet18_weights: Path | None = None
+    receivers: Receivers | None = None  # email/Slack beside the inbox webhook
 
 
 def components(opts: StackOptions) -> list[Component]:
@@ -135,7 +137,8 @@ class Stack:
                 f"{port} ({name})" for name, port in busy
             ) + ". Stop what listens there or choose other ports (see `inferwatch up --help`).")
         parts = components(self.opts)
-        write_stack_config(self.opts.run_dir, self.opts.profile, self.opts.ports)
+        write_stack_config(self.opts.run_dir, self.opts.profile, self.opts.ports,
+                           self.opts.receivers)
         self.start_components(parts, timeout)
 
     def start_components(self, parts: Sequence[Component], timeout: float = 90.0) -> None:
