@@ -59,7 +59,7 @@ def main() -> None:
     ports = StackPorts.free()
     registry = CollectorRegistry()
     app = create_app(ServeConfig(max_wait_ms=args.max_wait_ms), registry)
-    recorder = Recorder(app.service.metrics, registry)  # type: ignore[attr-defined]
+    recorder = Recorder(app.service.metrics, registry)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=ports.service,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

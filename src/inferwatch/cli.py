@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,11 +45,22 @@ def serve(
     queue_capacity: Annotated[int, typer.Option(
         help="Samples that may wait per model; beyond, 503 with Retry-After.")] = 256,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 4 << 20,
+    admin_port: Annotated[int | None, typer.Option(
+        help="Enable the fault-injection admin API on 127.0.0.1:PORT (needs a token).")
+    ] = None,
+    admin_token_file: Annotated[Path | None, typer.Option(
+        help="File (mode 0600) holding the admin bearer token; or set INFERWATCH_ADMIN_TOKEN.")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
 ) -> None:
     """Run the inference service (TorchServe and Open Inference Protocol v2 routes)."""
+    import asyncio
+    import os
+
     import uvicorn
 
+    from inferwatch.secrets import SecretFileError, read_secret_file
+    from inferwatch.serve.admin import ADMIN_HOST, create_admin_app
     from inferwatch.serve.app import ServeConfig, create_app
 
     logging.basicConfig(level=log_level.upper(),
@@ -58,11 +71,38 @@ def serve(
         queue_capacity=queue_capacity, max_body_bytes=max_body_bytes,
     )
     try:
+        token = (read_secret_file(admin_token_file, "--admin-token-file") if admin_token_file
+                 else os.environ.get("INFERWATCH_ADMIN_TOKEN"))
+        if admin_port is not None and not token:
+            raise ValueError("--admin-port needs --admin-token-file or INFERWATCH_ADMIN_TOKEN")
         asgi = create_app(config)
-    except (ValueError, ImportError, OSError) as exc:
+        admin = create_admin_app(asgi.service.faults, token) if admin_port and token else None
+    except (ValueError, ImportError, OSError, SecretFileError) as exc:
         raise _fail(str(exc)) from None
-    uvicorn.run(asgi, host=host, port=port, log_level="warning", access_log=False,
-                loop=_best("uvloop", "auto"), http=_best("httptools", "auto"))
+    main = uvicorn.Server(uvicorn.Config(
+        asgi, host=host, port=port, log_level="warning", access_log=False,
+        loop=_best("uvloop", "auto"), http=_best("httptools", "auto")))
+    if admin is None or admin_port is None:
+        main.run()
+        return
+
+    class AdminServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield  # the main server handles signals and stops this one
+
+    side = AdminServer(uvicorn.Config(admin, host=ADMIN_HOST, port=admin_port,
+                                      log_level="warning", access_log=False))
+
+    async def both() -> None:
+        task = asyncio.create_task(side.serve())
+        try:
+            await main.serve()
+        finally:
+            side.should_exit = True
+            await task
+
+    asyncio.run(both())
 
 
 def _best(module: str, fallback: str) -> Any:
@@ -87,11 +127,8 @@ def inbox(
                 access_log=False)
 
 
-def _ports(auto: bool, service: int, prometheus: int, alertmanager: int, node_exporter: int,
-           inbox_port: int) -> StackPorts:
-    if auto:
-        return StackPorts.free()
-    return StackPorts(service, prometheus, alertmanager, node_exporter, inbox_port)
+def _ports(auto: bool, **ports: int) -> StackPorts:
+    return StackPorts.free() if auto else StackPorts(**ports)
 
 
 @app.command()
@@ -113,6 +150,8 @@ def up(
     alertmanager_port: int = 9093,
     node_exporter_port: int = 9100,
     inbox_port: int = 9095,
+    admin_port: Annotated[int, typer.Option(help="Fault-injection admin API (127.0.0.1).")
+                          ] = 9097,
 ) -> None:
     """Start the service, Prometheus, Alertmanager, node_exporter and an alert inbox."""
     from inferwatch.stack.alerting import AlertingConfigError, receivers_from_env
@@ -121,8 +160,9 @@ def up(
     try:
         opts = StackOptions(
             run_dir=run_dir.resolve(), profile=profile_named("fast" if fast else profile),
-            ports=_ports(auto_ports, service_port, prometheus_port, alertmanager_port,
-                         node_exporter_port, inbox_port),
+            ports=_ports(auto_ports, service=service_port, prometheus=prometheus_port,
+                         alertmanager=alertmanager_port, node_exporter=node_exporter_port,
+                         inbox=inbox_port, admin=admin_port),
             models=tuple(model or ["digits"]), traffic_rate=traffic,
             resnet18_weights=resnet18_weights, receivers=receivers_from_env(),
         )
@@ -302,6 +342,88 @@ def render(
         raise _fail(str(exc)) from None
     for name, path in paths.items():
         console.print(f"{name}: {path}")
+
+
+chaos_app = typer.Typer(help="Inject faults into a running service (admin API), and clear them.",
+                        no_args_is_help=True)
+app.add_typer(chaos_app, name="chaos")
+
+
+def _chaos(run_dir: Path, admin_url: str | None, token_file: Path | None) -> Any:
+    from inferwatch.operate.chaos import ChaosClient, ChaosError
+    from inferwatch.secrets import SecretFileError, read_secret_file
+
+    try:
+        if admin_url:
+            if token_file is None:
+                raise ChaosError("--admin-url needs --token-file")
+            return ChaosClient(admin_url, read_secret_file(token_file, "--token-file"))
+        return ChaosClient.from_run_dir(run_dir)
+    except (ChaosError, SecretFileError) as exc:
+        raise _fail(str(exc)) from None
+
+
+AdminUrl = Annotated[str | None, typer.Option(help="Admin API URL (default: from --run-dir).")]
+TokenFile = Annotated[Path | None, typer.Option(help="Admin token file, with --admin-url.")]
+
+
+def _show(call: Any) -> None:
+    from inferwatch.operate.chaos import ChaosError
+
+    try:
+        console.print_json(data=call())
+    except ChaosError as exc:
+        raise _fail(str(exc)) from None
+
+
+@chaos_app.command("errors")
+def chaos_errors(ratio: Annotated[float, typer.Option(help="Share of requests to fail.")] = 1.0,
+                 run_dir: RunDir = Path("run"), admin_url: AdminUrl = None,
+                 token_file: TokenFile = None) -> None:
+    """Fail this share of inference requests with 500 (reason `injected`)."""
+    _show(lambda: _chaos(run_dir, admin_url, token_file).errors(ratio))
+
+
+@chaos_app.command("latency")
+def chaos_latency(
+    stage: Annotated[str, typer.Option(help="queue | preprocess | compute | postprocess")] =
+        "compute",
+    seconds: Annotated[float, typer.Option(help="Added to the stage; 0 removes it.")] = 0.1,
+    run_dir: RunDir = Path("run"), admin_url: AdminUrl = None, token_file: TokenFile = None,
+) -> None:
+    """Add latency to one stage of every request."""
+    _show(lambda: _chaos(run_dir, admin_url, token_file).latency(stage, seconds))
+
+
+@chaos_app.command("cpu")
+def chaos_cpu(workers: Annotated[int, typer.Option(help="Busy processes.")] = 2,
+              seconds: Annotated[float, typer.Option(help="They stop by themselves after.")
+                                 ] = 60.0,
+              run_dir: RunDir = Path("run"), admin_url: AdminUrl = None,
+              token_file: TokenFile = None) -> None:
+    """Hog the CPU with busy processes next to the service."""
+    _show(lambda: _chaos(run_dir, admin_url, token_file).cpu(workers, seconds))
+
+
+@chaos_app.command("kill")
+def chaos_kill(run_dir: RunDir = Path("run"), admin_url: AdminUrl = None,
+               token_file: TokenFile = None) -> None:
+    """Kill the service process (SIGKILL), as a crash would."""
+    _show(lambda: _chaos(run_dir, admin_url, token_file).kill())
+
+
+@chaos_app.command("clear")
+def chaos_clear(run_dir: RunDir = Path("run"), admin_url: AdminUrl = None,
+                token_file: TokenFile = None) -> None:
+    """Remove every injected fault."""
+    _show(lambda: _chaos(run_dir, admin_url, token_file).clear())
+
+
+@chaos_app.command("status")
+def chaos_status(run_dir: RunDir = Path("run"), admin_url: AdminUrl = None,
+                 token_file: TokenFile = None) -> None:
+    """Show the faults in effect."""
+    _show(lambda: _chaos(run_dir, admin_url, token_file).status())
 
 
 @app.command()

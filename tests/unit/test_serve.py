@@ -22,7 +22,7 @@ def run_with_client(
     app = create_app(config or ServeConfig(), registry)
 
     async def main() -> None:
-        async with app.app.router.lifespan_context(app.app):  # type: ignore[attr-defined]
+        async with app.starlette.router.lifespan_context(app.starlette):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
                 await test(c, registry)

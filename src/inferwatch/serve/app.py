@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -35,6 +36,7 @@ from inferwatch.metrics import InferenceMetrics, MetricsMiddleware
 from inferwatch.models import InputError, ServedModel, decode_image, load_model
 from inferwatch.serve.batching import MicroBatcher, QueueFullError
 from inferwatch.serve.errors import InferenceError, error_response, handle_inference_error
+from inferwatch.serve.faults import Faults
 from inferwatch.serve.openapi import openapi_document
 
 log = logging.getLogger("inferwatch.serve")
@@ -73,15 +75,17 @@ class InferenceService:
         self.metrics = InferenceMetrics(
             {m.card.name: m.card.version for m in loaded}, registry=self.registry, **kwargs
         )
+        self.faults = Faults()
         self.deployments: dict[str, _Deployment] = {}
         for model in loaded:
             card = model.card
             batcher = MicroBatcher(
-                model.predict_proba,
+                functools.partial(self._predict, model),
                 max_batch_size=config.max_batch_size or model.max_batch_size,
                 max_wait=config.max_wait_ms / 1000.0,
                 capacity=config.queue_capacity,
                 on_batch=functools.partial(self.metrics.observe_batch, card.name),
+                queue_delay=functools.partial(self.faults.delay, "queue"),
                 name=card.name,
             )
             self.metrics.watch_queue(card.name, batcher.depth, batcher.capacity)
@@ -94,6 +98,24 @@ class InferenceService:
                      f", held-out accuracy {card.heldout_accuracy:.4f}"
                      if card.heldout_accuracy is not None else "")
 
+    def _predict(self, model: ServedModel, batch: np.ndarray) -> np.ndarray:
+        delay = self.faults.delay("compute")
+        if delay:
+            time.sleep(delay)  # in the model's worker thread, like a slow model would
+        return model.predict_proba(batch)
+
+    async def preprocess_faults(self) -> None:
+        if self.faults.should_fail():
+            raise InferenceError("injected", "failure injected by `inferwatch chaos errors`")
+        delay = self.faults.delay("preprocess")
+        if delay:
+            await asyncio.sleep(delay)
+
+    async def postprocess_faults(self) -> None:
+        delay = self.faults.delay("postprocess")
+        if delay:
+            await asyncio.sleep(delay)
+
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         for d in self.deployments.values():
@@ -103,6 +125,7 @@ class InferenceService:
         finally:
             for d in self.deployments.values():
                 await d.batcher.stop()
+            self.faults.clear()
 
     def deployment(self, name: str) -> _Deployment:
         found = self.deployments.get(name)
@@ -171,9 +194,18 @@ def _input_error(exc: InputError) -> InferenceError:
     return InferenceError(exc.reason, str(exc))
 
 
+class ServiceApp(MetricsMiddleware):
+    """The ASGI app of the service: its routes behind the metrics middleware it exports."""
+
+    def __init__(self, starlette: Starlette, service: InferenceService) -> None:
+        super().__init__(starlette, service.metrics)
+        self.starlette = starlette
+        self.service = service
+
+
 def create_app(
     config: ServeConfig | None = None, registry: CollectorRegistry | None = None
-) -> MetricsMiddleware:
+) -> ServiceApp:
     """The service as an ASGI app, wrapped in the metrics middleware it exports."""
     disable_created_metrics()  # `_created` series double the exposition for no query we run
     service = InferenceService(config or ServeConfig(), registry)
@@ -184,6 +216,7 @@ def create_app(
         d = service.deployment(name)
         body = await read_body(request, limit)
         start = time.perf_counter()
+        await service.preprocess_faults()
         if request.headers.get("content-type", "").startswith("application/json"):
             payload = parse_json(body)
             encoded = payload.get("image_base64") if isinstance(payload, dict) else None
@@ -200,6 +233,7 @@ def create_app(
             raise _input_error(exc) from None
         probs = await service.infer(name, sample[None], time.perf_counter() - start)
         post = time.perf_counter()
+        await service.postprocess_faults()
         labels = d.model.card.labels
         top = np.argsort(probs[0])[::-1][:_TOP_K]
         response = JSONResponse({labels[i]: round(float(probs[0][i]), 6) for i in top},
@@ -216,9 +250,11 @@ def create_app(
                                  f"model {name} has version {d.model.card.version}")
         body = await read_body(request, limit)
         start = time.perf_counter()
+        await service.preprocess_faults()
         samples, request_id = _v2_samples(d.model, parse_json(body))
         probs = await service.infer(name, samples, time.perf_counter() - start)
         post = time.perf_counter()
+        await service.postprocess_faults()
         card = d.model.card
         response = JSONResponse({
             "model_name": card.name,
@@ -290,9 +326,7 @@ def create_app(
         exception_handlers={InferenceError: handle_inference_error, HTTPException: http_error},
         lifespan=service.lifespan,
     )
-    wrapped = MetricsMiddleware(app, service.metrics)
-    wrapped.service = service  # type: ignore[attr-defined]
-    return wrapped
+    return ServiceApp(app, service)
 
 
 def _v2_samples(model: ServedModel, payload: Any) -> tuple[np.ndarray, str | None]:

@@ -47,6 +47,7 @@ class MicroBatcher:
         max_wait: float = 0.002,
         capacity: int = 1024,
         on_batch: Callable[[int], None] | None = None,
+        queue_delay: Callable[[], float] | None = None,
         name: str = "model",
     ) -> None:
         if max_batch_size < 1 or capacity < 1 or max_wait < 0:
@@ -56,6 +57,7 @@ class MicroBatcher:
         self.max_wait = max_wait
         self.capacity = capacity
         self._on_batch = on_batch
+        self._queue_delay = queue_delay  # fault injection: holds batches in the queue
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._waiting = 0  # samples queued, not yet taken into a batch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
@@ -118,6 +120,8 @@ class MicroBatcher:
             self._waiting -= sum(len(p.samples) for p in batch)
             if not live:
                 continue
+            if self._queue_delay is not None and (delay := self._queue_delay()):
+                await asyncio.sleep(delay)
             started = time.perf_counter()
             stacked = np.concatenate([p.samples for p in live])
             try:

@@ -8,12 +8,11 @@ environment.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from inferwatch.secrets import SecretFileError, check_secret_file
 from inferwatch.stack.profiles import Profile
 
 # Receiver names: the routing tree sends each severity to one of these.
@@ -21,7 +20,7 @@ PAGE, TICKET, DEFAULT = "page", "ticket", "default"
 SEVERITY_RECEIVERS = {"critical": PAGE, "warning": TICKET}
 
 
-class AlertingConfigError(ValueError):
+class AlertingConfigError(SecretFileError):
     pass
 
 
@@ -49,14 +48,6 @@ class Receivers:
     email: EmailSettings | None = None
     slack: SlackSettings | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def check_secret_file(path: str, what: str) -> None:
-    p = Path(path)
-    if not p.is_file():
-        raise AlertingConfigError(f"{what}: {path} is not a file")
-    if p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise AlertingConfigError(f"{what}: {path} is readable by others; chmod 600 {path}")
 
 
 def receivers_from_env(env: Mapping[str, str] | None = None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from inferwatch.secrets import write_secret_file
 from inferwatch.stack.alerting import Receivers
 from inferwatch.stack.config import HOST, StackPorts, url, write_stack_config
 from inferwatch.stack.profiles import PROFILES, Profile
@@ -68,10 +70,15 @@ class StackOptions:
     receivers: Receivers | None = None  # email/Slack beside the inbox webhook
 
 
+def admin_token_path(run_dir: Path) -> Path:
+    return run_dir / "admin-token"
+
+
 def components(opts: StackOptions) -> list[Component]:
     d, p = opts.run_dir, opts.ports
     python = [sys.executable, "-m", "inferwatch"]
-    serve = [*python, "serve", "--host", HOST, "--port", str(p.service)]
+    serve = [*python, "serve", "--host", HOST, "--port", str(p.service),
+             "--admin-port", str(p.admin), "--admin-token-file", str(admin_token_path(d))]
     for model in opts.models:
         serve += ["--model", model]
     if opts.resnet18_weights:
@@ -139,6 +146,8 @@ class Stack:
         parts = components(self.opts)
         write_stack_config(self.opts.run_dir, self.opts.profile, self.opts.ports,
                            self.opts.receivers)
+        # A fresh token per stack: chaos needs it, and it never leaves the run directory.
+        write_secret_file(admin_token_path(self.opts.run_dir), secrets.token_urlsafe(32))
         self.start_components(parts, timeout)
 
     def start_components(self, parts: Sequence[Component], timeout: float = 90.0) -> None:

@@ -1,0 +1,91 @@
+import asyncio
+
+import httpx
+import numpy as np
+import pytest
+
+from inferwatch.models.digits import digit_png
+from inferwatch.serve.admin import create_admin_app
+from inferwatch.serve.faults import FaultError, Faults
+
+TOKEN = "t" * 32
+
+
+def call(app, method: str, path: str, token: str | None = TOKEN, **kw):  # type: ignore[no-untyped-def]
+    async def run() -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://t") as c:
+            return await c.request(method, path, headers=headers, **kw)
+    return asyncio.run(run())
+
+
+def test_admin_needs_the_token() -> None:
+    app = create_admin_app(Faults(), TOKEN)
+    assert call(app, "GET", "/admin/faults", token=None).status_code == 401
+    assert call(app, "POST", "/admin/faults/errors", token="x" * 32,
+                json={"ratio": 1}).status_code == 401
+    assert call(app, "GET", "/admin/faults").status_code == 200
+    with pytest.raises(ValueError):
+        create_admin_app(Faults(), "short")
+
+
+def test_fault_requests_are_validated_and_clearable() -> None:
+    faults = Faults()
+    app = create_admin_app(faults, TOKEN)
+    assert call(app, "POST", "/admin/faults/errors", json={"ratio": 2}).status_code == 422
+    assert call(app, "POST", "/admin/faults/latency",
+                json={"stage": "nope", "seconds": 1}).status_code == 422
+    assert call(app, "POST", "/admin/faults/errors", content=b"{").status_code == 400
+    r = call(app, "POST", "/admin/faults/latency", json={"stage": "compute", "seconds": 0.2})
+    assert r.json()["latency_seconds"] == {"compute": 0.2}
+    assert call(app, "DELETE", "/admin/faults").json()["latency_seconds"] == {}
+
+
+def test_error_ratio_is_exact_and_evenly_spread() -> None:
+    faults = Faults()
+    faults.set_error_ratio(0.25)
+    outcomes = [faults.should_fail() for _ in range(100)]
+    assert sum(outcomes) == 25
+    assert all(sum(outcomes[i:i + 4]) == 1 for i in range(0, 100, 4))
+    with pytest.raises(FaultError):
+        faults.set_error_ratio(-0.1)
+
+
+def test_cpu_hog_processes_stop_on_clear() -> None:
+    faults = Faults()
+    faults.start_cpu_hog(1, 30)
+    assert faults.describe()["cpu_hog"]["workers"] == 1
+    procs = list(faults._hogs)
+    faults.clear()
+    assert all(p.poll() is not None for p in procs)
+    assert faults.describe()["cpu_hog"] is None
+
+
+def test_injected_faults_reach_the_service_and_its_metrics() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from inferwatch.serve.app import ServeConfig, create_app
+
+    registry = CollectorRegistry()
+    app = create_app(ServeConfig(), registry)
+    png = digit_png(np.zeros((8, 8), np.float32))
+
+    async def run() -> list[int]:
+        async with app.starlette.router.lifespan_context(app.starlette):
+            app.service.faults.set_error_ratio(0.5)
+            app.service.faults.set_latency("compute", 0.02)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://t") as c:
+                return [(await c.post("/predictions/digits", content=png)).status_code
+                        for _ in range(10)]
+
+    codes = asyncio.run(run())
+    assert codes.count(500) == 5 and codes.count(200) == 5
+    labels = {"model": "digits", "version": "1"}
+    assert registry.get_sample_value("inference_error_reasons_total",
+                                     {**labels, "reason": "injected"}) == 5
+    assert registry.get_sample_value("inference_errors_total", labels) == 5
+    compute_sum = registry.get_sample_value("inference_stage_seconds_sum",
+                                            {**labels, "stage": "compute"})
+    assert compute_sum is not None and compute_sum >= 5 * 0.02
