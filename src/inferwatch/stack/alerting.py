@@ -20,8 +20,15 @@ PAGE, TICKET, DEFAULT = "page", "ticket", "default"
 SEVERITY_RECEIVERS = {"critical": PAGE, "warning": TICKET}
 
 
-class AlertingConfigError(SecretFileError):
+class AlertingConfigError(ValueError):
     pass
+
+
+def _private(path: str, what: str) -> None:
+    try:
+        check_secret_file(path, what)
+    except SecretFileError as exc:
+        raise AlertingConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,7 @@ def receivers_from_env(env: Mapping[str, str] | None = None,
             raise AlertingConfigError(f"email receiver needs {', '.join(missing)}")
         password_file = env.get("INFERWATCH_SMTP_PASSWORD_FILE") or None
         if password_file:
-            check_secret_file(password_file, "INFERWATCH_SMTP_PASSWORD_FILE")
+            _private(password_file, "INFERWATCH_SMTP_PASSWORD_FILE")
         email = EmailSettings(
             to=env["INFERWATCH_EMAIL_TO"], sender=env["INFERWATCH_SMTP_FROM"],
             smarthost=env["INFERWATCH_SMTP_SMARTHOST"],
@@ -75,8 +82,7 @@ def receivers_from_env(env: Mapping[str, str] | None = None,
         )
     slack = None
     if env.get("INFERWATCH_SLACK_WEBHOOK_URL_FILE"):
-        check_secret_file(env["INFERWATCH_SLACK_WEBHOOK_URL_FILE"],
-                          "INFERWATCH_SLACK_WEBHOOK_URL_FILE")
+        _private(env["INFERWATCH_SLACK_WEBHOOK_URL_FILE"], "INFERWATCH_SLACK_WEBHOOK_URL_FILE")
         slack = SlackSettings(env["INFERWATCH_SLACK_WEBHOOK_URL_FILE"],
                               env.get("INFERWATCH_SLACK_CHANNEL") or None)
     return Receivers(webhook_urls, email, slack)
