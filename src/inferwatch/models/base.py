@@ -65,6 +65,8 @@ class ServedModel(ABC):
         if values.ndim >= 1 and values.size % size == 0 and values.size > 0:
             n = values.size // size
             if values.shape in ((n, *shape), (n, size), shape, (size,)):
+                if not np.isfinite(values).all():
+                    raise InputError("invalid_shape", "the tensor holds NaN or infinite values")
                 return values.reshape((n, *shape)).astype(np.float32, copy=False)
         raise InputError(
             "invalid_shape",

@@ -129,12 +129,6 @@ class DigitsModel(ServedModel):
         gray = image.convert("L").resize((8, 8), Image.Resampling.BOX)
         return np.asarray(gray, dtype=np.float32) * (16.0 / 255.0)
 
-    def from_tensor(self, values: np.ndarray) -> np.ndarray:
-        samples = super().from_tensor(values)
-        if not np.isfinite(samples).all():
-            raise InputError("invalid_shape", "the tensor holds NaN or infinite values")
-        return samples
-
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         x = batch.reshape(len(batch), -1) * self._weights["x_scale"]
         return _forward(self._weights, x)

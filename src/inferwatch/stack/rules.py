@@ -152,44 +152,38 @@ def _burn_expr(record: Any, slo_model: str, budget: float,
     return "\n  or\n".join(parts)
 
 
+# (name suffix, window pairs, for, severity, how fast)
+_BURN_SPEEDS = (("Fast", PAGE_WINDOWS, "2m", "critical", "fast"),
+                ("Slow", TICKET_WINDOWS, "15m", "warning", "slowly"))
+
+
+def _windows_text(pairs: Sequence[tuple[str, str, float]]) -> str:
+    return ", or ".join(f"{long} and {short} above {factor:g}x" for long, short, factor in pairs)
+
+
 def slo_alerts(slo: SLO) -> list[AlertRule]:
     m = slo.model
     avail = f"{slo.availability:.4%}".rstrip("0").rstrip(".")
     lat = f"{slo.latency_objective:.4%}".rstrip("0").rstrip(".")
     thr = f"{slo.latency_threshold * 1000:g} ms"
+    slis = (
+        ("Error", "availability", error_ratio_record, slo.error_budget, "error",
+         f"fails requests faster than its {avail} availability objective over {slo.window} "
+         "allows"),
+        ("Latency", "latency", slow_ratio_record, slo.latency_budget, "latency",
+         f"serves more requests slower than {thr} than its objective ({lat} within {thr} "
+         f"over {slo.window}) allows"),
+    )
     return [
         AlertRule(
-            "InferenceErrorBudgetBurnFast",
-            _burn_expr(error_ratio_record, m, slo.error_budget, PAGE_WINDOWS), "2m", "critical",
-            f"Model {m} is burning its error budget fast",
-            f"Model {m} fails requests at 6x or more of the rate its {avail} availability "
-            f"objective over {slo.window} allows (1h and 5m above 14.4x, or 6h and 30m above "
-            "6x): the budget is gone within days.",
-            {"slo": "availability", "model": m}),
-        AlertRule(
-            "InferenceErrorBudgetBurnSlow",
-            _burn_expr(error_ratio_record, m, slo.error_budget, TICKET_WINDOWS), "15m",
-            "warning",
-            f"Model {m} is slowly burning its error budget",
-            f"Model {m} fails requests faster than its {avail} availability objective over "
-            f"{slo.window} allows (1d and 2h above 3x, or 3d and 6h above 1x).",
-            {"slo": "availability", "model": m}),
-        AlertRule(
-            "InferenceLatencyBudgetBurnFast",
-            _burn_expr(slow_ratio_record, m, slo.latency_budget, PAGE_WINDOWS), "2m",
-            "critical",
-            f"Model {m} is burning its latency budget fast",
-            f"Too many requests to model {m} take longer than {thr}: the objective is {lat} "
-            f"within {thr} over {slo.window} (1h and 5m above 14.4x, or 6h and 30m above 6x).",
-            {"slo": "latency", "model": m}),
-        AlertRule(
-            "InferenceLatencyBudgetBurnSlow",
-            _burn_expr(slow_ratio_record, m, slo.latency_budget, TICKET_WINDOWS), "15m",
-            "warning",
-            f"Model {m} is slowly burning its latency budget",
-            f"More requests to model {m} take longer than {thr} than its objective ({lat} "
-            f"over {slo.window}) allows (1d and 2h above 3x, or 3d and 6h above 1x).",
-            {"slo": "latency", "model": m}),
+            f"Inference{sli}BudgetBurn{suffix}",
+            _burn_expr(record, m, budget, pairs), hold, severity,
+            f"Model {m} is {how} burning its {budget_name} budget"
+            if how != "fast" else f"Model {m} is burning its {budget_name} budget fast",
+            f"Model {m} {what} ({_windows_text(pairs)}).",
+            {"slo": slo_label, "model": m})
+        for sli, slo_label, record, budget, budget_name, what in slis
+        for suffix, pairs, hold, severity, how in _BURN_SPEEDS
     ]
 
 
