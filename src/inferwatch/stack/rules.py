@@ -163,8 +163,8 @@ def _windows_text(pairs: Sequence[tuple[str, str, float]]) -> str:
 
 def slo_alerts(slo: SLO) -> list[AlertRule]:
     m = slo.model
-    avail = f"{slo.availability:.4%}".rstrip("0").rstrip(".")
-    lat = f"{slo.latency_objective:.4%}".rstrip("0").rstrip(".")
+    avail = f"{slo.availability * 100:.6g}%"
+    lat = f"{slo.latency_objective * 100:.6g}%"
     thr = f"{slo.latency_threshold * 1000:g} ms"
     slis = (
         ("Error", "availability", error_ratio_record, slo.error_budget, "error",
