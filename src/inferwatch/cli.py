@@ -171,25 +171,29 @@ def up(
             stack.start()
     except (StackError, AlertingConfigError) as exc:
         raise _fail(str(exc)) from None
-    _print_stack(opts.run_dir)
     if detach:
+        _print_stack(opts.run_dir)
         console.print(f"Detached. Stop with: inferwatch down --run-dir {run_dir}")
         return
-    console.print("Alert notifications appear below. Ctrl-C stops everything.")
     stopping = False
 
     def _stop(signum: int, frame: Any) -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, _stop)
     seen = 0
     try:
+        # Handle SIGINT ourselves too: a shell that starts us in the background ignores it,
+        # and Python then installs no KeyboardInterrupt handler.
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        _print_stack(opts.run_dir)
+        console.print("Alert notifications appear below. Ctrl-C stops everything.")
         while not stopping:
             seen = _print_new_notifications(opts.run_dir / "inbox.jsonl", seen)
             time.sleep(0.5)
     except KeyboardInterrupt:
-        pass
+        pass  # arrived before our handler was installed
     finally:
         with console.status("stopping..."):
             stack.stop()
