@@ -88,10 +88,11 @@ def inbox(
 
 
 def _ports(auto: bool, service: int, prometheus: int, alertmanager: int, node_exporter: int,
-           inbox_port: int) -> StackPorts:
+           inbox_port: int, dashboard_port: int) -> StackPorts:
     if auto:
         return StackPorts.free()
-    return StackPorts(service, prometheus, alertmanager, node_exporter, inbox_port)
+    return StackPorts(service, prometheus, alertmanager, node_exporter, inbox_port,
+                      dashboard_port)
 
 
 @app.command()
@@ -113,15 +114,17 @@ def up(
     alertmanager_port: int = 9093,
     node_exporter_port: int = 9100,
     inbox_port: int = 9095,
+    dashboard_port: int = 9096,
 ) -> None:
-    """Start the service, Prometheus, Alertmanager, node_exporter and an alert inbox."""
+    """Start the service, Prometheus, Alertmanager, node_exporter, an alert inbox and the
+    dashboard page."""
     from inferwatch.stack.runner import Stack, StackError, StackOptions, profile_named
 
     try:
         opts = StackOptions(
             run_dir=run_dir.resolve(), profile=profile_named("fast" if fast else profile),
             ports=_ports(auto_ports, service_port, prometheus_port, alertmanager_port,
-                         node_exporter_port, inbox_port),
+                         node_exporter_port, inbox_port, dashboard_port),
             models=tuple(model or ["digits"]), traffic_rate=traffic,
             resnet18_weights=resnet18_weights,
         )
@@ -184,6 +187,8 @@ def _print_stack(run_dir: Path) -> None:
         console.print(f"Prometheus UI: http://{HOST}:{ports['prometheus']}/graph\n"
                       f"service metrics: http://{HOST}:{ports['service']}/metrics\n"
                       f"Alertmanager UI: http://{HOST}:{ports['alertmanager']}/#/alerts")
+        if "dashboard" in ports:
+            console.print(f"[bold]dashboard: http://{HOST}:{ports['dashboard']}/[/]")
 
 
 @app.command()
@@ -278,16 +283,45 @@ def _first_count(prom: Any, model: str, scrape_interval: float) -> float | None:
 
 
 @app.command()
+def dashboard(
+    prometheus: Annotated[str, typer.Option(help="Prometheus URL the panels query.")] =
+        f"http://{HOST}:9090",
+    alertmanager: Annotated[str, typer.Option(
+        help="Alertmanager URL for the active alerts; empty for none.")] = f"http://{HOST}:9093",
+    host: Annotated[str, typer.Option(help="Bind address.")] = HOST,
+    port: Annotated[int, typer.Option(help="Port.")] = 9096,
+    profile: Annotated[str, typer.Option(help="Timing profile: sets the rate window.")] =
+        "default",
+) -> None:
+    """Serve the built-in dashboard page: the Grafana dashboard's panels, without Grafana."""
+    import uvicorn
+
+    from inferwatch.stack.dashboard import DashboardConfig, create_dashboard_app
+    from inferwatch.stack.runner import StackError, profile_named
+
+    try:
+        config = DashboardConfig(prometheus=prometheus, alertmanager=alertmanager or None,
+                                 profile=profile_named(profile))
+    except StackError as exc:
+        raise _fail(str(exc)) from None
+    uvicorn.run(create_dashboard_app(config), host=host, port=port, log_level="warning",
+                access_log=False)
+
+
+@app.command()
 def render(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("generated"),
     profile: str = "default",
 ) -> None:
-    """Write the generated Prometheus, rule and Alertmanager files for a local stack."""
+    """Write the generated Prometheus, rule, Alertmanager and Grafana files for a local stack."""
     from inferwatch.stack.config import write_stack_config
+    from inferwatch.stack.grafana import write_grafana_files
     from inferwatch.stack.runner import StackError, profile_named
 
     try:
-        paths = write_stack_config(out, profile_named(profile), StackPorts())
+        chosen = profile_named(profile)
+        paths = write_stack_config(out, chosen, StackPorts())
+        paths.update(write_grafana_files(out / "grafana", chosen))
     except StackError as exc:
         raise _fail(str(exc)) from None
     for name, path in paths.items():

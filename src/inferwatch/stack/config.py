@@ -22,6 +22,7 @@ class StackPorts:
     alertmanager: int = 9093
     node_exporter: int = 9100
     inbox: int = 9095
+    dashboard: int = 9096
 
     @classmethod
     def free(cls) -> StackPorts:
