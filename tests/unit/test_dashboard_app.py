@@ -1,11 +1,14 @@
 import asyncio
+import json
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
 from inferwatch.stack.dashboard import DashboardConfig, create_dashboard_app
+from inferwatch.stack.dashboard.app import STATIC
 from inferwatch.stack.panels import DASHBOARD, GPU_PRESENT
 from inferwatch.stack.profiles import FAST
 
@@ -169,3 +172,11 @@ def test_upstream_errors_reach_the_page_as_json() -> None:
         assert (await c.get("/api/alerts")).json() == {"alerts": [], "alertmanager": None}
 
     run(test, DashboardConfig(PROM, None, FAST), down)
+
+
+def test_vendored_uplot_is_the_version_web_locks() -> None:
+    lock = json.loads((Path(__file__).parents[2] / "web" / "package-lock.json").read_text())
+    version = lock["packages"]["node_modules/uplot"]["version"]
+    banner = (STATIC / "vendor" / "uPlot.iife.min.js").read_text()[:80]
+    assert f"(v{version})" in banner, "run `make assets` after changing web/package.json"
+    assert "MIT License" in (STATIC / "vendor" / "uPlot.LICENSE").read_text()
