@@ -150,10 +150,12 @@ def up(
     alertmanager_port: int = 9093,
     node_exporter_port: int = 9100,
     inbox_port: int = 9095,
+    dashboard_port: int = 9096,
     admin_port: Annotated[int, typer.Option(help="Fault-injection admin API (127.0.0.1).")
                           ] = 9097,
 ) -> None:
-    """Start the service, Prometheus, Alertmanager, node_exporter and an alert inbox."""
+    """Start the service, Prometheus, Alertmanager, node_exporter, an alert inbox and the
+    dashboard page."""
     from inferwatch.stack.alerting import AlertingConfigError, receivers_from_env
     from inferwatch.stack.runner import Stack, StackError, StackOptions, profile_named
 
@@ -162,7 +164,7 @@ def up(
             run_dir=run_dir.resolve(), profile=profile_named("fast" if fast else profile),
             ports=_ports(auto_ports, service=service_port, prometheus=prometheus_port,
                          alertmanager=alertmanager_port, node_exporter=node_exporter_port,
-                         inbox=inbox_port, admin=admin_port),
+                         inbox=inbox_port, dashboard=dashboard_port, admin=admin_port),
             models=tuple(model or ["digits"]), traffic_rate=traffic,
             resnet18_weights=resnet18_weights, receivers=receivers_from_env(),
         )
@@ -229,6 +231,8 @@ def _print_stack(run_dir: Path) -> None:
         console.print(f"Prometheus UI: http://{HOST}:{ports['prometheus']}/graph\n"
                       f"service metrics: http://{HOST}:{ports['service']}/metrics\n"
                       f"Alertmanager UI: http://{HOST}:{ports['alertmanager']}/#/alerts")
+        if "dashboard" in ports:
+            console.print(f"[bold]dashboard: http://{HOST}:{ports['dashboard']}/[/]")
 
 
 @app.command()
@@ -323,25 +327,55 @@ def _first_count(prom: Any, model: str, scrape_interval: float) -> float | None:
 
 
 @app.command()
+def dashboard(
+    prometheus: Annotated[str, typer.Option(help="Prometheus URL the panels query.")] =
+        f"http://{HOST}:9090",
+    alertmanager: Annotated[str, typer.Option(
+        help="Alertmanager URL for the active alerts; empty for none.")] = f"http://{HOST}:9093",
+    host: Annotated[str, typer.Option(help="Bind address.")] = HOST,
+    port: Annotated[int, typer.Option(help="Port.")] = 9096,
+    profile: Annotated[str, typer.Option(help="Timing profile: sets the rate window.")] =
+        "default",
+) -> None:
+    """Serve the built-in dashboard page: the Grafana dashboard's panels, without Grafana."""
+    import uvicorn
+
+    from inferwatch.stack.dashboard import DashboardConfig, create_dashboard_app
+    from inferwatch.stack.runner import StackError, profile_named
+
+    try:
+        config = DashboardConfig(prometheus=prometheus, alertmanager=alertmanager or None,
+                                 profile=profile_named(profile))
+    except StackError as exc:
+        raise _fail(str(exc)) from None
+    uvicorn.run(create_dashboard_app(config), host=host, port=port, log_level="warning",
+                access_log=False)
+
+
+@app.command()
 def render(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("generated"),
     profile: str = "default",
     slo: Annotated[Path | None, typer.Option(help="SLO file (default: the built-in one).")
                    ] = None,
 ) -> None:
-    """Write Prometheus config, rules, promtool rule tests and Alertmanager config.
+    """Write Prometheus config, rules, promtool rule tests, Alertmanager config and the
+    Grafana dashboard with its provisioning files.
 
     Email and Slack receivers are configured from INFERWATCH_* environment variables
     (see docs/alerting.md); credentials stay in files that Alertmanager reads.
     """
     from inferwatch.stack.alerting import AlertingConfigError, receivers_from_env
     from inferwatch.stack.config import write_stack_config
+    from inferwatch.stack.grafana import write_grafana_files
     from inferwatch.stack.runner import StackError, profile_named
     from inferwatch.stack.slo import SLOError, load_slos
 
     try:
-        paths = write_stack_config(out, profile_named(profile), StackPorts(),
-                                   receivers_from_env(), load_slos(slo))
+        chosen = profile_named(profile)
+        paths = write_stack_config(out, chosen, StackPorts(), receivers_from_env(),
+                                   load_slos(slo))
+        paths.update(write_grafana_files(out / "grafana", chosen))
     except (StackError, SLOError, AlertingConfigError) as exc:
         raise _fail(str(exc)) from None
     for name, path in paths.items():
