@@ -57,7 +57,9 @@ def test_up_in_foreground_stops_everything_on_sigint(tmp_path: Path) -> None:
             if "Ctrl-C stops everything" in line:
                 break
         processes = read_state(run_dir)
-        assert len(processes) == 6, "".join(lines)
+        assert {p.name for p in processes} == {
+            "service", "inbox", "node_exporter", "alertmanager", "prometheus", "dashboard",
+            "traffic"}, "".join(lines)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     finally:
