@@ -40,6 +40,12 @@ class ChaosClient:
     def close(self) -> None:
         self._client.close()
 
+    def __enter__(self) -> ChaosClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None
               ) -> dict[str, Any]:
         try:
