@@ -41,7 +41,7 @@
   // Units: the Grafana unit ids that panels.py uses.
   function num(v) {
     const a = Math.abs(v);
-    if (a === 0) return "0";
+    if (Number.isInteger(v) && a < 1e4) return String(v);  // counts: "1", not "1.00"
     if (a >= 1e9) return (v / 1e9).toFixed(1) + "G";
     if (a >= 1e6) return (v / 1e6).toFixed(1) + "M";
     if (a >= 1e4) return (v / 1e3).toFixed(1) + "k";
