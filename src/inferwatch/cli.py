@@ -45,6 +45,8 @@ def serve(
     queue_capacity: Annotated[int, typer.Option(
         help="Samples that may wait per model; beyond, 503 with Retry-After.")] = 256,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 4 << 20,
+    quality: Annotated[bool, typer.Option(
+        help="Track confidence, class mix, drift and feedback accuracy.")] = True,
     admin_port: Annotated[int | None, typer.Option(
         help="Enable the fault-injection admin API on 127.0.0.1:PORT (needs a token).")
     ] = None,
@@ -68,7 +70,7 @@ def serve(
     config = ServeConfig(
         models=tuple(model or ["digits"]), resnet18_weights=resnet18_weights,
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-        queue_capacity=queue_capacity, max_body_bytes=max_body_bytes,
+        queue_capacity=queue_capacity, max_body_bytes=max_body_bytes, quality=quality,
     )
     try:
         token = (read_secret_file(admin_token_file, "--admin-token-file") if admin_token_file
@@ -277,6 +279,9 @@ def load(
                                ] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
+    feedback: Annotated[bool, typer.Option(
+        help="Send each held-out digit's true label to POST /feedback after its answer.")
+    ] = False,
 ) -> None:
     """Send open-loop, constant-rate traffic; report client percentiles next to Prometheus'."""
     from inferwatch.operate.load import (
@@ -291,7 +296,7 @@ def load(
         count = 1000
     try:
         plan = LoadPlan(url=url, model=model, route=route, rate=rate,  # type: ignore[arg-type]
-                        count=count, duration=duration)
+                        count=count, duration=duration, feedback=feedback)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     if quiet:
@@ -302,6 +307,12 @@ def load(
     result = run_with_progress(plan, console)
     figures = report(result, console, prom, model=model, scrape_interval=scrape_interval,
                      prom_count_before=before)
+    if feedback:
+        figures["feedback"] = result.feedback
+        figures["feedback_accuracy"] = result.feedback_accuracy
+        accuracy = result.feedback_accuracy
+        console.print(f"feedback: {result.feedback}, accuracy "
+                      f"{'-' if accuracy is None else f'{accuracy:.3f}'}")
     if as_json:
         print(json.dumps(figures, default=str))
     if result.ok == 0:
@@ -441,6 +452,17 @@ def chaos_cpu(workers: Annotated[int, typer.Option(help="Busy processes.")] = 2,
               token_file: TokenFile = None) -> None:
     """Hog the CPU with busy processes next to the service."""
     _show(lambda: _chaos(run_dir, admin_url, token_file).cpu(workers, seconds))
+
+
+@chaos_app.command("drift")
+def chaos_drift(
+    kind: Annotated[str, typer.Option(help="noise | rotate | invert")] = "noise",
+    strength: Annotated[float, typer.Option(
+        help="Share of inputs rotated/inverted, or the noise level, in (0, 1].")] = 1.0,
+    run_dir: RunDir = Path("run"), admin_url: AdminUrl = None, token_file: TokenFile = None,
+) -> None:
+    """Shift the inputs the model sees, as a changed client population would."""
+    _show(lambda: _chaos(run_dir, admin_url, token_file).drift(kind, strength))
 
 
 @chaos_app.command("kill")

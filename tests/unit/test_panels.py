@@ -1,9 +1,16 @@
 import ast
 import re
 
+import numpy as np
 from prometheus_client import CollectorRegistry
 
 from inferwatch.metrics import InferenceMetrics
+from inferwatch.metrics.quality import (
+    FeatureReference,
+    QualityMetrics,
+    QualityMonitor,
+    QualityReference,
+)
 from inferwatch.stack.panels import (
     ALL,
     DASHBOARD,
@@ -25,6 +32,12 @@ def emitted_names() -> set[str]:
     metrics.watch_queue("m", lambda: 0, 1)
     metrics.set_model_loaded("m", runtime="numpy", load_seconds=1, accuracy=0.9)
     metrics.observe_request("m", 400, 0.1, "invalid_image")
+    quality = QualityMetrics(registry)
+    monitor = QualityMonitor(quality, "m", "1", ["a", "b"], QualityReference(
+        {"x": FeatureReference(np.array([0.5]), np.array([0.5, 0.5]))}, np.array([0.5, 0.5])),
+        features=lambda s: {"mean_intensity": s[:, 0], "x": s[:, 0]})
+    monitor.observe(np.array([[0.9, 0.1]]), np.array([[0.2]]))
+    monitor.flush()
     return {s.name for family in registry.collect() for s in family.samples}
 
 

@@ -69,6 +69,9 @@ class ChaosClient:
     def cpu(self, workers: int, seconds: float) -> dict[str, Any]:
         return self._call("POST", "/admin/faults/cpu", {"workers": workers, "seconds": seconds})
 
+    def drift(self, kind: str, strength: float) -> dict[str, Any]:
+        return self._call("POST", "/admin/faults/drift", {"kind": kind, "strength": strength})
+
     def clear(self) -> dict[str, Any]:
         return self._call("DELETE", "/admin/faults")
 

@@ -205,12 +205,40 @@ PANELS = (
           f"sum by (model) (inference_queue_depth{{{_S}}})", "none", width=12),
     Panel("in_flight", "Requests in flight",
           f"sum by (model) (inference_in_flight_requests{{{_S}}})", "none", width=12),
-    # Model quality: more panels arrive with the model-quality metrics.
+    # Model quality: accuracy measured at load and from labelled feedback, drift, confidence.
     Panel("heldout_accuracy", "Held-out accuracy",
           f"max by (model, version) (inference_model_heldout_accuracy_ratio{{{_S}}})",
           "percentunit", row="quality", kind="stat", legend="{{model}} v{{version}}",
           thresholds=(Threshold(None, "red"), Threshold(0.9, "orange"), Threshold(0.95, "green")),
-          description="Accuracy on held-out data, measured when the model was loaded."),
+          description="Accuracy on held-out data, measured when the model was loaded.", width=6),
+    Panel("feedback_accuracy", "Accuracy from feedback (top-1)",
+          f'sum by (model) (rate(inference_feedback_total{{{_S}, outcome="correct"}}{_W}))'
+          f" / sum by (model) (rate(inference_feedback_total{{{_S}}}{_W}))",
+          "percentunit", row="quality", width=6,
+          thresholds=(Threshold(None, "red"), Threshold(0.9, "green")),
+          description="Share of answers whose labelled feedback (POST /feedback) agreed."),
+    Panel("feedback_top5_accuracy", "Accuracy from feedback (top-5)",
+          f'sum by (model) (rate(inference_feedback_top5_total{{{_S}, outcome="correct"}}{_W}))'
+          f" / sum by (model) (rate(inference_feedback_top5_total{{{_S}}}{_W}))",
+          "percentunit", row="quality", width=6,
+          thresholds=(Threshold(None, "red"), Threshold(0.9, "green"))),
+    Panel("drift_psi", "Input drift (PSI vs training data)",
+          f"max by (model, feature) (inference_drift_psi{{{_S}}})", "none", row="quality",
+          legend="{{model}} {{feature}}", width=6,
+          thresholds=(OK, Threshold(0.1, "orange"), Threshold(0.25, "red")),
+          description="Population Stability Index of the last window of inputs; "
+                      "feature=prediction is the predicted class mix."),
+    Panel("confidence", "Median top-1 confidence",
+          f"histogram_quantile(0.5, sum by (model, le) (rate("
+          f"inference_prediction_confidence_bucket{{{_S}}}{_W})))", "percentunit",
+          row="quality", width=12),
+    Panel("class_mix", "Predicted class mix",
+          f"sum by (class) (rate(inference_predictions_total{{{_S}}}{_W}))", "reqps",
+          row="quality", legend="{{class}}", width=12),
+    Panel("input_mean", "Mean input intensity (median)",
+          f"histogram_quantile(0.5, sum by (model, le) (rate("
+          f"inference_input_mean_intensity_bucket{{{_S}}}{_W})))", "percentunit",
+          row="quality", width=12),
     # System: the hosts, from node_exporter (and the GPU exporter where there is a GPU).
     _CPU,
     Panel("memory", "Host memory used",

@@ -113,7 +113,7 @@ def components(opts: StackOptions) -> list[Component]:
     if opts.traffic_rate > 0:
         parts.append(Component("traffic", [
             *python, "load", "--url", url(p.service), "--rate", str(opts.traffic_rate),
-            "--duration", str(365 * 86400), "--quiet",
+            "--duration", str(365 * 86400), "--quiet", "--feedback",
         ], None))
     return parts
 
