@@ -487,6 +487,50 @@ def chaos_status(run_dir: RunDir = Path("run"), admin_url: AdminUrl = None,
 
 
 @app.command()
+def doctor(
+    run_dir: RunDir = Path("run"),
+    prometheus: Annotated[str | None, typer.Option(
+        help="Prometheus URL (default: the stack of --run-dir).")] = None,
+    alertmanager: Annotated[str | None, typer.Option(
+        help="Alertmanager URL that Prometheus must send to.")] = None,
+    grafana_provisioning: Annotated[Path | None, typer.Option(
+        help="Grafana provisioning directory whose datasource URLs to check.")] = None,
+    containers: Annotated[bool, typer.Option(
+        help="The stack runs in containers (compose, Kubernetes): localhost URLs are wrong.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")
+                       ] = False,
+) -> None:
+    """Check a running stack: Prometheus, targets, rules, Alertmanager, receivers, datasources,
+    TSDB disk and clock. Exits 1 when something is wrong, with a fix for each problem."""
+    from inferwatch.operate.doctor import Doctor, failed
+    from inferwatch.operate.doctor import as_json as findings_json
+    from inferwatch.stack.runner import read_state_info
+
+    if prometheus is None:
+        ports = read_state_info(run_dir).get("ports")
+        if not ports:
+            raise _fail(f"no stack in {run_dir}: pass --prometheus URL")
+        prometheus = f"http://{HOST}:{ports['prometheus']}"
+        alertmanager = alertmanager or f"http://{HOST}:{ports['alertmanager']}"
+        if grafana_provisioning is None and (run_dir / "grafana" / "provisioning").is_dir():
+            grafana_provisioning = run_dir / "grafana" / "provisioning"
+    findings = Doctor(prometheus, alertmanager, grafana_provisioning, containers).run()
+    if as_json:
+        print(json.dumps(findings_json(findings)))
+    else:
+        table = Table(title="inferwatch doctor")
+        for column in ("check", "status", "detail", "fix"):
+            table.add_column(column)
+        colours = {"ok": "green", "warn": "yellow", "fail": "red"}
+        for f in findings:
+            table.add_row(f.check, f"[{colours[f.status]}]{f.status}[/]", f.detail, f.fix)
+        console.print(table)
+    if failed(findings):
+        raise typer.Exit(1)
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     import inferwatch
