@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from inferwatch.metrics import InferenceMetrics, MetricsMiddleware
+from inferwatch.metrics.gpu import GPUCollector
 from inferwatch.models import InputError, ServedModel, decode_image, load_model
 from inferwatch.serve.batching import MicroBatcher, QueueFullError
 from inferwatch.serve.errors import InferenceError, error_response, handle_inference_error
@@ -159,6 +160,7 @@ def _default_registry() -> CollectorRegistry:
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
+    GPUCollector(registry=registry)
     return registry
 
 
