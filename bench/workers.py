@@ -11,6 +11,8 @@
 3. Throughput of ``--workers 1`` and ``--workers 2`` under the same closed-loop load (64
    requests in flight, the load tool in this process), alternated over ``--rounds``, with
    the cores the service and the load tool used.
+4. The metric updates of one request (counters, histograms, in-flight gauge) with values in
+   memory (one process) and in the shared files (several workers), in this process.
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def files_section(dead_counts: list[int]) -> None:
     print(f"## reading the shared files: {LIVE} live workers after N died (in process)")
     print(f"{'dead':>6} {'slot-named (ms)':>16} {'files':>6} {'pid-named (ms)':>15} "
           f"{'files':>6} {'ratio':>6}")
-    saved = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    saved, saved_class = os.environ.get("PROMETHEUS_MULTIPROC_DIR"), values.ValueClass
     for dead in dead_counts:
         row = []
         for slot_named in (True, False):
@@ -168,6 +170,7 @@ def files_section(dead_counts: list[int]) -> None:
         print(f"{dead:>6} {slot_ms:>16.1f} {slot_files:>6} {pid_ms:>15.1f} {pid_files:>6} "
               f"{pid_ms / slot_ms:>5.1f}x")
     # Services started later must not inherit it: it switches prometheus_client's values.
+    values.ValueClass = saved_class
     if saved is None:
         del os.environ["PROMETHEUS_MULTIPROC_DIR"]
     else:
@@ -212,6 +215,36 @@ def throughput_section(rounds: int, count: int) -> None:
           f"ratio {two / one:.2f} ({os.cpu_count()} cores, load tool on the same cores)")
 
 
+def update_cost_section() -> None:
+    print("## metric updates of one request (in process)")
+
+    def per_request_us(metrics: InferenceMetrics, n: int = 20000) -> float:
+        gauge = metrics.in_flight_gauge("digits")
+        start = time.perf_counter()
+        for _ in range(n):
+            gauge.inc()
+            for stage in ("preprocess", "queue", "compute"):
+                metrics.observe_stage("digits", stage, 0.0001)
+            metrics.observe_batch("digits", 1)
+            metrics.observe_stage("digits", "postprocess", 0.0001)
+            gauge.dec()
+            metrics.observe_request("digits", 200, 0.0004)
+        return (time.perf_counter() - start) / n * 1e6
+
+    memory = InferenceMetrics({"digits": "1"}, registry=CollectorRegistry())
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = values.ValueClass
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tmp
+        values.ValueClass = values.MultiProcessValue(lambda: "0")
+        shared = InferenceMetrics({"digits": "1"}, registry=CollectorRegistry())
+        rounds = [(per_request_us(memory), per_request_us(shared)) for _ in range(3)]
+        close_all_multiprocess_files()
+        values.ValueClass = saved
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    one, files = (statistics.median(r[i] for r in rounds) for i in (0, 1))
+    print(f"in memory {one:.1f} us, shared files {files:.1f} us ({files / one:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--restarts", type=int, default=40)
@@ -221,6 +254,7 @@ def main() -> None:
     args = parser.parse_args()
     scrape_section(args.restarts)
     files_section([int(d) for d in args.dead.split(",")])
+    update_cost_section()
     throughput_section(args.rounds, args.count)
 
 
