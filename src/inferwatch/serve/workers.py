@@ -27,16 +27,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.values import close_all_multiprocess_files
 
 from inferwatch.metrics.workers import (
     SUPERVISOR,
     announce_slot,
     release_slot,
+    scrape_registry,
     slot_pids,
     use_slot,
 )
+from inferwatch.serve.app import ServeConfig, create_app
 
 log = logging.getLogger("inferwatch.serve.workers")
 
@@ -99,12 +101,11 @@ class _Slot:
 class Supervisor:
     """Starts ``workers`` processes on one socket, restarts the ones that die.
 
-    ``config`` is a :class:`inferwatch.serve.app.ServeConfig`, sent to the workers as JSON;
-    ``directory`` holds the shared metric files (default: a new temporary directory, removed
-    at exit).
+    ``config`` is sent to the workers as JSON; ``directory`` holds the shared metric files
+    (default: a new temporary directory, removed at exit).
     """
 
-    def __init__(self, config: Any, *, host: str, port: int, workers: int,
+    def __init__(self, config: ServeConfig, *, host: str, port: int, workers: int,
                  directory: Path | None = None, log_level: str = "info",
                  uvicorn_options: dict[str, Any] | None = None) -> None:
         if workers < 1:
@@ -223,14 +224,12 @@ class Supervisor:
                 path.unlink(missing_ok=True)
 
 
-def config_to_json(config: Any) -> dict[str, Any]:
+def config_to_json(config: ServeConfig) -> dict[str, Any]:
     out = dataclasses.asdict(config)
     return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
 
 
-def config_from_json(data: dict[str, Any]) -> Any:
-    from inferwatch.serve.app import ServeConfig
-
+def config_from_json(data: dict[str, Any]) -> ServeConfig:
     weights, buckets = data.get("resnet18_weights"), data.get("latency_buckets")
     return ServeConfig(**{**data, "models": tuple(data["models"]),
                           "resnet18_weights": Path(weights) if weights else None,
@@ -240,10 +239,6 @@ def config_from_json(data: dict[str, Any]) -> Any:
 def worker_main(argv: Sequence[str] | None = None) -> None:
     """Entry point of one worker: ``python -c ... SPEC_JSON``, started by the supervisor."""
     import uvicorn
-    from prometheus_client import CollectorRegistry
-
-    from inferwatch.metrics.workers import scrape_registry
-    from inferwatch.serve.app import create_app
 
     spec = json.loads((argv or sys.argv[1:])[0])
     slot, directory = spec["slot"], Path(spec["directory"])
