@@ -4,11 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := prometheus prometheus-alertmanager prometheus-node-exporter prometheus-pushgateway
 BINARIES := prometheus promtool prometheus-alertmanager amtool prometheus-node-exporter prometheus-pushgateway
+# The dashboard's browser test drives Debian's Chromium with Playwright (never a downloaded one).
+CHROMIUM := /usr/bin/chromium
 UP_ARGS ?=
 
-.PHONY: up test deps lint clean
+.PHONY: up test deps lint clean assets
 
-# Installs the Prometheus binaries with apt when any is missing (needs root).
+# Installs the Prometheus binaries, and Chromium for the browser test, with apt when missing
+# (needs root).
 deps:
 	@missing=""; for b in $(BINARIES); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
@@ -18,6 +21,14 @@ deps:
 	  else \
 	    echo "missing:$$missing. Run as root: apt-get install -y $(APT_PACKAGES)"; \
 	    echo "or put the upstream prometheus/alertmanager/node_exporter binaries on PATH."; exit 1; \
+	  fi; \
+	fi
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "note: the dashboard browser test needs $(CHROMIUM): apt-get install -y chromium"; \
 	  fi; \
 	fi
 
@@ -48,5 +59,13 @@ lint: $(VENV)/.installed-test
 test: deps $(VENV)/.installed-test lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
+# Re-vendors the dashboard's charting library after a version change in web/package.json;
+# the copied files are committed, so installing inferwatch needs no npm.
+VENDOR := src/inferwatch/stack/dashboard/static/vendor
+assets:
+	cd web && npm ci --no-audit --no-fund
+	cp web/node_modules/uplot/dist/uPlot.iife.min.js web/node_modules/uplot/dist/uPlot.min.css $(VENDOR)/
+	cp web/node_modules/uplot/LICENSE $(VENDOR)/uPlot.LICENSE
+
 clean:
-	rm -rf $(VENV) run generated
+	rm -rf $(VENV) run generated build

@@ -45,6 +45,8 @@ def serve(
     queue_capacity: Annotated[int, typer.Option(
         help="Samples that may wait per model; beyond, 503 with Retry-After.")] = 256,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 4 << 20,
+    quality: Annotated[bool, typer.Option(
+        help="Track confidence, class mix, drift and feedback accuracy.")] = True,
     admin_port: Annotated[int | None, typer.Option(
         help="Enable the fault-injection admin API on 127.0.0.1:PORT (needs a token).")
     ] = None,
@@ -74,7 +76,7 @@ def serve(
     config = ServeConfig(
         models=tuple(model or ["digits"]), resnet18_weights=resnet18_weights,
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-        queue_capacity=queue_capacity, max_body_bytes=max_body_bytes,
+        queue_capacity=queue_capacity, max_body_bytes=max_body_bytes, quality=quality,
     )
     uvicorn_options = {"loop": _best("uvloop", "auto"), "http": _best("httptools", "auto")}
     if workers > 1:
@@ -177,12 +179,14 @@ def up(
     alertmanager_port: int = 9093,
     node_exporter_port: int = 9100,
     inbox_port: int = 9095,
+    dashboard_port: int = 9096,
     admin_port: Annotated[int, typer.Option(help="Fault-injection admin API (127.0.0.1).")
                           ] = 9097,
     workers: Annotated[int, typer.Option(
         min=1, help="Service worker processes (`serve --workers`); chaos needs 1.")] = 1,
 ) -> None:
-    """Start the service, Prometheus, Alertmanager, node_exporter and an alert inbox."""
+    """Start the service, Prometheus, Alertmanager, node_exporter, an alert inbox and the
+    dashboard page."""
     from inferwatch.stack.alerting import AlertingConfigError, receivers_from_env
     from inferwatch.stack.runner import Stack, StackError, StackOptions, profile_named
 
@@ -191,7 +195,7 @@ def up(
             run_dir=run_dir.resolve(), profile=profile_named("fast" if fast else profile),
             ports=_ports(auto_ports, service=service_port, prometheus=prometheus_port,
                          alertmanager=alertmanager_port, node_exporter=node_exporter_port,
-                         inbox=inbox_port, admin=admin_port),
+                         inbox=inbox_port, dashboard=dashboard_port, admin=admin_port),
             models=tuple(model or ["digits"]), traffic_rate=traffic,
             resnet18_weights=resnet18_weights, receivers=receivers_from_env(),
             workers=workers,
@@ -201,25 +205,29 @@ def up(
             stack.start()
     except (StackError, AlertingConfigError) as exc:
         raise _fail(str(exc)) from None
-    _print_stack(opts.run_dir)
     if detach:
+        _print_stack(opts.run_dir)
         console.print(f"Detached. Stop with: inferwatch down --run-dir {run_dir}")
         return
-    console.print("Alert notifications appear below. Ctrl-C stops everything.")
     stopping = False
 
     def _stop(signum: int, frame: Any) -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, _stop)
     seen = 0
     try:
+        # Handle SIGINT ourselves too: a shell that starts us in the background ignores it,
+        # and Python then installs no KeyboardInterrupt handler.
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        _print_stack(opts.run_dir)
+        console.print("Alert notifications appear below. Ctrl-C stops everything.")
         while not stopping:
             seen = _print_new_notifications(opts.run_dir / "inbox.jsonl", seen)
             time.sleep(0.5)
     except KeyboardInterrupt:
-        pass
+        pass  # arrived before our handler was installed
     finally:
         with console.status("stopping..."):
             stack.stop()
@@ -255,6 +263,8 @@ def _print_stack(run_dir: Path) -> None:
         console.print(f"Prometheus UI: http://{HOST}:{ports['prometheus']}/graph\n"
                       f"service metrics: http://{HOST}:{ports['service']}/metrics\n"
                       f"Alertmanager UI: http://{HOST}:{ports['alertmanager']}/#/alerts")
+        if "dashboard" in ports:
+            console.print(f"[bold]dashboard: http://{HOST}:{ports['dashboard']}/[/]")
 
 
 @app.command()
@@ -299,6 +309,9 @@ def load(
                                ] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
+    feedback: Annotated[bool, typer.Option(
+        help="Send each held-out digit's true label to POST /feedback after its answer.")
+    ] = False,
 ) -> None:
     """Send open-loop, constant-rate traffic; report client percentiles next to Prometheus'."""
     from inferwatch.operate.load import (
@@ -313,7 +326,7 @@ def load(
         count = 1000
     try:
         plan = LoadPlan(url=url, model=model, route=route, rate=rate,  # type: ignore[arg-type]
-                        count=count, duration=duration)
+                        count=count, duration=duration, feedback=feedback)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     if quiet:
@@ -324,6 +337,12 @@ def load(
     result = run_with_progress(plan, console)
     figures = report(result, console, prom, model=model, scrape_interval=scrape_interval,
                      prom_count_before=before)
+    if feedback:
+        figures["feedback"] = result.feedback
+        figures["feedback_accuracy"] = result.feedback_accuracy
+        accuracy = result.feedback_accuracy
+        console.print(f"feedback: {result.feedback}, accuracy "
+                      f"{'-' if accuracy is None else f'{accuracy:.3f}'}")
     if as_json:
         print(json.dumps(figures, default=str))
     if result.ok == 0:
@@ -349,25 +368,55 @@ def _first_count(prom: Any, model: str, scrape_interval: float) -> float | None:
 
 
 @app.command()
+def dashboard(
+    prometheus: Annotated[str, typer.Option(help="Prometheus URL the panels query.")] =
+        f"http://{HOST}:9090",
+    alertmanager: Annotated[str, typer.Option(
+        help="Alertmanager URL for the active alerts; empty for none.")] = f"http://{HOST}:9093",
+    host: Annotated[str, typer.Option(help="Bind address.")] = HOST,
+    port: Annotated[int, typer.Option(help="Port.")] = 9096,
+    profile: Annotated[str, typer.Option(help="Timing profile: sets the rate window.")] =
+        "default",
+) -> None:
+    """Serve the built-in dashboard page: the Grafana dashboard's panels, without Grafana."""
+    import uvicorn
+
+    from inferwatch.stack.dashboard import DashboardConfig, create_dashboard_app
+    from inferwatch.stack.runner import StackError, profile_named
+
+    try:
+        config = DashboardConfig(prometheus=prometheus, alertmanager=alertmanager or None,
+                                 profile=profile_named(profile))
+    except StackError as exc:
+        raise _fail(str(exc)) from None
+    uvicorn.run(create_dashboard_app(config), host=host, port=port, log_level="warning",
+                access_log=False)
+
+
+@app.command()
 def render(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("generated"),
     profile: str = "default",
     slo: Annotated[Path | None, typer.Option(help="SLO file (default: the built-in one).")
                    ] = None,
 ) -> None:
-    """Write Prometheus config, rules, promtool rule tests and Alertmanager config.
+    """Write Prometheus config, rules, promtool rule tests, Alertmanager config and the
+    Grafana dashboard with its provisioning files.
 
     Email and Slack receivers are configured from INFERWATCH_* environment variables
     (see docs/alerting.md); credentials stay in files that Alertmanager reads.
     """
     from inferwatch.stack.alerting import AlertingConfigError, receivers_from_env
     from inferwatch.stack.config import write_stack_config
+    from inferwatch.stack.grafana import write_grafana_files
     from inferwatch.stack.runner import StackError, profile_named
     from inferwatch.stack.slo import SLOError, load_slos
 
     try:
-        paths = write_stack_config(out, profile_named(profile), StackPorts(),
-                                   receivers_from_env(), load_slos(slo))
+        chosen = profile_named(profile)
+        paths = write_stack_config(out, chosen, StackPorts(), receivers_from_env(),
+                                   load_slos(slo))
+        paths.update(write_grafana_files(out / "grafana", chosen))
     except (StackError, SLOError, AlertingConfigError) as exc:
         raise _fail(str(exc)) from None
     for name, path in paths.items():
@@ -433,6 +482,17 @@ def chaos_cpu(workers: Annotated[int, typer.Option(help="Busy processes.")] = 2,
               token_file: TokenFile = None) -> None:
     """Hog the CPU with busy processes next to the service."""
     _show(lambda: _chaos(run_dir, admin_url, token_file).cpu(workers, seconds))
+
+
+@chaos_app.command("drift")
+def chaos_drift(
+    kind: Annotated[str, typer.Option(help="noise | rotate | invert")] = "noise",
+    strength: Annotated[float, typer.Option(
+        help="Share of inputs rotated/inverted, or the noise level, in (0, 1].")] = 1.0,
+    run_dir: RunDir = Path("run"), admin_url: AdminUrl = None, token_file: TokenFile = None,
+) -> None:
+    """Shift the inputs the model sees, as a changed client population would."""
+    _show(lambda: _chaos(run_dir, admin_url, token_file).drift(kind, strength))
 
 
 @chaos_app.command("kill")

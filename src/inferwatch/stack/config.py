@@ -26,6 +26,7 @@ class StackPorts:
     alertmanager: int = 9093
     node_exporter: int = 9100
     inbox: int = 9095
+    dashboard: int = 9096
     admin: int = 9097
 
     @classmethod

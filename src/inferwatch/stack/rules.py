@@ -71,6 +71,7 @@ ERROR_RATIO_THRESHOLD = 0.05
 QUEUE_SATURATION_THRESHOLD = 0.8
 HOST_CPU_THRESHOLD = 0.9
 HOST_MEMORY_THRESHOLD = 0.9
+DRIFT_PSI_THRESHOLD = 0.25  # the usual reading of PSI: above 0.25 is a significant shift
 GPU_UTILISATION_THRESHOLD = 0.9  # the seed's "GPU > 90%"
 # Caching allocators (torch) and servers that reserve memory up front (vLLM takes 90% by
 # default) sit near 90% by design; above 95% the next larger batch may not fit.
@@ -82,6 +83,10 @@ def cpu_record(profile: Profile) -> str:
 
 
 MEMORY_RECORD = "instance:node_memory_utilisation:ratio"
+
+
+def feedback_record(profile: Profile, name: str = "accuracy") -> str:
+    return f"model:inference_feedback_{name}:ratio_rate{profile.rate_window}"
 
 
 def error_ratio_record(window: str) -> str:
@@ -106,6 +111,12 @@ def service_recordings(profile: Profile) -> list[RecordingRule]:
             f"model:inference_latency_seconds:p{q}_rate{w}",
             f"histogram_quantile(0.{q}, sum by (model, le) "
             f"(rate(inference_latency_seconds_bucket[{w}])))"))
+    for name, metric in (("accuracy", "inference_feedback"),
+                         ("top5_accuracy", "inference_feedback_top5")):
+        rules.append(RecordingRule(
+            feedback_record(profile, name),
+            f'sum by (model) (rate({metric}_total{{outcome="correct"}}[{w}]))'
+            f" / sum by (model) (rate({metric}_total[{w}]))"))
     rules.append(RecordingRule(
         f"model_stage:inference_stage_seconds:p95_rate{w}",
         f"histogram_quantile(0.95, sum by (model, stage, le) "
@@ -252,8 +263,28 @@ def service_alerts(profile: Profile, slos: Sequence[SLO]) -> list[AlertRule]:
             "{{ $value | humanizePercentage }} of the GPU's memory is allocated: a larger batch "
             "or another model may fail with out-of-memory."),
     ]
+    rules.append(AlertRule(
+        "ModelDrift",
+        f"max by (model, feature) (inference_drift_psi) > {DRIFT_PSI_THRESHOLD}",
+        profile.slow_alert_for, "warning",
+        "Inputs of {{ $labels.model }} drifted from the training data ({{ $labels.feature }})",
+        "The Population Stability Index of {{ $labels.feature }} over the last window of "
+        'inputs is {{ printf "%.2f" $value }} (above ' + f"{DRIFT_PSI_THRESHOLD:g}" + "): the "
+        "model sees data unlike what it was trained on."))
     for slo in slos:
         m = slo.model
+        if slo.accuracy is not None:
+            rules.append(AlertRule(
+                "AccuracyDrop",
+                f'{feedback_record(profile)}{{model="{m}"}} < {slo.accuracy:g}',
+                # A warning, like ModelDrift: a critical one would inhibit the drift alert
+                # that usually explains it.
+                profile.slow_alert_for, "warning",
+                f"Accuracy of {m} from labelled feedback fell below {slo.accuracy:.0%}",
+                f"Over the last {w}, {{{{ $value | humanizePercentage }}}} of the answers of "
+                f"model {m} that got labelled feedback were right; its objective is "
+                f"{slo.accuracy:.0%}.",
+                {"model": m}))
         rules.append(AlertRule(
             "InferenceLatencyHigh",
             f"histogram_quantile(0.95, sum by (model, le) (rate(inference_latency_seconds_bucket"

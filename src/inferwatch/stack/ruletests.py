@@ -70,7 +70,8 @@ def humanize(v: float) -> str:
     return f"{v:.4g}{prefix}"
 
 
-_TEMPLATE = re.compile(r"{{\s*(\$labels\.(\w+)|\$value\s*\|\s*(\w+))\s*}}")
+_TEMPLATE = re.compile(r"{{\s*(\$labels\.(\w+)|\$value\s*\|\s*(\w+)"
+                       r'|printf\s+"([^"]+)"\s+\$value)\s*}}')
 
 
 def expand(template: str, labels: dict[str, str], value: float | None) -> str:
@@ -79,6 +80,8 @@ def expand(template: str, labels: dict[str, str], value: float | None) -> str:
             return labels.get(match.group(2), "")
         if value is None:
             raise ValueError(f"{template!r} uses $value but its scenario gives none")
+        if match.group(4):
+            return match.group(4) % value  # Go's %f/%g verbs agree with Python's here
         fn = match.group(3)
         if fn == "humanizePercentage":
             return humanize(value * 100) + "%"
@@ -139,9 +142,19 @@ def service_scenarios(profile: Profile, slos: Sequence[SLO]) -> list[Scenario]:
             series("inferwatch_gpu_memory_total_bytes", GPU, flat(100, n)),
         ], GPU, value=gpu_used, onset_intervals=0),
     ]
+    psi_limit = r.DRIFT_PSI_THRESHOLD
+    found.append(Scenario("ModelDrift", lambda lv, n: [
+        series("inference_drift_psi", {**SERVICE, "feature": "ink_fraction"},
+               flat(psi_limit * lv, n)),
+    ], {"model": "digits", "feature": "ink_fraction"}, value=lambda lv: psi_limit * lv,
+        onset_intervals=0))
     for slo in slos:
         if slo.model != "digits":
             continue  # one model is enough: the others' rules differ only in constants
+        if slo.accuracy is not None:
+            found.append(Scenario("AccuracyDrop", functools.partial(_feedback, slo.accuracy),
+                                  {"model": "digits"},
+                                  functools.partial(_accuracy_at, slo.accuracy)))
         found.append(Scenario("InferenceLatencyHigh", functools.partial(_latency_buckets, slo),
                               {"model": slo.model}))
         if slo.expect_traffic:
@@ -150,6 +163,19 @@ def service_scenarios(profile: Profile, slos: Sequence[SLO]) -> list[Scenario]:
                        ramp(0 if lv > 1 else 1, n, start=5)),
             ], {"model": "digits"}))
     return found
+
+
+def _accuracy_at(objective: float, level: float) -> float:
+    """The condition is "below": level 1.1 puts accuracy 10% under the objective."""
+    return objective * (2 - level)
+
+
+def _feedback(objective: float, level: float, n: int) -> list[dict[str, str]]:
+    accuracy = _accuracy_at(objective, level)
+    return [series("inference_feedback_total", {**SERVICE, "outcome": "correct"},
+                   ramp(100 * accuracy, n)),
+            series("inference_feedback_total", {**SERVICE, "outcome": "incorrect"},
+                   ramp(100 * (1 - accuracy), n))]
 
 
 def _latency_buckets(slo: SLO, level: float, n: int) -> list[dict[str, str]]:

@@ -1,5 +1,6 @@
 """Start and stop the local stack: real Prometheus, Alertmanager and node_exporter binaries,
-the inference service, the alert inbox and demo traffic, each a child process on 127.0.0.1.
+the inference service, the alert inbox, the dashboard page and demo traffic, each a child
+process on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -107,11 +108,16 @@ def components(opts: StackOptions) -> list[Component]:
             f"--web.listen-address={HOST}:{p.prometheus}", "--web.enable-lifecycle",
             f"--rules.alert.resend-delay={opts.profile.resend_delay}",
         ], f"{url(p.prometheus)}/-/ready", url(p.prometheus)),
+        Component("dashboard", [
+            *python, "dashboard", "--prometheus", url(p.prometheus),
+            "--alertmanager", url(p.alertmanager), "--host", HOST, "--port", str(p.dashboard),
+            "--profile", opts.profile.name,
+        ], f"{url(p.dashboard)}/-/ready", url(p.dashboard)),
     ]
     if opts.traffic_rate > 0:
         parts.append(Component("traffic", [
             *python, "load", "--url", url(p.service), "--rate", str(opts.traffic_rate),
-            "--duration", str(365 * 86400), "--quiet",
+            "--duration", str(365 * 86400), "--quiet", "--feedback",
         ], None))
     return parts
 
