@@ -46,6 +46,15 @@ def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
     return sum(v for (n, _), v in samples.items() if n == name)
 
 
+def wait_for_total(service: str, name: str, expected: float, timeout: float = 10) -> None:
+    """Quality counts reach the shared files within a second (folded, then published)."""
+    deadline = time.monotonic() + timeout
+    while (seen := total(scrape(service), name)) != expected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name}: {seen}, expected {expected}")
+        time.sleep(0.2)
+
+
 def wait_for_new_worker(directory: Path, slot: str, old_pid: int, timeout: float = 30) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -68,6 +77,7 @@ def test_exact_counts_across_workers_and_killed_workers(stack: Stack) -> None:
         workers = {dict(labels)["worker"] for (name, labels) in samples
                    if name == "process_cpu_seconds_total"}
         assert workers == {"0", "1", "supervisor"}
+        wait_for_total(service, "inference_prediction_confidence_count", N)
         files = sorted(p.name for p in directory.iterdir())
 
         # Kill both original workers, one after the other: the next M requests can only be
@@ -89,6 +99,8 @@ def test_exact_counts_across_workers_and_killed_workers(stack: Stack) -> None:
         assert total(samples, "inference_in_flight_requests") == 0
         assert total(samples, "inference_queue_capacity") == 2 * 256  # live workers only
         assert sorted(p.name for p in directory.iterdir()) == files  # nothing per dead pid
+        wait_for_total(service, "inference_prediction_confidence_count", N + M)
+        wait_for_total(service, "inference_predictions_total", N + M)
 
         prom.wait_for_scrape("inference", after=time.time())
         assert prom.scalar('sum(inference_requests_total{job="inference"})') == N + M

@@ -17,10 +17,17 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, values
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.values import close_all_multiprocess_files
 
 from inferwatch.metrics import InferenceMetrics
 from inferwatch.metrics.workers import (
+    CollectorPublisher,
     announce_slot,
     release_slot,
     scrape_registry,
@@ -139,6 +146,60 @@ def test_shared_queue_depth_is_pushed_on_every_change(shared: Path) -> None:
     asyncio.run(run())
     assert seen[:3] == [1, 2, 3] and seen[-1] == 0
     assert total(scrape, "inference_queue_depth") == 0
+
+
+class InMemoryCollector:
+    """Counts kept in this process, as the quality monitors keep theirs."""
+
+    def __init__(self) -> None:
+        self.predictions = 0.0
+        self.buckets = [0.0, 0.0, 0.0]  # <= 0.5, <= 0.9, above
+        self.psi = 0.0
+
+    def collect(self) -> list[Metric]:
+        counter = CounterMetricFamily("quality_predictions", "Predictions.", labels=["model"])
+        counter.add_metric(["digits"], self.predictions)
+        histogram = HistogramMetricFamily("quality_confidence", "Confidence.",
+                                          labels=["model"])
+        cumulative = np.cumsum(self.buckets)
+        histogram.add_metric(["digits"], [("0.5", cumulative[0]), ("0.9", cumulative[1]),
+                                          ("+Inf", cumulative[2])], 0.7 * cumulative[2])
+        gauge = GaugeMetricFamily("quality_psi", "Drift.", labels=["model"])
+        gauge.add_metric(["digits"], self.psi)
+        return [counter, histogram, gauge]
+
+
+def test_publisher_adds_in_memory_counts_to_the_slot_and_survives_restarts(
+        shared: Path) -> None:
+    scrape = scrape_registry(shared, announce_gpu=False)
+    Worker(shared, "1")  # a live neighbour with its own slot
+    quality = InMemoryCollector()
+    worker = Worker(shared, "0")
+    publisher = CollectorPublisher(quality)
+    quality.predictions, quality.buckets, quality.psi = 3, [1, 1, 1], 0.3
+    publisher.publish()
+    publisher.publish()  # nothing new: nothing added
+    quality.predictions, quality.buckets = 5, [1, 3, 1]
+    publisher.publish()
+    assert scrape.get_sample_value("quality_predictions_total", {"model": "digits"}) == 5
+    assert [scrape.get_sample_value("quality_confidence_bucket", {"model": "digits", "le": le})
+            for le in ("0.5", "0.9", "+Inf")] == [1, 4, 5]
+    assert scrape.get_sample_value("quality_confidence_count", {"model": "digits"}) == 5
+    assert scrape.get_sample_value("quality_confidence_sum", {"model": "digits"}) == \
+        pytest.approx(3.5)
+    assert scrape.get_sample_value("quality_psi", {"model": "digits"}) == 0.3
+
+    worker.die()
+    release_slot(shared, "0")
+    assert scrape.get_sample_value("quality_psi", {"model": "digits"}) is None  # went with it
+    worker = Worker(shared, "0")
+    fresh = InMemoryCollector()
+    publisher = CollectorPublisher(fresh)
+    fresh.predictions, fresh.buckets = 2, [0, 0, 2]  # the replacement counts from zero
+    publisher.publish()
+    assert scrape.get_sample_value("quality_predictions_total", {"model": "digits"}) == 7
+    assert scrape.get_sample_value("quality_confidence_bucket",
+                                   {"model": "digits", "le": "+Inf"}) == 7
 
 
 def test_one_process_keeps_reading_depth_at_scrape_time() -> None:

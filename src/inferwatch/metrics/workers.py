@@ -14,15 +14,18 @@ files and counts on from where its predecessor stopped. Hence:
 
 Process metrics cannot be shared that way; they are read from ``/proc`` for every live worker
 at scrape time and labelled ``worker`` with the slot, so their series stay N + 1 (the
-supervisor) across restarts.
+supervisor) across restarts. Collectors that keep their state in memory (model quality) are
+copied into the slot's files by a :class:`CollectorPublisher`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, values
 from prometheus_client.metrics_core import Metric
@@ -33,6 +36,7 @@ from inferwatch.metrics.gpu import GPUCollector
 
 __all__ = [
     "SUPERVISOR",
+    "CollectorPublisher",
     "WorkerProcessCollector",
     "announce_slot",
     "release_slot",
@@ -104,6 +108,64 @@ class WorkerProcessCollector(Collector):
                     out.add_sample(sample.name, {**sample.labels, "worker": slot},
                                    sample.value)
         return merged.values()
+
+
+class CollectorPublisher:
+    """Copies what a collector reports into this process' slot files, on each ``publish``.
+
+    Counters and histogram buckets and sums are added as increments since the last call, so
+    a replacement worker adds to its predecessor's totals like the other shared metrics;
+    gauges are set, and combined across workers by ``gauge_mode`` (a ``live*`` mode: a dead
+    worker's value goes with it). Call after :func:`use_slot`, from one thread.
+    """
+
+    def __init__(self, collector: Collector, gauge_mode: str = "livemax") -> None:
+        self._collector = collector
+        self._gauge_mode = gauge_mode
+        self._values: dict[tuple[str, str, tuple[tuple[str, str], ...]], Any] = {}
+        self._published: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
+
+    def publish(self) -> None:
+        for family in self._collector.collect():
+            if family.type == "gauge":
+                for sample in family.samples:
+                    self._value(family, sample.name, sample.labels).set(sample.value)
+            elif family.type == "counter":
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        self._add(family, sample.name, sample.labels, sample.value)
+            elif family.type == "histogram":
+                self._add_histogram(family)
+
+    def _add_histogram(self, family: Metric) -> None:
+        # Shared files hold one count per bucket, not the cumulative ones exposed.
+        below: dict[tuple[tuple[str, str], ...], float] = {}
+        buckets = [s for s in family.samples if s.name.endswith("_bucket")]
+        for sample in sorted(buckets, key=lambda s: float(s.labels["le"])):
+            series = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+            count = sample.value - below.get(series, 0.0)
+            below[series] = sample.value
+            self._add(family, sample.name, sample.labels, count)
+        for sample in family.samples:
+            if sample.name.endswith("_sum"):
+                self._add(family, sample.name, sample.labels, sample.value)
+
+    def _add(self, family: Metric, name: str, labels: dict[str, str], total: float) -> None:
+        key = (family.type, name, tuple(sorted(labels.items())))
+        delta = total - self._published.get(key, 0.0)
+        if delta and math.isfinite(delta):
+            self._value(family, name, labels).inc(delta)
+            self._published[key] = total
+
+    def _value(self, family: Metric, name: str, labels: dict[str, str]) -> Any:
+        key = (family.type, name, tuple(sorted(labels.items())))
+        value = self._values.get(key)
+        if value is None:
+            mode = {"multiprocess_mode": self._gauge_mode} if family.type == "gauge" else {}
+            value = self._values[key] = values.ValueClass(
+                family.type, family.name, name, list(labels), list(labels.values()),
+                family.documentation, **mode)
+        return value
 
 
 def scrape_registry(directory: Path, *, announce_gpu: bool = True) -> CollectorRegistry:

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -32,6 +32,7 @@ from prometheus_client.values import close_all_multiprocess_files
 
 from inferwatch.metrics.workers import (
     SUPERVISOR,
+    CollectorPublisher,
     announce_slot,
     release_slot,
     scrape_registry,
@@ -136,6 +137,11 @@ class Supervisor:
                 self._start(slot, sock)
             log.info("serving on http://%s:%d with %d workers; shared metrics in %s",
                      self.host, self.port, len(self.slots), self.directory)
+            if self.config.quality:
+                log.warning("POST /feedback is scored only by the worker that answered the "
+                            "request: with %d workers most feedback is refused as "
+                            "unknown_request_id; accuracy from feedback needs --workers 1",
+                            len(self.slots))
             while not self._stopping:
                 for slot in self.slots:
                     self._check(slot, sock, restarts)
@@ -257,7 +263,30 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
 
     server = WorkerServer(uvicorn.Config(app, log_level="warning", access_log=False,
                                          **spec["uvicorn"]))
-    server.run(sockets=[socket.socket(fileno=spec["fd"])])
+    stop_publishing = _publish(CollectorPublisher(app.service.quality_metrics.collector))
+    try:
+        server.run(sockets=[socket.socket(fileno=spec["fd"])])
+    finally:
+        stop_publishing()
+
+
+def _publish(publisher: CollectorPublisher, interval: float = 0.5) -> Callable[[], None]:
+    """Publish every ``interval`` seconds (quality is folded as often); returns the stop."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(interval):
+            publisher.publish()
+
+    thread = threading.Thread(target=run, name="inferwatch-publish", daemon=True)
+    thread.start()
+
+    def stop_and_flush() -> None:
+        stop.set()
+        thread.join(5)
+        publisher.publish()
+
+    return stop_and_flush
 
 
 def _exit_with(supervisor: int) -> None:

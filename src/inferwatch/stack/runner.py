@@ -115,9 +115,11 @@ def components(opts: StackOptions) -> list[Component]:
         ], f"{url(p.dashboard)}/-/ready", url(p.dashboard)),
     ]
     if opts.traffic_rate > 0:
+        # Feedback is scored by the worker that answered, so only one worker can take it.
+        feedback = ["--feedback"] if opts.workers == 1 else []
         parts.append(Component("traffic", [
             *python, "load", "--url", url(p.service), "--rate", str(opts.traffic_rate),
-            "--duration", str(365 * 86400), "--quiet", "--feedback",
+            "--duration", str(365 * 86400), "--quiet", *feedback,
         ], None))
     return parts
 
