@@ -87,8 +87,9 @@ class QualityMetrics:
             (*labels, "outcome"), **kw)
         self.feedback_rejected = Counter(
             "inference_feedback_rejected", "Feedback refused, by reason.", ("reason",), **kw)
+        self.collector = _QualityCollector(self)
         if registry is not None:
-            registry.register(_QualityCollector(self))
+            registry.register(self.collector)
 
 
 def _histogram(family: HistogramMetricFamily, labels: list[str], bounds: Sequence[float],

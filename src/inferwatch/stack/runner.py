@@ -69,6 +69,7 @@ class StackOptions:
     traffic_rate: float = 0.0  # demo requests per second; 0 for none
     resnet18_weights: Path | None = None
     receivers: Receivers | None = None  # email/Slack beside the inbox webhook
+    workers: int = 1  # service worker processes; the admin API (chaos) needs 1
 
 
 def admin_token_path(run_dir: Path) -> Path:
@@ -78,8 +79,11 @@ def admin_token_path(run_dir: Path) -> Path:
 def components(opts: StackOptions) -> list[Component]:
     d, p = opts.run_dir, opts.ports
     python = [sys.executable, "-m", "inferwatch"]
-    serve = [*python, "serve", "--host", HOST, "--port", str(p.service),
-             "--admin-port", str(p.admin), "--admin-token-file", str(admin_token_path(d))]
+    serve = [*python, "serve", "--host", HOST, "--port", str(p.service)]
+    if opts.workers > 1:
+        serve += ["--workers", str(opts.workers), "--worker-dir", str(d / "workers")]
+    else:
+        serve += ["--admin-port", str(p.admin), "--admin-token-file", str(admin_token_path(d))]
     for model in opts.models:
         serve += ["--model", model]
     if opts.resnet18_weights:
@@ -111,9 +115,11 @@ def components(opts: StackOptions) -> list[Component]:
         ], f"{url(p.dashboard)}/-/ready", url(p.dashboard)),
     ]
     if opts.traffic_rate > 0:
+        # Feedback is scored by the worker that answered, so only one worker can take it.
+        feedback = ["--feedback"] if opts.workers == 1 else []
         parts.append(Component("traffic", [
             *python, "load", "--url", url(p.service), "--rate", str(opts.traffic_rate),
-            "--duration", str(365 * 86400), "--quiet", "--feedback",
+            "--duration", str(365 * 86400), "--quiet", *feedback,
         ], None))
     return parts
 
