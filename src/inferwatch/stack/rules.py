@@ -124,16 +124,20 @@ def service_recordings(profile: Profile) -> list[RecordingRule]:
     return rules
 
 
+# The node-mixin formulas (node_exporter's own mixin), per instance.
+MEMORY_RECORD_EXPR = ('1 - (node_memory_MemAvailable_bytes{job="node"}'
+                      ' / node_memory_MemTotal_bytes{job="node"})')
+
+
+def cpu_utilisation_expr(window: str) -> str:
+    return ('1 - avg without (cpu) (sum without (mode) (rate(node_cpu_seconds_total'
+            f'{{job="node", mode=~"idle|iowait|steal"}}[{window}])))')
+
+
 def host_recordings(profile: Profile) -> list[RecordingRule]:
-    # The node-mixin formulas (node_exporter's own mixin), per instance.
-    w = profile.rate_window
     return [
-        RecordingRule(cpu_record(profile),
-                      '1 - avg without (cpu) (sum without (mode) (rate(node_cpu_seconds_total'
-                      f'{{job="node", mode=~"idle|iowait|steal"}}[{w}])))'),
-        RecordingRule(MEMORY_RECORD,
-                      '1 - (node_memory_MemAvailable_bytes{job="node"}'
-                      ' / node_memory_MemTotal_bytes{job="node"})'),
+        RecordingRule(cpu_record(profile), cpu_utilisation_expr(profile.rate_window)),
+        RecordingRule(MEMORY_RECORD, MEMORY_RECORD_EXPR),
     ]
 
 
