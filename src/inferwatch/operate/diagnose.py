@@ -31,6 +31,9 @@ __all__ = ["Cause", "Diagnoser", "Diagnosis", "Evidence", "as_json", "change_poi
 SQUASH_Z = 3.0  # a shift of 3 before-segment deviations is evidence 0.5
 POINTS = 150  # aim for this many points over the window
 MIN_SEGMENT = 3
+# A shift is measured against the before-segment's spread, but never against less than
+# this share of its level: a flat series would make any wobble look like a large shift.
+RELATIVE_FLOOR = 0.1
 # Error reasons that the queue's shedding produces: evidence of saturation, not a cause.
 SHED_REASON = "overloaded"
 
@@ -72,16 +75,28 @@ class Diagnosis:
     rate_window: str
     model: str | None = None
     skipped: list[str] = field(default_factory=list)  # candidates without data
+    symptoms: list[Evidence] = field(default_factory=list)  # every symptom measured
 
 
 @dataclass(frozen=True)
 class _Spec:
-    """A candidate signal: its query, its smallest meaningful change and its bad direction."""
+    """A candidate signal: its query, its smallest meaningful change, and for a resource the
+    levels between which it goes from idle to saturated (a resource with room to spare
+    cannot slow anything down, whatever its change)."""
 
     name: str
     query: str
     floor: float
-    sign: float = 1.0
+    saturation: tuple[float, float] | None = None
+    scored: bool = True  # False: shown as context, never the cause's score
+
+    def headroom_factor(self, level: float) -> float:
+        if not self.scored:
+            return 0.0
+        if self.saturation is None:
+            return 1.0
+        idle, full = self.saturation
+        return min(max((level - idle) / (full - idle), 0.0), 1.0)
 
 
 def change_point(values: np.ndarray, min_segment: int = MIN_SEGMENT) -> int | None:
@@ -100,6 +115,24 @@ def change_point(values: np.ndarray, min_segment: int = MIN_SEGMENT) -> int | No
         if left + right < best:
             best, best_k = left + right, k
     return best_k
+
+
+def onset(values: np.ndarray, split: int, threshold: float) -> int:
+    """Start of the excursion above ``threshold`` that holds at ``split``: a gradual rise is
+    dated from where it left the before-segment, not from its middle."""
+    i = split
+    if values[i] < threshold:
+        while i < len(values) - 1 and values[i] < threshold:
+            i += 1
+        return i
+    while i > 0 and values[i - 1] >= threshold:
+        i -= 1
+    return i
+
+
+def _spread(values: np.ndarray) -> float:
+    """Standard deviation estimated from the median absolute deviation: robust to spikes."""
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
 
 
 def _squash(z: float) -> float:
@@ -133,6 +166,7 @@ class Diagnoser:
         self.guard = math.ceil(window / self.step / 2)
         self.times = np.arange(self.start, self.end + self.step / 2, self.step)
         self.skipped: list[str] = []
+        self.symptoms: list[Evidence] = []
 
     def _scrape_interval(self) -> float:
         intervals = [parse_duration(t["scrapeInterval"]) for t in self.prom.targets()
@@ -177,7 +211,7 @@ class Diagnoser:
                   f"{self._rate('inference_requests_total')}")
         correct = self._rate("inference_feedback_total", 'outcome="correct"')
         accuracy = f"{correct} / {self._rate('inference_feedback_total')}"
-        return [("latency", latency, 0.002, 1.0), ("errors", errors, 0.005, 1.0),
+        return [("latency", latency, 0.0005, 1.0), ("errors", errors, 0.005, 1.0),
                 ("accuracy", accuracy, 0.01, -1.0)]
 
     def _measure(self, name: str, query: str, values: np.ndarray, floor: float, sign: float,
@@ -193,8 +227,11 @@ class Diagnoser:
         before, after = series[: k - g], series[k + g:]
         if len(before) == 0 or len(after) == 0:
             before, after = series[:k], series[k:]
-        spread = max(float(np.std(before)), floor)
-        z = (float(np.mean(after)) - float(np.mean(before))) / spread
+        low, high = float(np.mean(before)), float(np.mean(after))
+        spread = max(_spread(before), floor, RELATIVE_FLOOR * abs(low))
+        z = (high - low) / spread
+        if z > 0:
+            k = onset(series, k, low + max(3 * spread, 0.1 * (high - low)))
         changed_at = float(times[k])
         lead = corr = None
         if reference is not None:
@@ -225,7 +262,7 @@ class Diagnoser:
             stage.score *= 1.0 - explained
         ranked = sorted(causes + stages, key=lambda c: c.score, reverse=True)
         return Diagnosis(symptom, ranked, self.start, self.end, self.step, self.window,
-                         self.model, self.skipped)
+                         self.model, self.skipped, self.symptoms)
 
     def _pick_symptom(self) -> tuple[Evidence | None, tuple[float, np.ndarray] | None]:
         best: tuple[float, Evidence, np.ndarray] | None = None
@@ -238,6 +275,7 @@ class Diagnoser:
             ev = self._measure(name, query, values, floor, sign, None)
             if ev is None:
                 continue
+            self.symptoms.append(ev)
             practical = {"latency": ev.after > 1.25 * ev.before,
                          "errors": ev.after - ev.before > 0.01,
                          "accuracy": ev.before - ev.after > 0.03}[name]
@@ -258,15 +296,16 @@ class Diagnoser:
             values = self._one(spec.query)
             if values is None:
                 continue
-            ev = self._measure(spec.name, spec.query, values, spec.floor, spec.sign, reference)
+            ev = self._measure(spec.name, spec.query, values, spec.floor, 1.0, reference)
             if ev is not None:
-                evidence.append(ev)
+                evidence.append((self._root_score(ev, reference) * spec.headroom_factor(
+                    ev.after), ev))
         if not evidence:
             self.skipped.append(name)
             return None
-        evidence.sort(key=lambda e: self._root_score(e, reference), reverse=True)
-        score = self._root_score(evidence[0], reference) * (1.0 - discount)
-        return Cause(name, "root", score, evidence, detail)
+        evidence.sort(key=lambda pair: pair[0], reverse=True)
+        score = evidence[0][0] * (1.0 - discount)
+        return Cause(name, "root", score, [ev for _, ev in evidence], detail)
 
     def _root_score(self, ev: Evidence, reference: tuple[float, np.ndarray] | None) -> float:
         relevance = 1.0 if reference is None else max(ev.correlation or 0.0, 0.0)
@@ -282,41 +321,41 @@ class Diagnoser:
         pressure = f"rate(node_pressure_cpu_waiting_seconds_total{{{node}}}[{self.window}])"
         causes = [
             self._root("CPU", [
-                _Spec("CPU utilisation", f"avg({cpu_utilisation_expr(self.window)})", 0.05),
+                _Spec("CPU utilisation", f"avg({cpu_utilisation_expr(self.window)})", 0.05,
+                      (0.5, 0.9)),
                 _Spec("CPU pressure (share of time tasks waited for a CPU)",
-                      f"avg({pressure})", 0.05),
+                      f"avg({pressure})", 0.05, (0.1, 0.5)),
             ], reference, discount=load),
             self._root("memory", [
-                _Spec("memory utilisation", f"avg({MEMORY_RECORD_EXPR})", 0.02)], reference),
+                _Spec("memory utilisation", f"avg({MEMORY_RECORD_EXPR})", 0.02,
+                       (0.7, 0.9))], reference),
             self._root("GPU", [
                 _Spec("GPU utilisation",
                       f"avg(avg_over_time(inferwatch_gpu_utilization_ratio[{self.window}]))",
-                      0.05),
+                      0.05, (0.5, 0.9)),
                 _Spec("GPU memory",
                       "avg(inferwatch_gpu_memory_used_bytes / inferwatch_gpu_memory_total_bytes)",
-                      0.02),
+                      0.02, (0.8, 0.95)),
             ], reference),
             self._root("queue saturation", [
                 _Spec("queue fill (depth / capacity)",
                       f"max(avg_over_time(inference_queue_depth{self._with()}[{self.window}]))"
-                      f" / max(inference_queue_capacity{self._with()})", 0.05),
+                      f" / max(inference_queue_capacity{self._with()})", 0.05, (0.0, 0.5)),
                 _Spec("requests shed (503 overloaded) per request",
-                      f"({shed} or vector(0)) / {requests}", 0.01),
+                      f"({shed} or vector(0)) / {requests}", 0.01, (0.0, 0.01)),
                 _Spec("mean batch size",
                       f"{self._rate('inference_batch_size_sum')} / "
-                      f"{self._rate('inference_batch_size_count')}", 1.0),
+                      f"{self._rate('inference_batch_size_count')}", 1.0, scored=False),
+                _Spec("request rate", requests, 1.0, scored=False),
             ], reference),
             self._root("input drift", [
                 _Spec("PSI (max over features)",
-                      f"max(avg_over_time(inference_drift_psi{self._with()}[{self.window}]))",
+                      f"max(inference_drift_psi{self._with()})",
                       0.05)], reference),
             self._root("flapping target", [
                 _Spec("targets down", "count(up == 0) or vector(0)", 0.5)], reference),
         ]
         found = [c for c in causes if c is not None]
-        if traffic is not None:
-            traffic.score *= 0.0 if reference is None else 1.0
-            found.append(traffic)
         found += self._reasons(requests, reference)
         version = self._version_change(reference)
         if version is not None:
@@ -380,7 +419,7 @@ class Diagnoser:
             return []
         measured = {}
         for stage, values in series.items():
-            ev = self._measure(f"mean {stage} seconds", query, values, 0.001, 1.0, reference)
+            ev = self._measure(f"mean {stage} seconds", query, values, 0.0005, 1.0, reference)
             if ev is not None:
                 measured[stage] = (values, ev)
         growth: dict[str, float] = {}
@@ -425,4 +464,5 @@ def as_json(diagnosis: Diagnosis) -> dict[str, Any]:
         "model": diagnosis.model,
         "causes": [{**asdict(c), "lead_s": c.lead_s} for c in diagnosis.causes],
         "skipped": diagnosis.skipped,
+        "symptoms_measured": [asdict(e) for e in diagnosis.symptoms],
     })

@@ -70,6 +70,7 @@ class StackOptions:
     resnet18_weights: Path | None = None
     receivers: Receivers | None = None  # email/Slack beside the inbox webhook
     workers: int = 1  # service worker processes; the admin API (chaos) needs 1
+    serve_args: Sequence[str] = ()  # more `inferwatch serve` options, e.g. --queue-capacity
 
 
 def admin_token_path(run_dir: Path) -> Path:
@@ -88,6 +89,7 @@ def components(opts: StackOptions) -> list[Component]:
         serve += ["--model", model]
     if opts.resnet18_weights:
         serve += ["--resnet18-weights", str(opts.resnet18_weights)]
+    serve += list(opts.serve_args)
     parts = [
         Component("service", serve, f"{url(p.service)}/ping", url(p.service)),
         Component("inbox", [*python, "inbox", "--host", HOST, "--port", str(p.inbox),
