@@ -26,9 +26,10 @@ from inferwatch.operate.promapi import PrometheusAPI
 from inferwatch.stack.profiles import parse_duration
 from inferwatch.stack.rules import MEMORY_RECORD_EXPR, cpu_utilisation_expr
 
-__all__ = ["Cause", "Diagnoser", "Diagnosis", "Evidence", "as_json", "change_point"]
+__all__ = ["Cause", "Diagnoser", "Diagnosis", "Evidence", "as_json", "change_point", "onset"]
 
 SQUASH_Z = 3.0  # a shift of 3 before-segment deviations is evidence 0.5
+SYMPTOM_Z = 2.0  # with a change that matters in practice, this shift makes a symptom
 POINTS = 150  # aim for this many points over the window
 MIN_SEGMENT = 3
 # A shift is measured against the before-segment's spread, but never against less than
@@ -279,7 +280,7 @@ class Diagnoser:
             practical = {"latency": ev.after > 1.25 * ev.before,
                          "errors": ev.after - ev.before > 0.01,
                          "accuracy": ev.before - ev.after > 0.03}[name]
-            if not (practical or self.wanted_symptom) or ev.z < 3:
+            if not (practical or self.wanted_symptom) or ev.z < SYMPTOM_Z:
                 continue
             if best is None or ev.z > best[0]:
                 best = (ev.z, ev, values * sign)
