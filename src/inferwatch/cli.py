@@ -155,9 +155,15 @@ def up(
     dashboard_port: int = 9096,
     admin_port: Annotated[int, typer.Option(help="Fault-injection admin API (127.0.0.1).")
                           ] = 9097,
+    pushgateway_port: int = 9091,
+    replicas: Annotated[int, typer.Option(
+        min=1, help="Service replicas, discovered by Prometheus through file_sd; above 1, a "
+                    "global Prometheus receives remote_write (see docs/deploy.md).")] = 1,
+    global_prometheus_port: Annotated[int, typer.Option(
+        help="The global Prometheus, with --replicas above 1.")] = 9190,
 ) -> None:
-    """Start the service, Prometheus, Alertmanager, node_exporter, an alert inbox and the
-    dashboard page."""
+    """Start the service, Prometheus, Alertmanager, node_exporter, a Pushgateway, an alert
+    inbox and the dashboard page."""
     from inferwatch.stack.alerting import AlertingConfigError, receivers_from_env
     from inferwatch.stack.runner import Stack, StackError, StackOptions, profile_named
 
@@ -166,9 +172,12 @@ def up(
             run_dir=run_dir.resolve(), profile=profile_named("fast" if fast else profile),
             ports=_ports(auto_ports, service=service_port, prometheus=prometheus_port,
                          alertmanager=alertmanager_port, node_exporter=node_exporter_port,
-                         inbox=inbox_port, dashboard=dashboard_port, admin=admin_port),
+                         inbox=inbox_port, dashboard=dashboard_port, admin=admin_port,
+                         pushgateway=pushgateway_port,
+                         global_prometheus=global_prometheus_port),
             models=tuple(model or ["digits"]), traffic_rate=traffic,
             resnet18_weights=resnet18_weights, receivers=receivers_from_env(),
+            replicas=replicas,
         )
         stack = Stack(opts)
         with console.status("starting the stack..."):
@@ -233,6 +242,11 @@ def _print_stack(run_dir: Path) -> None:
         console.print(f"Prometheus UI: http://{HOST}:{ports['prometheus']}/graph\n"
                       f"service metrics: http://{HOST}:{ports['service']}/metrics\n"
                       f"Alertmanager UI: http://{HOST}:{ports['alertmanager']}/#/alerts")
+        if "pushgateway" in ports:
+            console.print(f"Pushgateway (batch jobs): http://{HOST}:{ports['pushgateway']}")
+        if info.get("replicas", 1) > 1:
+            console.print(f"global Prometheus (remote_write receiver): "
+                          f"http://{HOST}:{ports['global_prometheus']}/graph")
         if "dashboard" in ports:
             console.print(f"[bold]dashboard: http://{HOST}:{ports['dashboard']}/[/]")
 
@@ -391,6 +405,58 @@ def render(
         raise _fail(str(exc)) from None
     for name, path in paths.items():
         console.print(f"{name}: {path}")
+
+
+@app.command()
+def batch(
+    input: Annotated[str, typer.Option(
+        "--input", help="'digits' (the held-out digits) or a directory of image files.")],
+    job: Annotated[str, typer.Option(help="Job name: the `job` label of the pushed metrics.")
+                   ] = "inferwatch-batch",
+    instance: Annotated[str | None, typer.Option(
+        help="The `instance` label of the pushed metrics (default: this host's name).")
+    ] = None,
+    pushgateway: Annotated[str, typer.Option(
+        help="Pushgateway URL; empty to push nothing.")] = f"http://{HOST}:9091",
+    model: Annotated[str, typer.Option(help="Model to run: digits, resnet18.")] = "digits",
+    resnet18_weights: Annotated[Path | None, typer.Option()] = None,
+    output: Annotated[Path | None, typer.Option(
+        help="Write one JSON line per scored input here.")] = None,
+    max_failure_ratio: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="The run fails when more inputs than this share fail.")] = 0.1,
+) -> None:
+    """Score a folder of images (or the held-out digits) once and push the job's metrics:
+    duration, items, failures and, when it succeeds, the time of this success."""
+    import socket
+
+    from inferwatch.metrics.batch_job import BatchJobMetrics
+    from inferwatch.models import load_model
+    from inferwatch.serve.batch_job import read_inputs, run_batch
+
+    started = time.perf_counter()
+    try:
+        inputs = read_inputs(input)
+        served = load_model(model, resnet18_weights=resnet18_weights)
+    except (ValueError, ImportError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    metrics = BatchJobMetrics(served.card.name)
+    result = run_batch(served, inputs, metrics)
+    metrics.duration.set(time.perf_counter() - started)
+    succeeded = result.succeeded(max_failure_ratio)
+    if output:
+        output.write_text("".join(json.dumps(p) + "\n" for p in result.predictions))
+    accuracy = "" if result.accuracy is None else f", accuracy {result.accuracy:.4f}"
+    console.print(f"{job}: {result.items} inputs, {result.failed} failed "
+                  f"{result.failures or ''}{accuracy}: "
+                  f"{'succeeded' if succeeded else 'FAILED'}")
+    if pushgateway:
+        try:
+            metrics.push(pushgateway, job, instance or socket.gethostname(), succeeded)
+        except OSError as exc:
+            raise _fail(f"cannot push to {pushgateway}: {exc}") from None
+        console.print(f"pushed to {pushgateway} (job={job})")
+    if not succeeded:
+        raise typer.Exit(1)
 
 
 chaos_app = typer.Typer(help="Inject faults into a running service (admin API), and clear them.",
