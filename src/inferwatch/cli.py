@@ -377,19 +377,29 @@ def dashboard(
                 access_log=False)
 
 
-@app.command()
+render_app = typer.Typer(help="Write configuration: the local stack's (default), Docker "
+                         "Compose's or Kubernetes'.")
+app.add_typer(render_app, name="render")
+SloFile = Annotated[Path | None, typer.Option("--slo",
+                                              help="SLO file (default: the built-in one).")]
+
+
+@render_app.callback(invoke_without_command=True)
 def render(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("generated"),
     profile: str = "default",
-    slo: Annotated[Path | None, typer.Option(help="SLO file (default: the built-in one).")
-                   ] = None,
+    slo: SloFile = None,
 ) -> None:
     """Write Prometheus config, rules, promtool rule tests, Alertmanager config and the
     Grafana dashboard with its provisioning files.
 
     Email and Slack receivers are configured from INFERWATCH_* environment variables
     (see docs/alerting.md); credentials stay in files that Alertmanager reads.
+    `render compose` and `render k8s` write the deployments instead (docs/deploy.md).
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from inferwatch.stack.alerting import AlertingConfigError, receivers_from_env
     from inferwatch.stack.config import write_stack_config
     from inferwatch.stack.grafana import write_grafana_files
@@ -403,8 +413,78 @@ def render(
         paths.update(write_grafana_files(out / "grafana", chosen))
     except (StackError, SLOError, AlertingConfigError) as exc:
         raise _fail(str(exc)) from None
+    _print_paths(paths)
+
+
+def _print_paths(paths: dict[str, Path]) -> None:
     for name, path in paths.items():
         console.print(f"{name}: {path}")
+
+
+def _profile_and_slos(profile: str, slo: Path | None) -> tuple[Any, Any]:
+    from inferwatch.stack.runner import StackError, profile_named
+    from inferwatch.stack.slo import SLOError, load_slos
+
+    try:
+        return profile_named(profile), load_slos(slo)
+    except (StackError, SLOError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@render_app.command("compose")
+def render_compose(
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("generated/compose"),
+    profile: str = "default",
+    slo: SloFile = None,
+    context: Annotated[Path, typer.Option(
+        help="Directory of inferwatch's Dockerfile (the repository's root).")] = Path("."),
+) -> None:
+    """Write docker-compose.yml and the files it mounts: service, inbox, Prometheus,
+    Alertmanager, node_exporter, Pushgateway, Grafana; profiles proxy, batch and gpu (DCGM).
+
+    Grafana's admin password comes from GF_SECURITY_ADMIN_PASSWORD, with no default.
+    """
+    from inferwatch.stack.compose import write_compose
+
+    chosen, slos = _profile_and_slos(profile, slo)
+    if not (context / "Dockerfile").is_file():
+        raise _fail(f"no Dockerfile in {context}: pass the repository's root as --context")
+    _print_paths(write_compose(out, chosen, slos, context))
+
+
+@render_app.command("k8s")
+def render_k8s(
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("generated/k8s"),
+    profile: str = "default",
+    slo: SloFile = None,
+    namespace: Annotated[str, typer.Option(help="Namespace of the service.")] = "inferwatch",
+    monitoring_namespace: Annotated[str, typer.Option(
+        help="Namespace of kube-prometheus-stack (Grafana's ConfigMaps go there).")] =
+        "monitoring",
+    release: Annotated[str, typer.Option(
+        help="kube-prometheus-stack's Helm release: the `release` label its Prometheus "
+             "selects ServiceMonitors and PrometheusRules by.")] = "kube-prometheus-stack",
+    image: Annotated[str, typer.Option(help="The inferwatch image.")] = "inferwatch:0.1.0",
+    replicas: Annotated[int, typer.Option(min=1, help="Least replicas.")] = 2,
+    max_replicas: Annotated[int, typer.Option(min=1, help="Most replicas.")] = 10,
+    queue_target: Annotated[int, typer.Option(
+        min=1, help="Average queued samples per pod the autoscaler aims at.")] = 8,
+    model: Annotated[list[str] | None, typer.Option("--model", help="Model(s) to serve.")
+                     ] = None,
+) -> None:
+    """Write a kustomize directory: Deployment, Service, ServiceMonitor, PrometheusRule,
+    HorizontalPodAutoscaler on the queue depth, Grafana dashboard and datasource ConfigMaps;
+    and prometheus-adapter's Helm values."""
+    from inferwatch.stack.kubernetes import KubernetesOptions, write_kubernetes
+
+    chosen, slos = _profile_and_slos(profile, slo)
+    if max_replicas < replicas:
+        raise _fail("--max-replicas must be at least --replicas")
+    options = KubernetesOptions(
+        namespace=namespace, monitoring_namespace=monitoring_namespace, release=release,
+        image=image, replicas=replicas, max_replicas=max_replicas, queue_target=queue_target,
+        models=tuple(model or ["digits"]))
+    _print_paths(write_kubernetes(out, chosen, options, slos))
 
 
 @app.command()
