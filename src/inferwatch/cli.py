@@ -489,7 +489,7 @@ def render_k8s(
 
 @app.command()
 def batch(
-    input: Annotated[str, typer.Option(
+    source: Annotated[str, typer.Option(
         "--input", help="'digits' (the held-out digits) or a directory of image files.")],
     job: Annotated[str, typer.Option(help="Job name: the `job` label of the pushed metrics.")
                    ] = "inferwatch-batch",
@@ -515,7 +515,7 @@ def batch(
 
     started = time.perf_counter()
     try:
-        inputs = read_inputs(input)
+        inputs = read_inputs(source)
         served = load_model(model, resnet18_weights=resnet18_weights)
     except (ValueError, ImportError, OSError) as exc:
         raise _fail(str(exc)) from None

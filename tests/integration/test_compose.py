@@ -16,6 +16,7 @@ from typing import Any
 import dockerfile
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from inferwatch.cli import app
 from inferwatch.stack.compose import IMAGE, IMAGES, PASSWORD_VARIABLE, write_compose
@@ -156,3 +157,23 @@ def test_services_run_commands_of_the_cli(resolved: dict[str, Any]) -> None:
     # `inferwatch proxy` is developed on its own branch; the others are here.
     assert used == {"serve", "inbox", "batch", "proxy"}
     assert used - {"proxy"} <= names
+
+
+def test_render_commands(tmp_path: Path) -> None:
+    runner = CliRunner()
+    local = runner.invoke(app, ["render", "--out", str(tmp_path / "local")])
+    assert local.exit_code == 0, local.output
+    assert (tmp_path / "local" / "prometheus.yml").exists()
+    composed = runner.invoke(app, ["render", "compose", "--out", str(tmp_path / "compose"),
+                                   "--context", str(ROOT)])
+    assert composed.exit_code == 0, composed.output
+    assert (tmp_path / "compose" / "docker-compose.yml").exists()
+    no_dockerfile = runner.invoke(app, ["render", "compose", "--out", str(tmp_path / "x"),
+                                        "--context", str(tmp_path)])
+    assert no_dockerfile.exit_code == 2 and "no Dockerfile" in no_dockerfile.output
+    k8s = runner.invoke(app, ["render", "k8s", "--out", str(tmp_path / "k8s"),
+                              "--release", "monitoring", "--namespace", "ml"])
+    assert k8s.exit_code == 0, k8s.output
+    monitor = yaml.safe_load((tmp_path / "k8s" / "servicemonitor.yaml").read_text())
+    assert monitor["metadata"]["labels"]["release"] == "monitoring"
+    assert monitor["metadata"]["namespace"] == "ml"

@@ -15,6 +15,7 @@ from inferwatch.stack.runner import Stack, StackOptions
 
 REPLICAS = 3
 SENT = (120, 80, 50)  # a different count per replica: a lost replica would show
+SERIES_BUDGET = 500  # per replica serving digits: docs/deploy.md, "Cardinality budget"
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,8 @@ def test_counts_summed_in_the_global_prometheus_equal_requests_sent(
     labels = global_prom.query("inference_requests_total")[0].labels
     assert labels["cluster"] == "local" and labels["replica_set"] == "inferwatch"
     assert "cluster" not in local.query("inference_requests_total")[0].labels
+    series = local.query('count by (instance) ({job="inference"})')
+    assert len(series) == REPLICAS and all(s.value <= SERIES_BUDGET for s in series), series
 
 
 def test_killed_replica_fires_target_down_for_that_instance_only(
