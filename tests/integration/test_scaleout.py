@@ -10,8 +10,10 @@ import pytest
 from inferwatch.operate.load import LoadPlan, run_load_sync
 from inferwatch.operate.promapi import PrometheusAPI
 from inferwatch.stack.config import HOST, StackPorts, url
+from inferwatch.stack.kubernetes import QUEUE_METRIC, KubernetesOptions, adapter_values
 from inferwatch.stack.profiles import FAST
 from inferwatch.stack.runner import Stack, StackOptions
+from inferwatch.stack.scaleout import TARGETS_FILE, write_targets
 
 REPLICAS = 3
 SENT = (120, 80, 50)  # a different count per replica: a lost replica would show
@@ -102,3 +104,26 @@ def test_killed_replica_fires_target_down_for_that_instance_only(
         'ALERTS{alertname="TargetDown", alertstate="firing"}'))
     assert [s.labels["instance"] for s in in_global] == [instance]
     assert in_global[0].labels["cluster"] == "local"
+
+
+def test_autoscaler_query_gives_one_value_per_replica(replicas: Stack,
+                                                      local: PrometheusAPI) -> None:
+    """prometheus-adapter's query, its template filled as the adapter would for pods (here
+    a replica's instance stands for its pod), runs in a real Prometheus."""
+    rule = adapter_values(KubernetesOptions())["rules"]["custom"][0]
+    query = (rule["metricsQuery"].replace("<<.Series>>", QUEUE_METRIC)
+             .replace("<<.LabelMatchers>>", 'job="inference"').replace("<<.GroupBy>>", "instance"))
+    running = sorted(s.labels["instance"] for s in local.query('up{job="inference"} == 1'))
+    assert len(running) == REPLICAS - 1  # one was killed above
+    assert sorted(s.labels["instance"] for s in local.query(query)) == running
+
+
+def test_rewritten_target_file_is_picked_up(replicas: Stack, local: PrometheusAPI) -> None:
+    kept = replicas.opts.service_ports[:1]
+    write_targets(replicas.opts.run_dir / TARGETS_FILE, kept)
+
+    def instances() -> set[str]:
+        return {t["labels"]["instance"] for t in local.targets()
+                if t["labels"]["job"] == "inference"}
+
+    assert wait_for(lambda: instances() == {f"{HOST}:{kept[0]}"}), instances()
