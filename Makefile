@@ -54,9 +54,10 @@ $(VENV)/.installed-run: $(VENV)/.venv-ok pyproject.toml
 	$(BIN)/pip install -q -e '.[fast]'
 	touch $@
 
-# torch==2.13.0 is the CPU build on these machines; the resnet18 tests need it.
+# torch==2.13.0 is the CPU build on these machines; the resnet18 tests need it. The gpu extra
+# (nvidia-ml-py, pure Python) lets the tests run the real NVML binding's no-driver path.
 $(VENV)/.installed-test: $(VENV)/.venv-ok pyproject.toml
-	$(BIN)/pip install -q -e '.[dev,torch]'
+	$(BIN)/pip install -q -e '.[dev,torch,gpu]'
 	touch $@ $(VENV)/.installed-run
 
 up: deps $(VENV)/.installed-run

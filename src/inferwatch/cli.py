@@ -53,6 +53,12 @@ def serve(
     admin_token_file: Annotated[Path | None, typer.Option(
         help="File (mode 0600) holding the admin bearer token; or set INFERWATCH_ADMIN_TOKEN.")
     ] = None,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Worker processes sharing the port; a worker that dies is restarted and "
+                    "counts stay exact across workers and restarts.")] = 1,
+    worker_dir: Annotated[Path | None, typer.Option(
+        help="With --workers > 1: directory of the workers' shared metric files "
+             "(default: a new temporary directory, removed at exit).")] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
 ) -> None:
     """Run the inference service (TorchServe and Open Inference Protocol v2 routes)."""
@@ -72,6 +78,12 @@ def serve(
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
         queue_capacity=queue_capacity, max_body_bytes=max_body_bytes, quality=quality,
     )
+    uvicorn_options = {"loop": _best("uvloop", "auto"), "http": _best("httptools", "auto")}
+    if workers > 1:
+        raise typer.Exit(_serve_workers(config, host, port, workers, worker_dir, admin_port,
+                                        log_level, uvicorn_options))
+    if worker_dir is not None:
+        raise _fail("--worker-dir needs --workers > 1")
     try:
         token = (read_secret_file(admin_token_file, "--admin-token-file") if admin_token_file
                  else os.environ.get("INFERWATCH_ADMIN_TOKEN"))
@@ -82,8 +94,7 @@ def serve(
     except (ValueError, ImportError, OSError, SecretFileError) as exc:
         raise _fail(str(exc)) from None
     main = uvicorn.Server(uvicorn.Config(
-        asgi, host=host, port=port, log_level="warning", access_log=False,
-        loop=_best("uvloop", "auto"), http=_best("httptools", "auto")))
+        asgi, host=host, port=port, log_level="warning", access_log=False, **uvicorn_options))
     if admin is None or admin_port is None:
         main.run()
         return
@@ -105,6 +116,22 @@ def serve(
             await task
 
     asyncio.run(both())
+
+
+def _serve_workers(config: Any, host: str, port: int, workers: int, worker_dir: Path | None,
+                   admin_port: int | None, log_level: str, uvicorn_options: dict[str, Any]) -> int:
+    from inferwatch.serve.workers import Supervisor
+
+    if admin_port is not None:
+        # Faults live in one process; injected into one worker they would hit 1/N of traffic.
+        raise _fail("--admin-port works with --workers 1 only")
+    supervisor = Supervisor(config, host=host, port=port, workers=workers,
+                            directory=worker_dir, log_level=log_level,
+                            uvicorn_options=uvicorn_options)
+    try:
+        return supervisor.run()
+    except OSError as exc:
+        raise _fail(f"cannot serve on {host}:{port}: {exc}") from None
 
 
 def _best(module: str, fallback: str) -> Any:
@@ -155,6 +182,8 @@ def up(
     dashboard_port: int = 9096,
     admin_port: Annotated[int, typer.Option(help="Fault-injection admin API (127.0.0.1).")
                           ] = 9097,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Service worker processes (`serve --workers`); chaos needs 1.")] = 1,
     pushgateway_port: int = 9091,
     replicas: Annotated[int, typer.Option(
         min=1, help="Service replicas, discovered by Prometheus through file_sd; above 1, a "
@@ -177,7 +206,7 @@ def up(
                          global_prometheus=global_prometheus_port),
             models=tuple(model or ["digits"]), traffic_rate=traffic,
             resnet18_weights=resnet18_weights, receivers=receivers_from_env(),
-            replicas=replicas,
+            workers=workers, replicas=replicas,
         )
         stack = Stack(opts)
         with console.status("starting the stack..."):
@@ -630,6 +659,50 @@ def chaos_status(run_dir: RunDir = Path("run"), admin_url: AdminUrl = None,
                  token_file: TokenFile = None) -> None:
     """Show the faults in effect."""
     _show(lambda: _chaos(run_dir, admin_url, token_file).status())
+
+
+@app.command()
+def doctor(
+    run_dir: RunDir = Path("run"),
+    prometheus: Annotated[str | None, typer.Option(
+        help="Prometheus URL (default: the stack of --run-dir).")] = None,
+    alertmanager: Annotated[str | None, typer.Option(
+        help="Alertmanager URL that Prometheus must send to.")] = None,
+    grafana_provisioning: Annotated[Path | None, typer.Option(
+        help="Grafana provisioning directory whose datasource URLs to check.")] = None,
+    containers: Annotated[bool, typer.Option(
+        help="The stack runs in containers (compose, Kubernetes): localhost URLs are wrong.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")
+                       ] = False,
+) -> None:
+    """Check a running stack: Prometheus, targets, rules, Alertmanager, receivers, datasources,
+    TSDB disk and clock. Exits 1 when something is wrong, with a fix for each problem."""
+    from inferwatch.operate.doctor import Doctor, failed
+    from inferwatch.operate.doctor import as_json as findings_json
+    from inferwatch.stack.runner import read_state_info
+
+    if prometheus is None:
+        ports = read_state_info(run_dir).get("ports")
+        if not ports:
+            raise _fail(f"no stack in {run_dir}: pass --prometheus URL")
+        prometheus = f"http://{HOST}:{ports['prometheus']}"
+        alertmanager = alertmanager or f"http://{HOST}:{ports['alertmanager']}"
+        if grafana_provisioning is None and (run_dir / "grafana" / "provisioning").is_dir():
+            grafana_provisioning = run_dir / "grafana" / "provisioning"
+    findings = Doctor(prometheus, alertmanager, grafana_provisioning, containers).run()
+    if as_json:
+        print(json.dumps(findings_json(findings)))
+    else:
+        table = Table(title="inferwatch doctor")
+        for column in ("check", "status", "detail", "fix"):
+            table.add_column(column)
+        colours = {"ok": "green", "warn": "yellow", "fail": "red"}
+        for f in findings:
+            table.add_row(f.check, f"[{colours[f.status]}]{f.status}[/]", f.detail, f.fix)
+        console.print(table)
+    if failed(findings):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from inferwatch.metrics import InferenceMetrics, MetricsMiddleware
+from inferwatch.metrics.gpu import GPUCollector
 from inferwatch.metrics.quality import (
     FeedbackStore,
     QualityMetrics,
@@ -73,9 +74,13 @@ class _Deployment:
 class InferenceService:
     """The models, their batchers and metrics; routes are thin wrappers around ``infer``."""
 
-    def __init__(self, config: ServeConfig, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, config: ServeConfig, registry: CollectorRegistry | None = None,
+                 scrape_registry: CollectorRegistry | None = None) -> None:
         self.config = config
         self.registry = registry or _default_registry()
+        # What /metrics exposes: the metrics' own registry, or with several worker processes
+        # one that reads every worker's shared values.
+        self.scrape_registry = scrape_registry or self.registry
         loaded = [load_model(name, resnet18_weights=config.resnet18_weights)
                   for name in dict.fromkeys(config.models)]
         kwargs = {"latency_buckets": config.latency_buckets} if config.latency_buckets else {}
@@ -97,7 +102,8 @@ class InferenceService:
                 queue_delay=functools.partial(self.faults.delay, "queue"),
                 name=card.name,
             )
-            self.metrics.watch_queue(card.name, batcher.depth, batcher.capacity)
+            batcher.on_depth = self.metrics.watch_queue(card.name, batcher.depth,
+                                                        batcher.capacity)
             self.metrics.set_model_loaded(card.name, runtime=card.runtime,
                                           load_seconds=card.load_seconds,
                                           accuracy=card.heldout_accuracy)
@@ -206,6 +212,7 @@ def _default_registry() -> CollectorRegistry:
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
+    GPUCollector(registry=registry)
     return registry
 
 
@@ -251,11 +258,15 @@ class ServiceApp(MetricsMiddleware):
 
 
 def create_app(
-    config: ServeConfig | None = None, registry: CollectorRegistry | None = None
+    config: ServeConfig | None = None, registry: CollectorRegistry | None = None,
+    *, scrape_registry: CollectorRegistry | None = None,
 ) -> ServiceApp:
-    """The service as an ASGI app, wrapped in the metrics middleware it exports."""
+    """The service as an ASGI app, wrapped in the metrics middleware it exports.
+
+    ``/metrics`` exposes ``scrape_registry`` when given, else ``registry``.
+    """
     disable_created_metrics()  # `_created` series double the exposition for no query we run
-    service = InferenceService(config or ServeConfig(), registry)
+    service = InferenceService(config or ServeConfig(), registry, scrape_registry)
     limit = service.config.max_body_bytes
 
     async def predictions(request: Request) -> Response:
@@ -361,7 +372,8 @@ def create_app(
 
     async def metrics(request: Request) -> Response:
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encoder(service.registry), headers={"Content-Type": content_type})
+        return Response(encoder(service.scrape_registry),
+                        headers={"Content-Type": content_type})
 
     document = openapi_document(list(service.deployments))
 

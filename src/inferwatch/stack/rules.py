@@ -72,6 +72,10 @@ QUEUE_SATURATION_THRESHOLD = 0.8
 HOST_CPU_THRESHOLD = 0.9
 HOST_MEMORY_THRESHOLD = 0.9
 DRIFT_PSI_THRESHOLD = 0.25  # the usual reading of PSI: above 0.25 is a significant shift
+GPU_UTILISATION_THRESHOLD = 0.9  # the seed's "GPU > 90%"
+# Caching allocators (torch) and servers that reserve memory up front (vLLM takes 90% by
+# default) sit near 90% by design; above 95% the next larger batch may not fit.
+GPU_MEMORY_THRESHOLD = 0.95
 
 
 def cpu_record(profile: Profile) -> str:
@@ -244,6 +248,22 @@ def service_alerts(profile: Profile, slos: Sequence[SLO]) -> list[AlertRule]:
             profile.slow_alert_for, "warning",
             "Memory of {{ $labels.instance }} is nearly exhausted",
             "Memory utilisation is {{ $value | humanizePercentage }}."),
+        AlertRule(
+            "GPUHighUtilisation",
+            f"avg_over_time(inferwatch_gpu_utilization_ratio[{w}]) > {GPU_UTILISATION_THRESHOLD}",
+            profile.slow_alert_for, "warning",
+            "GPU {{ $labels.gpu }} ({{ $labels.name }}) on {{ $labels.instance }} is saturated",
+            f"The GPU ran kernels {{{{ $value | humanizePercentage }}}} of the time over {w}: "
+            "batches queue for it and latency grows with load."),
+        AlertRule(
+            "GPUMemoryHigh",
+            "inferwatch_gpu_memory_used_bytes / inferwatch_gpu_memory_total_bytes"
+            f" > {GPU_MEMORY_THRESHOLD}",
+            profile.slow_alert_for, "warning",
+            "Memory of GPU {{ $labels.gpu }} ({{ $labels.name }}) on {{ $labels.instance }} "
+            "is nearly full",
+            "{{ $value | humanizePercentage }} of the GPU's memory is allocated: a larger batch "
+            "or another model may fail with out-of-memory."),
     ]
     rules.append(AlertRule(
         "ModelDrift",

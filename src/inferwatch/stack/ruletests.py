@@ -22,6 +22,8 @@ from inferwatch.stack.slo import SLO
 INSTANCE = "127.0.0.1:8080"
 SERVICE = {"instance": INSTANCE, "job": "inference", "model": "digits", "version": "1"}
 NODE = {"instance": "127.0.0.1:9100", "job": "node"}
+GPU = {"instance": INSTANCE, "job": "inference", "gpu": "0", "uuid": "GPU-0f1e2d3c",
+       "name": "NVIDIA H100 80GB HBM3"}
 ABOVE, BELOW = 1.1, 0.9  # "just above" and "just below" a threshold
 
 
@@ -123,6 +125,11 @@ def expand(template: str, labels: dict[str, str], value: float | None) -> str:
 def service_scenarios(profile: Profile, slos: Sequence[SLO]) -> list[Scenario]:
     err = r.ERROR_RATIO_THRESHOLD
     cpu, mem, queue = r.HOST_CPU_THRESHOLD, r.HOST_MEMORY_THRESHOLD, r.QUEUE_SATURATION_THRESHOLD
+    gpu = r.GPU_UTILISATION_THRESHOLD
+
+    def gpu_used(level: float) -> float:
+        return 1 - (1 - r.GPU_MEMORY_THRESHOLD) / level
+
     found = [
         Scenario("HighInferenceErrorRate", lambda lv, n: [
             series("inference_requests_total", SERVICE, ramp(100, n)),
@@ -153,6 +160,14 @@ def service_scenarios(profile: Profile, slos: Sequence[SLO]) -> list[Scenario]:
             series("node_memory_MemAvailable_bytes", NODE, flat(100 * (1 - mem * lv), n)),
             series("node_memory_MemTotal_bytes", NODE, flat(100, n)),
         ], NODE, value=lambda lv: mem * lv, onset_intervals=0),
+        Scenario("GPUHighUtilisation", lambda lv, n: [
+            series("inferwatch_gpu_utilization_ratio", GPU, flat(gpu * lv, n)),
+        ], GPU, value=lambda lv: gpu * lv, onset_intervals=0),
+        # Free memory shrinks with the level, so "above" stays a possible share (< 100%).
+        Scenario("GPUMemoryHigh", lambda lv, n: [
+            series("inferwatch_gpu_memory_used_bytes", GPU, flat(100 * gpu_used(lv), n)),
+            series("inferwatch_gpu_memory_total_bytes", GPU, flat(100, n)),
+        ], GPU, value=gpu_used, onset_intervals=0),
     ]
     psi_limit = r.DRIFT_PSI_THRESHOLD
     found.append(Scenario("ModelDrift", lambda lv, n: [

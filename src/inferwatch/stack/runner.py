@@ -73,6 +73,7 @@ class StackOptions:
     receivers: Receivers | None = None  # email/Slack beside the inbox webhook
     replicas: int = 1  # services behind file_sd, and a global Prometheus, when more than 1
     replica_ports: Sequence[int] = ()  # of replicas 2..N; free ones are picked when empty
+    workers: int = 1  # service worker processes per replica; the admin API (chaos) needs 1
 
     @property
     def service_ports(self) -> list[int]:
@@ -98,7 +99,10 @@ def components(opts: StackOptions) -> list[Component]:
     services = []
     for index, port in enumerate(opts.service_ports):
         serve = [*python, "serve", "--host", HOST, "--port", str(port)]
-        if index == 0:  # chaos drives the first replica
+        if opts.workers > 1:
+            workers = "workers" if opts.replicas == 1 else f"workers-{index}"
+            serve += ["--workers", str(opts.workers), "--worker-dir", str(d / workers)]
+        elif index == 0:  # chaos drives the first replica
             serve += ["--admin-port", str(p.admin),
                       "--admin-token-file", str(admin_token_path(d))]
         for model in opts.models:
@@ -148,13 +152,15 @@ def components(opts: StackOptions) -> list[Component]:
         ], f"{url(p.dashboard)}/-/ready", url(p.dashboard)),
     ]
     if opts.traffic_rate > 0:
+        # Feedback is scored by the worker that answered, so only one worker can take it.
+        feedback = ["--feedback"] if opts.workers == 1 else []
         # No load balancer here: each replica gets its share of the demo traffic.
         for index, port in enumerate(opts.service_ports):
             name = "traffic" if opts.replicas == 1 else f"traffic-{index}"
             parts.append(Component(name, [
                 *python, "load", "--url", url(port),
                 "--rate", str(opts.traffic_rate / opts.replicas),
-                "--duration", str(365 * 86400), "--quiet", "--feedback",
+                "--duration", str(365 * 86400), "--quiet", *feedback,
             ], None))
     return parts
 
