@@ -6,6 +6,9 @@ APT_PACKAGES := prometheus prometheus-alertmanager prometheus-node-exporter prom
 BINARIES := prometheus promtool prometheus-alertmanager amtool prometheus-node-exporter prometheus-pushgateway
 # The dashboard's browser test drives Debian's Chromium with Playwright (never a downloaded one).
 CHROMIUM := /usr/bin/chromium
+# The Compose tests validate the rendered file with Debian's docker-compose; without its
+# recommended docker.io: no engine is needed, or started.
+COMPOSE := docker-compose
 UP_ARGS ?=
 
 .PHONY: up test deps lint clean assets
@@ -29,6 +32,14 @@ deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else \
 	    echo "note: the dashboard browser test needs $(CHROMIUM): apt-get install -y chromium"; \
+	  fi; \
+	fi
+	@if ! command -v $(COMPOSE) >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing docker-compose with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; \
+	  else \
+	    echo "note: the Compose tests need $(COMPOSE): apt-get install -y docker-compose"; \
 	  fi; \
 	fi
 

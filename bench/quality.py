@@ -1,6 +1,14 @@
 """Throughput of `inferwatch serve` with quality tracking on vs off, side by side.
 
-    python bench/quality.py [--seconds 8] [--rounds 3] [--concurrency 32]
+    python bench/quality.py [--seconds 4] [--rounds 9] [--concurrency 32] [--cpu-rate 800]
+
+Two measures, both side by side in one run:
+
+1. CPU seconds the service process spends per request (user + system, from /proc, the
+   background quality thread included) under the same open-loop load: the throughput a
+   dedicated core would give is its inverse, and unlike wall-clock throughput it barely moves
+   when other processes share the machine. Ratio = CPU per request off / on.
+2. Wall-clock throughput at saturation, as below.
 
 Starts the service twice (`--quality` and `--no-quality`, each on its own port), then drives
 each in turn with the same closed-loop client (aiohttp, keep-alive, N requests in flight,
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import statistics
 import subprocess
@@ -23,7 +32,7 @@ import time
 import aiohttp
 import httpx
 
-from inferwatch.operate.load import build_payloads
+from inferwatch.operate.load import LoadPlan, build_payloads, run_load_sync
 
 
 def free_port() -> int:
@@ -72,17 +81,42 @@ async def drive(base: str, seconds: float, concurrency: int) -> float:
     return done / (time.perf_counter() - start)
 
 
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_request(proc: subprocess.Popen[bytes], base: str, rate: float,
+                    seconds: float) -> float:
+    before = cpu_seconds(proc.pid)
+    result = run_load_sync(LoadPlan(url=base, rate=rate, duration=seconds))
+    time.sleep(0.6)  # the quality thread's last fold belongs to this round
+    return (cpu_seconds(proc.pid) - before) / max(result.ok, 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=4)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--cpu-rate", type=float, default=800)
     args = parser.parse_args()
     services = {"on": start(True), "off": start(False)}
     rates: dict[str, list[float]] = {"on": [], "off": []}
     try:
         for name in ("on", "off"):  # warm-up
             asyncio.run(drive(services[name][1], 2, args.concurrency))
+        cpu: dict[str, list[float]] = {"on": [], "off": []}
+        for r in range(args.rounds):
+            for name in (("on", "off") if r % 2 == 0 else ("off", "on")):
+                proc, base = services[name]
+                cpu[name].append(cpu_per_request(proc, base, args.cpu_rate, args.seconds))
+            print(f"round {r + 1}: CPU per request on {cpu['on'][-1] * 1e6:.0f} us, "
+                  f"off {cpu['off'][-1] * 1e6:.0f} us")
+        on_cpu, off_cpu = statistics.median(cpu["on"]), statistics.median(cpu["off"])
+        print(f"median CPU per request: on {on_cpu * 1e6:.0f} us, off {off_cpu * 1e6:.0f} us; "
+              f"throughput ratio on/off from CPU = {off_cpu / on_cpu:.3f}")
         for r in range(args.rounds):
             order = ("on", "off") if r % 2 == 0 else ("off", "on")
             for name in order:

@@ -184,9 +184,15 @@ def up(
                           ] = 9097,
     workers: Annotated[int, typer.Option(
         min=1, help="Service worker processes (`serve --workers`); chaos needs 1.")] = 1,
+    pushgateway_port: int = 9091,
+    replicas: Annotated[int, typer.Option(
+        min=1, help="Service replicas, discovered by Prometheus through file_sd; above 1, a "
+                    "global Prometheus receives remote_write (see docs/deploy.md).")] = 1,
+    global_prometheus_port: Annotated[int, typer.Option(
+        help="The global Prometheus, with --replicas above 1.")] = 9190,
 ) -> None:
-    """Start the service, Prometheus, Alertmanager, node_exporter, an alert inbox and the
-    dashboard page."""
+    """Start the service, Prometheus, Alertmanager, node_exporter, a Pushgateway, an alert
+    inbox and the dashboard page."""
     from inferwatch.stack.alerting import AlertingConfigError, receivers_from_env
     from inferwatch.stack.runner import Stack, StackError, StackOptions, profile_named
 
@@ -195,10 +201,12 @@ def up(
             run_dir=run_dir.resolve(), profile=profile_named("fast" if fast else profile),
             ports=_ports(auto_ports, service=service_port, prometheus=prometheus_port,
                          alertmanager=alertmanager_port, node_exporter=node_exporter_port,
-                         inbox=inbox_port, dashboard=dashboard_port, admin=admin_port),
+                         inbox=inbox_port, dashboard=dashboard_port, admin=admin_port,
+                         pushgateway=pushgateway_port,
+                         global_prometheus=global_prometheus_port),
             models=tuple(model or ["digits"]), traffic_rate=traffic,
             resnet18_weights=resnet18_weights, receivers=receivers_from_env(),
-            workers=workers,
+            workers=workers, replicas=replicas,
         )
         stack = Stack(opts)
         with console.status("starting the stack..."):
@@ -263,6 +271,11 @@ def _print_stack(run_dir: Path) -> None:
         console.print(f"Prometheus UI: http://{HOST}:{ports['prometheus']}/graph\n"
                       f"service metrics: http://{HOST}:{ports['service']}/metrics\n"
                       f"Alertmanager UI: http://{HOST}:{ports['alertmanager']}/#/alerts")
+        if "pushgateway" in ports:
+            console.print(f"Pushgateway (batch jobs): http://{HOST}:{ports['pushgateway']}")
+        if info.get("replicas", 1) > 1:
+            console.print(f"global Prometheus (remote_write receiver): "
+                          f"http://{HOST}:{ports['global_prometheus']}/graph")
         if "dashboard" in ports:
             console.print(f"[bold]dashboard: http://{HOST}:{ports['dashboard']}/[/]")
 
@@ -393,19 +406,29 @@ def dashboard(
                 access_log=False)
 
 
-@app.command()
+render_app = typer.Typer(help="Write configuration: the local stack's (default), Docker "
+                         "Compose's or Kubernetes'.")
+app.add_typer(render_app, name="render")
+SloFile = Annotated[Path | None, typer.Option("--slo",
+                                              help="SLO file (default: the built-in one).")]
+
+
+@render_app.callback(invoke_without_command=True)
 def render(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("generated"),
     profile: str = "default",
-    slo: Annotated[Path | None, typer.Option(help="SLO file (default: the built-in one).")
-                   ] = None,
+    slo: SloFile = None,
 ) -> None:
     """Write Prometheus config, rules, promtool rule tests, Alertmanager config and the
     Grafana dashboard with its provisioning files.
 
     Email and Slack receivers are configured from INFERWATCH_* environment variables
     (see docs/alerting.md); credentials stay in files that Alertmanager reads.
+    `render compose` and `render k8s` write the deployments instead (docs/deploy.md).
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from inferwatch.stack.alerting import AlertingConfigError, receivers_from_env
     from inferwatch.stack.config import write_stack_config
     from inferwatch.stack.grafana import write_grafana_files
@@ -419,8 +442,130 @@ def render(
         paths.update(write_grafana_files(out / "grafana", chosen))
     except (StackError, SLOError, AlertingConfigError) as exc:
         raise _fail(str(exc)) from None
+    _print_paths(paths)
+
+
+def _print_paths(paths: dict[str, Path]) -> None:
     for name, path in paths.items():
         console.print(f"{name}: {path}")
+
+
+def _profile_and_slos(profile: str, slo: Path | None) -> tuple[Any, Any]:
+    from inferwatch.stack.runner import StackError, profile_named
+    from inferwatch.stack.slo import SLOError, load_slos
+
+    try:
+        return profile_named(profile), load_slos(slo)
+    except (StackError, SLOError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@render_app.command("compose")
+def render_compose(
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("generated/compose"),
+    profile: str = "default",
+    slo: SloFile = None,
+    context: Annotated[Path, typer.Option(
+        help="Directory of inferwatch's Dockerfile (the repository's root).")] = Path("."),
+) -> None:
+    """Write docker-compose.yml and the files it mounts: service, inbox, Prometheus,
+    Alertmanager, node_exporter, Pushgateway, Grafana; profiles proxy, batch and gpu (DCGM).
+
+    Grafana's admin password comes from GF_SECURITY_ADMIN_PASSWORD, with no default.
+    """
+    from inferwatch.stack.compose import write_compose
+
+    chosen, slos = _profile_and_slos(profile, slo)
+    if not (context / "Dockerfile").is_file():
+        raise _fail(f"no Dockerfile in {context}: pass the repository's root as --context")
+    _print_paths(write_compose(out, chosen, slos, context))
+
+
+@render_app.command("k8s")
+def render_k8s(
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("generated/k8s"),
+    profile: str = "default",
+    slo: SloFile = None,
+    namespace: Annotated[str, typer.Option(help="Namespace of the service.")] = "inferwatch",
+    monitoring_namespace: Annotated[str, typer.Option(
+        help="Namespace of kube-prometheus-stack (Grafana's ConfigMaps go there).")] =
+        "monitoring",
+    release: Annotated[str, typer.Option(
+        help="kube-prometheus-stack's Helm release: the `release` label its Prometheus "
+             "selects ServiceMonitors and PrometheusRules by.")] = "kube-prometheus-stack",
+    image: Annotated[str, typer.Option(help="The inferwatch image.")] = "inferwatch:0.1.0",
+    replicas: Annotated[int, typer.Option(min=1, help="Least replicas.")] = 2,
+    max_replicas: Annotated[int, typer.Option(min=1, help="Most replicas.")] = 10,
+    queue_target: Annotated[int, typer.Option(
+        min=1, help="Average queued samples per pod the autoscaler aims at.")] = 8,
+    model: Annotated[list[str] | None, typer.Option("--model", help="Model(s) to serve.")
+                     ] = None,
+) -> None:
+    """Write a kustomize directory: Deployment, Service, ServiceMonitor, PrometheusRule,
+    HorizontalPodAutoscaler on the queue depth, Grafana dashboard and datasource ConfigMaps;
+    and prometheus-adapter's Helm values."""
+    from inferwatch.stack.kubernetes import KubernetesOptions, write_kubernetes
+
+    chosen, slos = _profile_and_slos(profile, slo)
+    if max_replicas < replicas:
+        raise _fail("--max-replicas must be at least --replicas")
+    options = KubernetesOptions(
+        namespace=namespace, monitoring_namespace=monitoring_namespace, release=release,
+        image=image, replicas=replicas, max_replicas=max_replicas, queue_target=queue_target,
+        models=tuple(model or ["digits"]))
+    _print_paths(write_kubernetes(out, chosen, options, slos))
+
+
+@app.command()
+def batch(
+    source: Annotated[str, typer.Option(
+        "--input", help="'digits' (the held-out digits) or a directory of image files.")],
+    job: Annotated[str, typer.Option(help="Job name: the `job` label of the pushed metrics.")
+                   ] = "inferwatch-batch",
+    instance: Annotated[str | None, typer.Option(
+        help="The `instance` label of the pushed metrics (default: this host's name).")
+    ] = None,
+    pushgateway: Annotated[str, typer.Option(
+        help="Pushgateway URL; empty to push nothing.")] = f"http://{HOST}:9091",
+    model: Annotated[str, typer.Option(help="Model to run: digits, resnet18.")] = "digits",
+    resnet18_weights: Annotated[Path | None, typer.Option()] = None,
+    output: Annotated[Path | None, typer.Option(
+        help="Write one JSON line per scored input here.")] = None,
+    max_failure_ratio: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="The run fails when more inputs than this share fail.")] = 0.1,
+) -> None:
+    """Score a folder of images (or the held-out digits) once and push the job's metrics:
+    duration, items, failures and, when it succeeds, the time of this success."""
+    import socket
+
+    from inferwatch.metrics.batch_job import BatchJobMetrics
+    from inferwatch.models import load_model
+    from inferwatch.serve.batch_job import read_inputs, run_batch
+
+    started = time.perf_counter()
+    try:
+        inputs = read_inputs(source)
+        served = load_model(model, resnet18_weights=resnet18_weights)
+    except (ValueError, ImportError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    metrics = BatchJobMetrics(served.card.name)
+    result = run_batch(served, inputs, metrics)
+    metrics.duration.set(time.perf_counter() - started)
+    succeeded = result.succeeded(max_failure_ratio)
+    if output:
+        output.write_text("".join(json.dumps(p) + "\n" for p in result.predictions))
+    accuracy = "" if result.accuracy is None else f", accuracy {result.accuracy:.4f}"
+    console.print(f"{job}: {result.items} inputs, {result.failed} failed "
+                  f"{result.failures or ''}{accuracy}: "
+                  f"{'succeeded' if succeeded else 'FAILED'}")
+    if pushgateway:
+        try:
+            metrics.push(pushgateway, job, instance or socket.gethostname(), succeeded)
+        except OSError as exc:
+            raise _fail(f"cannot push to {pushgateway}: {exc}") from None
+        console.print(f"pushed to {pushgateway} (job={job})")
+    if not succeeded:
+        raise typer.Exit(1)
 
 
 chaos_app = typer.Typer(help="Inject faults into a running service (admin API), and clear them.",

@@ -17,7 +17,8 @@ def test_up_detached_status_load_and_down(tmp_path: Path) -> None:
              "--run-dir", str(run_dir))
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        for name in ("service", "prometheus", "alertmanager", "node_exporter", "inbox"):
+        for name in ("service", "prometheus", "alertmanager", "node_exporter", "pushgateway",
+                     "inbox"):
             assert name in up.stdout
         ports = json.loads((run_dir / "state.json").read_text())["ports"]
         assert httpx.get(f"http://127.0.0.1:{ports['service']}/ping").json() == {
@@ -58,8 +59,8 @@ def test_up_in_foreground_stops_everything_on_sigint(tmp_path: Path) -> None:
                 break
         processes = read_state(run_dir)
         assert {p.name for p in processes} == {
-            "service", "inbox", "node_exporter", "alertmanager", "prometheus", "dashboard",
-            "traffic"}, "".join(lines)
+            "service", "inbox", "node_exporter", "pushgateway", "alertmanager", "prometheus",
+            "dashboard", "traffic"}, "".join(lines)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     finally:

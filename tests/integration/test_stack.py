@@ -40,8 +40,10 @@ def test_exact_count_and_seed_dashboard_queries(stack: Stack, prom: PrometheusAP
 
 def test_every_target_up_and_seed_rule_loaded(stack: Stack, prom: PrometheusAPI) -> None:
     prom.wait_for_scrape("prometheus", after=time.time())
+    prom.wait_for_scrape("pushgateway", after=time.time())
     jobs = {t["labels"]["job"]: t["health"] for t in prom.targets()}
-    assert jobs == {"inference": "up", "node": "up", "alertmanager": "up", "prometheus": "up"}
+    assert jobs == {"inference": "up", "node": "up", "alertmanager": "up", "prometheus": "up",
+                    "pushgateway": "up"}
     loaded = {r["name"]: r["health"] for g in prom.rules() for r in g["rules"]}
     generated = render_rule_file(FAST)
     expected = {r.get("alert") or r["record"] for g in generated["groups"] for r in g["rules"]}
@@ -68,7 +70,7 @@ def test_stop_leaves_no_process(tmp_path) -> None:  # type: ignore[no-untyped-de
     stack.start()
     processes = list(stack.processes)
     assert {p.name for p in processes} >= {"service", "prometheus", "alertmanager",
-                                            "node_exporter", "inbox", "traffic"}
+                                            "node_exporter", "pushgateway", "inbox", "traffic"}
     stack.stop()
     assert not any(alive(p) for p in processes)
     assert not (tmp_path / "state.json").exists()

@@ -49,7 +49,7 @@ def test_feedback_store_scores_once_and_forgets_old_answers() -> None:
     store = FeedbackStore(capacity=2, ttl=60)
     store.remember("a", "m", [3, 1])
     answer = store.lookup("a")
-    assert not isinstance(answer, str) and answer.top == (3, 1)
+    assert not isinstance(answer, str) and list(answer.top) == [3, 1]
     store.mark("a")
     assert store.lookup("a") == "duplicate_feedback"
     store.remember("b", "m", [1])

@@ -228,8 +228,10 @@ class QualityMonitor:
                                  minlength=len(self.reference.class_shares))
             self.psi["prediction"] = psi(self.reference.class_shares, counts / size)
 
-    def record_feedback(self, top: Sequence[int], truth: int) -> tuple[bool, bool]:
-        correct, in_top = top[0] == truth, truth in top[: self.top_k]
+    def record_feedback(self, top: Sequence[int] | np.ndarray, truth: int
+                        ) -> tuple[bool, bool]:
+        classes = [int(i) for i in top[: self.top_k]]
+        correct, in_top = classes[0] == truth, truth in classes
         self.metrics.feedback.labels(self.model, self.version,
                                      "correct" if correct else "incorrect").inc()
         self.metrics.feedback_top5.labels(self.model, self.version,
@@ -272,7 +274,7 @@ class QualityWorker:
 @dataclass
 class _Answer:
     model: str
-    top: tuple[int, ...]
+    top: Sequence[int] | np.ndarray
     at: float
     feedback: bool = False
 
@@ -281,37 +283,36 @@ class FeedbackStore:
     """Answers by request id, so feedback can be matched to what was predicted.
 
     Bounded in size and age: the oldest answers go first; feedback for an unknown or
-    expired id is refused, and feedback for an id is counted once.
+    expired id is refused, and feedback for an id is counted once. Used from the event
+    loop's thread only, so it takes no lock; the top classes are kept as the numpy array
+    the request already has, converted only when feedback arrives.
     """
 
     def __init__(self, capacity: int = 100_000, ttl: float = 600.0) -> None:
         self.capacity, self.ttl = capacity, ttl
         self._answers: collections.OrderedDict[str, _Answer] = collections.OrderedDict()
-        self._lock = threading.Lock()
 
     def remember(self, request_id: str, model: str, top: Sequence[int] | np.ndarray) -> None:
         now = time.monotonic()
-        with self._lock:
-            self._answers.pop(request_id, None)
-            self._answers[request_id] = _Answer(model, tuple(int(i) for i in top), now)
-            while len(self._answers) > self.capacity:
-                self._answers.popitem(last=False)
-            while self._answers:
-                oldest = next(iter(self._answers.values()))
-                if now - oldest.at <= self.ttl:
-                    break
-                self._answers.popitem(last=False)
+        answers = self._answers
+        if request_id in answers:
+            del answers[request_id]
+        answers[request_id] = _Answer(model, top, now)
+        if len(answers) > self.capacity:
+            answers.popitem(last=False)
+        oldest = next(iter(answers.values()))
+        while now - oldest.at > self.ttl:
+            answers.popitem(last=False)
+            oldest = next(iter(answers.values()))
 
     def lookup(self, request_id: str) -> _Answer | str:
         """The answer for ``request_id``, or why there is none to score:
         ``unknown_request_id`` (never seen, or expired) or ``duplicate_feedback``."""
-        with self._lock:
-            answer = self._answers.get(request_id)
-            if answer is None or time.monotonic() - answer.at > self.ttl:
-                return "unknown_request_id"
-            return "duplicate_feedback" if answer.feedback else answer
+        answer = self._answers.get(request_id)
+        if answer is None or time.monotonic() - answer.at > self.ttl:
+            return "unknown_request_id"
+        return "duplicate_feedback" if answer.feedback else answer
 
     def mark(self, request_id: str) -> None:
         """Record that feedback for ``request_id`` was counted."""
-        with self._lock:
-            self._answers[request_id].feedback = True
+        self._answers[request_id].feedback = True

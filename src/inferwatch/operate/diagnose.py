@@ -24,7 +24,7 @@ import numpy as np
 from inferwatch.metrics import STAGES
 from inferwatch.operate.promapi import PrometheusAPI
 from inferwatch.stack.profiles import parse_duration
-from inferwatch.stack.rules import MEMORY_RECORD_EXPR, cpu_utilisation_expr
+from inferwatch.stack.rules import cpu_utilisation_expr, memory_utilisation_expr
 
 __all__ = ["Cause", "Diagnoser", "Diagnosis", "Evidence", "as_json", "change_point", "onset"]
 
@@ -328,7 +328,7 @@ class Diagnoser:
                       f"avg({pressure})", 0.05, (0.1, 0.5)),
             ], reference, discount=load),
             self._root("memory", [
-                _Spec("memory utilisation", f"avg({MEMORY_RECORD_EXPR})", 0.02,
+                _Spec("memory utilisation", f"avg({memory_utilisation_expr()})", 0.02,
                        (0.7, 0.9))], reference),
             self._root("GPU", [
                 _Spec("GPU utilisation",

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from inferwatch.stack.profiles import Profile
+from inferwatch.stack.profiles import Profile, parse_duration
 from inferwatch.stack.slo import SLO, load_slos
 
 RUNBOOK_BASE = "docs/runbooks.md"
@@ -124,20 +124,23 @@ def service_recordings(profile: Profile) -> list[RecordingRule]:
     return rules
 
 
-# The node-mixin formulas (node_exporter's own mixin), per instance.
-MEMORY_RECORD_EXPR = ('1 - (node_memory_MemAvailable_bytes{job="node"}'
-                      ' / node_memory_MemTotal_bytes{job="node"})')
-
-
-def cpu_utilisation_expr(window: str) -> str:
+# The node-mixin formulas (node_exporter's own mixin), per instance. ``node_job`` is the
+# scrape job of node_exporter: "node" here, "node-exporter" in kube-prometheus-stack.
+def cpu_utilisation_expr(window: str, node_job: str = "node") -> str:
     return ('1 - avg without (cpu) (sum without (mode) (rate(node_cpu_seconds_total'
-            f'{{job="node", mode=~"idle|iowait|steal"}}[{window}])))')
+            f'{{job="{node_job}", mode=~"idle|iowait|steal"}}[{window}])))')
 
 
-def host_recordings(profile: Profile) -> list[RecordingRule]:
+def memory_utilisation_expr(node_job: str = "node") -> str:
+    sel = f'job="{node_job}"'
+    return (f"1 - (node_memory_MemAvailable_bytes{{{sel}}}"
+            f" / node_memory_MemTotal_bytes{{{sel}}})")
+
+
+def host_recordings(profile: Profile, node_job: str = "node") -> list[RecordingRule]:
     return [
-        RecordingRule(cpu_record(profile), cpu_utilisation_expr(profile.rate_window)),
-        RecordingRule(MEMORY_RECORD, MEMORY_RECORD_EXPR),
+        RecordingRule(cpu_record(profile), cpu_utilisation_expr(profile.rate_window, node_job)),
+        RecordingRule(MEMORY_RECORD, memory_utilisation_expr(node_job)),
     ]
 
 
@@ -312,12 +315,28 @@ def service_alerts(profile: Profile, slos: Sequence[SLO]) -> list[AlertRule]:
     return rules
 
 
-def rule_groups(profile: Profile, slos: Sequence[SLO] | None = None) -> list[RuleGroup]:
+def batch_alerts(profile: Profile) -> list[AlertRule]:
+    """Batch jobs push to the Pushgateway, which stamps every push: a stale stamp is a job
+    that stopped running (a failed run still pushes, so its metrics say why it failed)."""
+    stale = profile.batch_stale_after
+    return [AlertRule(
+        "BatchJobStale",
+        f"time() - max by (job, instance) (push_time_seconds) > {parse_duration(stale):g}",
+        profile.error_alert_for, "warning",
+        "Batch job {{ $labels.job }} on {{ $labels.instance }} stopped pushing",
+        "The last push of batch job {{ $labels.job }} (instance {{ $labels.instance }}) to the "
+        "Pushgateway was {{ $value | humanizeDuration }} ago, more than " + stale + ": the job "
+        "no longer runs, or cannot reach the Pushgateway.")]
+
+
+def rule_groups(profile: Profile, slos: Sequence[SLO] | None = None,
+                node_job: str = "node") -> list[RuleGroup]:
     slos = load_slos() if slos is None else slos
     groups = [
         RuleGroup("inferwatch-service-recording", service_recordings(profile)),
-        RuleGroup("inferwatch-host-recording", host_recordings(profile)),
+        RuleGroup("inferwatch-host-recording", host_recordings(profile, node_job)),
         RuleGroup("inferwatch-alerts", service_alerts(profile, slos)),
+        RuleGroup("inferwatch-batch-jobs", batch_alerts(profile)),
     ]
     # Recordings and the alerts that read them share a group: evaluated in order.
     groups.append(RuleGroup("inferwatch-slo", [
@@ -327,9 +346,9 @@ def rule_groups(profile: Profile, slos: Sequence[SLO] | None = None) -> list[Rul
 
 
 def render_rule_file(profile: Profile, slos: Sequence[SLO] | None = None,
-                     runbook_base: str = RUNBOOK_BASE) -> dict[str, Any]:
+                     runbook_base: str = RUNBOOK_BASE, node_job: str = "node") -> dict[str, Any]:
     out = []
-    for group in rule_groups(profile, slos):
+    for group in rule_groups(profile, slos, node_job):
         rendered: dict[str, Any] = {"name": group.name}
         if group.interval:
             rendered["interval"] = group.interval

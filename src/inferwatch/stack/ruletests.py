@@ -70,6 +70,31 @@ def humanize(v: float) -> str:
     return f"{v:.4g}{prefix}"
 
 
+def humanize_duration(v: float) -> str:
+    if math.isnan(v) or math.isinf(v):
+        return f"{v:.4g}"
+    if v == 0:
+        return f"{v:.4g}s"
+    if abs(v) >= 1:
+        sign = "-" if v < 0 else ""
+        v = abs(v)
+        whole = int(v)
+        s, m, h, d = whole % 60, whole // 60 % 60, whole // 3600 % 24, whole // 86400
+        if d:
+            return f"{sign}{d}d {h}h {m}m {s}s"
+        if h:
+            return f"{sign}{h}h {m}m {s}s"
+        if m:
+            return f"{sign}{m}m {s}s"
+        return f"{sign}{v:.4g}s"
+    prefix = ""
+    for p in ("m", "u", "n", "p", "f", "a", "z", "y"):
+        if abs(v) >= 1:
+            break
+        prefix, v = p, v * 1000
+    return f"{v:.4g}{prefix}s"
+
+
 _TEMPLATE = re.compile(r"{{\s*(\$labels\.(\w+)|\$value\s*\|\s*(\w+)"
                        r'|printf\s+"([^"]+)"\s+\$value)\s*}}')
 
@@ -87,6 +112,8 @@ def expand(template: str, labels: dict[str, str], value: float | None) -> str:
             return humanize(value * 100) + "%"
         if fn == "humanize":
             return humanize(value)
+        if fn == "humanizeDuration":
+            return humanize_duration(value)
         raise ValueError(f"no expansion for template function {fn}")
 
     out = _TEMPLATE.sub(one, template)
@@ -148,6 +175,14 @@ def service_scenarios(profile: Profile, slos: Sequence[SLO]) -> list[Scenario]:
                flat(psi_limit * lv, n)),
     ], {"model": "digits", "feature": "ink_fraction"}, value=lambda lv: psi_limit * lv,
         onset_intervals=0))
+    # A job that pushed X seconds before the test began and never since: a push time that
+    # grows with the clock keeps time() - push_time_seconds at exactly X.
+    stale = parse_duration(profile.batch_stale_after)
+    job = {"instance": "batch-host", "job": "digits-batch"}
+    found.append(Scenario("BatchJobStale", lambda lv, n: [
+        series("push_time_seconds", job,
+               f"{-stale * lv:g}+{profile.scrape_seconds:g}x{n}"),
+    ], job, value=lambda lv: stale * lv, onset_intervals=0))
     for slo in slos:
         if slo.model != "digits":
             continue  # one model is enough: the others' rules differ only in constants
