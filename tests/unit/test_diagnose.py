@@ -94,3 +94,13 @@ def test_cpu_saturation_explains_away_the_stage_it_slowed() -> None:
 def test_cpu_with_room_to_spare_is_not_the_cause() -> None:
     result = diagnose(service(0.02, cpu=step(0.1, 0.6)))
     assert result.causes[0].name == "compute stage"
+
+
+def test_upstream_errors_rank_first_when_errors_rise() -> None:
+    replaced = {"reason!=": ({"reason": "upstream_5xx"}, step(0.0, 20.0)),
+                "inference_errors_total": ({}, step(0.0, 0.5))}
+    series = [(n, *replaced.get(n, (labels, f))) for n, labels, f in service(0.001)]
+    result = diagnose(series)
+    assert result.symptom.signal == "errors"
+    assert result.causes[0].name == "upstream errors (upstream_5xx)"
+    assert result.causes[0].evidence[0].after > 0.4

@@ -378,7 +378,10 @@ class Diagnoser:
             ev = self._measure(f"errors with reason {reason} per request", spec_query, share,
                                0.005, 1.0, reference)
             if ev is not None:
-                causes.append(Cause(f"error reason {reason}", "root",
+                # The proxy's reasons name the upstream: its failures, seen from outside.
+                name = (f"upstream errors ({reason})" if reason.startswith("upstream_")
+                        else f"error reason {reason}")
+                causes.append(Cause(name, "root",
                                     self._root_score(ev, reference), [ev]))
         return causes
 
