@@ -212,7 +212,7 @@ class Diagnoser:
                   f"{self._rate('inference_requests_total')}")
         correct = self._rate("inference_feedback_total", 'outcome="correct"')
         accuracy = f"{correct} / {self._rate('inference_feedback_total')}"
-        return [("latency", latency, 0.0005, 1.0), ("errors", errors, 0.005, 1.0),
+        return [("latency", latency, 0.0001, 1.0), ("errors", errors, 0.005, 1.0),
                 ("accuracy", accuracy, 0.01, -1.0)]
 
     def _measure(self, name: str, query: str, values: np.ndarray, floor: float, sign: float,
@@ -423,7 +423,7 @@ class Diagnoser:
             return []
         measured = {}
         for stage, values in series.items():
-            ev = self._measure(f"mean {stage} seconds", query, values, 0.0005, 1.0, reference)
+            ev = self._measure(f"mean {stage} seconds", query, values, 0.0001, 1.0, reference)
             if ev is not None:
                 measured[stage] = (values, ev)
         growth: dict[str, float] = {}
