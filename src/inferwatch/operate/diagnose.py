@@ -309,7 +309,9 @@ class Diagnoser:
         return Cause(name, "root", score, [ev for _, ev in evidence], detail)
 
     def _root_score(self, ev: Evidence, reference: tuple[float, np.ndarray] | None) -> float:
-        relevance = 1.0 if reference is None else max(ev.correlation or 0.0, 0.0)
+        # Correlation over a noisy window can halve a cause's score, never zero it: timing
+        # and headroom already tie the cause to the symptom.
+        relevance = 1.0 if reference is None else 0.5 + 0.5 * max(ev.correlation or 0.0, 0.0)
         return _squash(ev.z) * self._timing(ev.lead_s) * relevance
 
     def _root_causes(self, reference: tuple[float, np.ndarray] | None) -> list[Cause]:
