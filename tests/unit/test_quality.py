@@ -67,6 +67,7 @@ def test_feedback_entries_are_not_tracked_by_the_garbage_collector() -> None:
 
     store = FeedbackStore()
     store.remember("a", "m", np.array([3, 1]))
-    gc.collect()
+    gc.collect()  # untracks the inner tuple of classes,
+    gc.collect()  # then the entry that holds it
     entry = store._answers["a"]
     assert not gc.is_tracked(entry) and not gc.is_tracked(entry[1])
