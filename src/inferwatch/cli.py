@@ -105,6 +105,43 @@ def serve(
     asyncio.run(both())
 
 
+@app.command()
+def proxy(
+    upstream: Annotated[str, typer.Option(
+        help="The inference server to forward to, e.g. http://127.0.0.1:8080.")],
+    host: Annotated[str, typer.Option(help="Bind address.")] = HOST,
+    port: Annotated[int, typer.Option(help="Port.")] = 8090,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="Known model (repeat); default: listed by the upstream at start.")
+    ] = None,
+    default_model: Annotated[str | None, typer.Option(
+        help="Model of the seed's POST /infer route (default: the first known model).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(
+        help="Longest wait for the upstream's next byte, in seconds; then 504.")] = 60.0,
+    connect_timeout: Annotated[float, typer.Option(help="Upstream connect timeout, s.")
+                               ] = 5.0,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body; beyond, 413.")
+                              ] = 4 << 20,
+) -> None:
+    """Forward to an inference server (TorchServe, OIP v2, OpenAI-style) and export metrics."""
+    from inferwatch.proxy import DiscoveryError, ProxyConfig, ProxyServer, discover_models
+
+    try:
+        models = dict.fromkeys(model, "") if model else discover_models(upstream)
+        server = ProxyServer(ProxyConfig(
+            upstream=upstream, host=host, port=port, models=models, default_model=default_model,
+            timeout=timeout, connect_timeout=connect_timeout, max_body_bytes=max_body_bytes))
+    except (ValueError, DiscoveryError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"proxy http://{host}:{port} -> {upstream}; models: {', '.join(models)}; "
+                  f"metrics: http://{host}:{port}/metrics")
+    try:
+        server.run()
+    except OSError as exc:
+        raise _fail(f"cannot listen on {host}:{port}: {exc}") from None
+
+
 def _best(module: str, fallback: str) -> Any:
     import importlib.util
 
