@@ -361,6 +361,9 @@ def render(
     profile: str = "default",
     slo: Annotated[Path | None, typer.Option(help="SLO file (default: the built-in one).")
                    ] = None,
+    scrape: Annotated[list[str] | None, typer.Option(
+        "--scrape", help="Also scrape a known server's own metrics (repeat): torchserve, "
+                         "triton, vllm or mlserver, optionally =HOST:PORT.")] = None,
 ) -> None:
     """Write Prometheus config, rules, promtool rule tests and Alertmanager config.
 
@@ -373,9 +376,11 @@ def render(
     from inferwatch.stack.slo import SLOError, load_slos
 
     try:
+        known = {name: target or None for name, _, target in
+                 (item.partition("=") for item in scrape or [])}
         paths = write_stack_config(out, profile_named(profile), StackPorts(),
-                                   receivers_from_env(), load_slos(slo))
-    except (StackError, SLOError, AlertingConfigError) as exc:
+                                   receivers_from_env(), load_slos(slo), known)
+    except (StackError, SLOError, AlertingConfigError, ValueError) as exc:
         raise _fail(str(exc)) from None
     for name, path in paths.items():
         console.print(f"{name}: {path}")
