@@ -5,6 +5,11 @@ BIN := $(VENV)/bin
 APT_PACKAGES := prometheus prometheus-alertmanager prometheus-node-exporter prometheus-pushgateway
 BINARIES := prometheus promtool prometheus-alertmanager amtool prometheus-node-exporter prometheus-pushgateway
 UP_ARGS ?=
+# MLServer, the third-party Open Inference Protocol server that the proxy is tested against,
+# pins an older Starlette than inferwatch: it gets a venv of its own (about 35 s, 530 MB), and
+# the tests run it as a subprocess.
+MLSERVER_VENV := .venv-mlserver
+MLSERVER_PACKAGES := mlserver==1.7.1 mlserver-sklearn==1.7.1
 
 .PHONY: up test deps lint clean
 
@@ -37,6 +42,11 @@ $(VENV)/.installed-test: $(VENV)/.venv-ok pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,torch]'
 	touch $@ $(VENV)/.installed-run
 
+$(MLSERVER_VENV)/.installed: $(VENV)/.venv-ok
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install -q $(MLSERVER_PACKAGES)
+	touch $@
+
 up: deps $(VENV)/.installed-run
 	$(BIN)/inferwatch up $(UP_ARGS)
 
@@ -44,8 +54,8 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
 
-test: deps $(VENV)/.installed-test lint
+test: deps $(VENV)/.installed-test $(MLSERVER_VENV)/.installed lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) run generated
+	rm -rf $(VENV) $(MLSERVER_VENV) run generated

@@ -179,9 +179,9 @@ class _Exchange:
 
     __slots__ = (
         "body", "chunked", "client", "close_after", "counted", "done", "first_byte", "gauge",
-        "head", "headers", "http11", "keep_alive", "method", "model", "path", "query",
-        "request", "retried", "route", "start", "status", "streamed", "timer", "up_close",
-        "up_end", "up_sent", "up_start", "upstream", "wrote",
+        "headers", "held", "http11", "keep_alive", "method", "model", "path", "pending",
+        "query", "request", "retried", "route", "start", "status", "streamed", "timer",
+        "up_close", "up_end", "up_sent", "up_start", "upstream", "wrote",
     )
 
     def __init__(self, client: ClientConnection, route: Route, method: bytes, path: bytes,
@@ -202,7 +202,8 @@ class _Exchange:
         self.gauge: Any = None
         self.done = False
         self.status = 0
-        self.head: bytes | None = None
+        self.pending: bytes | None = None  # for the client, not written yet: head, body bytes
+        self.held = False  # whether ``pending`` holds body bytes
         self.wrote = False
         self.chunked = False
         self.streamed = False
@@ -245,30 +246,38 @@ class _Exchange:
         if self.close_after or not self.keep_alive:
             lines.append(b"Connection: close\r\n")
         lines.append(b"\r\n")
-        self.head = b"".join(lines)
+        self.pending = b"".join(lines)
 
     def upstream_body(self, chunk: bytes) -> None:
         if not chunk:
             return
+        if not self.streamed:
+            # Held back by one chunk: the last one goes out after the request is counted.
+            if self.pending is None:
+                self.pending = chunk
+            elif self.held:
+                self.wrote = True
+                self.client.write(self.pending)
+                self.pending = chunk
+            else:
+                self.pending += chunk
+            self.held = True
+            return
         if self.chunked:
             chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
-        if self.head is not None:
-            if self.streamed:
-                self.first_byte = time.perf_counter() - self.start
-            chunk, self.head = self.head + chunk, None
-            self.wrote = True
+        if self.pending is not None:
+            self.first_byte = time.perf_counter() - self.start
+            chunk, self.pending = self.pending + chunk, None
+        self.wrote = True
         self.client.write(chunk)
 
     def upstream_done(self) -> None:
         self.up_end = time.perf_counter()
         self._cancel_timer()
-        tail = b"0\r\n\r\n" if self.chunked else b""
-        if self.head is not None:
-            tail, self.head = self.head + tail, None
-            self.wrote = True
-        if tail:
-            self.client.write(tail)
-        self.finish(self.status, None)
+        last = b"0\r\n\r\n" if self.chunked else b""
+        if self.pending is not None:
+            last, self.pending = self.pending + last, None
+        self.finish(self.status, None, last)
 
     def upstream_lost(self, retryable: bool) -> None:
         if self.done:
@@ -319,7 +328,7 @@ class _Exchange:
             self.close_after = True
             self.finish(status, reason)
             return
-        self.head = None
+        self.pending = None
         self.respond(status, reason, f"{reason.replace('_', ' ')}: the upstream "
                      + ("did not answer in time" if status == 504 else "is unreachable or "
                         "closed the connection"))
@@ -335,11 +344,11 @@ class _Exchange:
             lines.append(b"Connection: close\r\n")
         lines.append(b"\r\n")
         lines.append(body)
-        self.wrote = True
-        self.client.write(b"".join(lines))
-        self.finish(status, reason)
+        self.finish(status, reason, b"".join(lines))
 
-    def finish(self, status: int, reason: str | None) -> None:
+    def finish(self, status: int, reason: str | None, last: bytes = b"") -> None:
+        """Count the request, then write its ``last`` bytes: a client that reads the metrics
+        right after its response sees itself counted."""
         if self.done:
             return
         self.done = True
@@ -356,6 +365,8 @@ class _Exchange:
                 metrics.observe_stage(self.model, "compute", self.up_end - self.up_start)
             if self.first_byte is not None:
                 metrics.observe_first_byte(self.model, self.first_byte)
+        if last:
+            self.client.write(last)
         self.client.finished(self)
 
 
