@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,12 +86,12 @@ def test_upstream_killed_mid_load_gives_502_with_reason_then_recovers(tmp_path: 
     with process(serve(serve_port), f"{upstream}/ping", log) as first, \
             process(proxy_argv(upstream, proxy_port, "--model", "digits"), f"{url}/metrics",
                     log):
-        killer = threading.Timer(1.0, first.kill)  # SIGKILL, as a crash would
-        killer.start()
-        try:
-            during = run_load_sync(LoadPlan(url=url, rate=200, count=600))
-        finally:
-            killer.join()
+        def kill_after_200(sent: int, total: int) -> None:
+            if sent == 200:
+                first.kill()  # SIGKILL, as a crash would
+
+        during = run_load_sync(LoadPlan(url=url, rate=200, count=600), kill_after_200)
+        assert first.poll() is not None
         assert set(during.statuses) == {200, 502}, during.statuses
         assert during.transport_errors == {}  # the proxy answered every request
         down = httpx.post(f"{url}/predictions/digits", content=b"x")
