@@ -1,6 +1,7 @@
 """The proxy over loopback, in this process: our own serve and a scripted upstream."""
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -306,3 +307,21 @@ def test_seed_route_decodes_base64_and_rejects_bad_input(upstream: Upstream) -> 
             assert r.status_code == 400 and r.json()["error"] == reason, body
         assert value(registry, "inference_requests_total", "m", "") == 5
         assert json.loads(httpx.get(f"{url}/ping").text)["path"] == "/ping"
+
+
+def test_idle_and_slow_clients_are_closed(upstream: Upstream) -> None:
+    with proxying(upstream.url, models=["m"], client_timeout=0.3) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        for partial in (b"", b"POST /predictions/m HTTP/1.1\r\nHost: x\r\n"):
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.sendall(partial)
+                start = time.monotonic()
+                for _ in range(8):  # a byte now and then does not keep a request alive
+                    time.sleep(0.1)
+                    try:
+                        s.sendall(b"X-A: b\r\n" if partial else b"")
+                    except OSError:
+                        break
+                with contextlib.suppress(ConnectionResetError):
+                    assert s.recv(100) == b""  # closed by the proxy
+                assert time.monotonic() - start < 2

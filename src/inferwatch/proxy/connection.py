@@ -48,6 +48,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.ignoring = False
         self.last_data = loop.time()
+        self.began = 0.0  # when the request being received began; 0 between requests
         self.idle_timer: asyncio.TimerHandle | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -124,6 +125,7 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks
 
     def on_message_begin(self) -> None:
+        self.began = self.loop.time()
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -134,6 +136,8 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._header_bytes += len(url)
+        if self._header_bytes > self.proxy.config.max_header_bytes:
+            raise httptools.HttpParserError("request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -178,6 +182,7 @@ class ClientConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self.began = 0.0
         ex, self.current = self.current, None
         if ex is None:
             return
@@ -234,12 +239,15 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     def _check_idle(self) -> None:
+        """Close idle keep-alive connections, and clients too slow to send one request."""
         self.idle_timer = None
         if self.transport is None:
             return
         timeout = self.proxy.config.client_timeout
-        idle_for = self.loop.time() - self.last_data
-        if self.active is None and idle_for >= timeout:
+        now = self.loop.time()
+        idle_for = now - self.last_data
+        slow = self.began and now - self.began >= timeout and not self.ignoring
+        if slow or (self.active is None and idle_for >= timeout):
             self.transport.close()
             return
         self.idle_timer = self.loop.call_later(max(timeout - idle_for, 0.05)

@@ -67,14 +67,20 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:  # an interim response (103 Early Hints): the real one follows
+            self.headers = []
+            return
         if self.sink is not None:
-            self.sink.upstream_headers(self.parser.get_status_code(), self.headers)
+            self.sink.upstream_headers(status, self.headers)
 
     def on_body(self, body: bytes) -> None:
         if self.sink is not None:
             self.sink.upstream_body(body)
 
     def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200:
+            return
         sink, self.sink = self.sink, None
         if sink is not None:
             sink.upstream = None
