@@ -2,7 +2,8 @@
 
     apt-get install -y nginx wrk                  # Debian packages
     .venv/bin/pip install flask requests          # the seed-style proxy only
-    .venv/bin/python bench/proxy.py [--upstream serve|null] [--seconds 10] [--rate 200]
+    .venv/bin/python bench/proxy.py [--upstream serve|null] [--rounds 3] [--seconds 5]
+                                    [--connections 32] [--rate 200]
 
 One upstream for all: `inferwatch serve` with the digits model (`--upstream null`: a trivial
 ASGI app that answers a fixed JSON, to show the proxies' own ceiling). Each proxy runs in its
@@ -11,7 +12,10 @@ own process and they are measured one after another, with the same two tools:
   --seconds; the proxy's CPU time per request is read from /proc, which does not depend on
   how the two cores were shared between wrk, the upstream and the proxy;
 - latency: `inferwatch load`, open loop at --rate for --seconds (all 360 held-out digits);
-  the added p50/p99 is the proxy's minus the mean of two direct runs (before and after).
+  the added p50/p99 is the proxy's minus direct's;
+- sequential latency: one request at a time on one connection, 2 ms apart, 500 times.
+All processes run throughout; each round measures every target in turn, and the table shows
+the median of --rounds rounds, so that a drift of the shared machine hits all targets alike.
 The seed-style proxy is the seed's exporter: Flask's server, `requests.post` without a
 session (a new connection per request) and its three metrics; it forwards the same path.
 nginx runs one worker (like the other proxies, one process) with upstream keep-alive.
@@ -20,10 +24,12 @@ nginx runs one worker (like the other proxies, one process) with upstream keep-a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,55 +125,77 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> tuple[float
     return rate, "; ".join(bad)
 
 
-def measure(name: str, url: str, pid: int | None, args: argparse.Namespace,
-            script: Path) -> dict[str, Any]:
+def sequential_p50(url: str, path: str, body: bytes, count: int = 500) -> float:
+    """Median round trip of one request at a time, 2 ms apart, on a keep-alive connection
+    (a new one when the server closes it, as the seed's HTTP/1.0 server does): the added
+    latency with no queueing and no load generator in the way."""
+    host, port = url.removeprefix("http://").split(":")
+    request = (b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (path.encode(), host.encode(), len(body), body))
+    times = []
+    conn: socket.socket | None = None
+    try:
+        for _ in range(count):
+            start = time.perf_counter()
+            if conn is None:
+                conn = socket.create_connection((host, int(port)))
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.sendall(request)
+            data = b""
+            while True:
+                chunk = conn.recv(65536)
+                data += chunk
+                head, sep, rest = data.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), None)
+                if not chunk or (sep and length is not None and len(rest) >= length):
+                    break
+            times.append(time.perf_counter() - start)
+            if not chunk or b"connection: close" in head.lower():
+                conn.close()
+                conn = None
+            time.sleep(0.002)
+    finally:
+        if conn is not None:
+            conn.close()
+    return statistics.median(times)
+
+
+def warm(url: str, body: bytes) -> None:
     path = build_payloads("v2")[0].path
-    for _ in range(200):  # warm the connection pools
-        httpx.post(url + path, content=script.with_suffix(".json").read_bytes())
-    cpu0 = cpu_seconds(pid) if pid else 0.0
-    start = time.perf_counter()
-    rate, bad = wrk(url + path, script, args.connections, args.seconds)
-    elapsed = time.perf_counter() - start
-    cpu = (cpu_seconds(pid) - cpu0) / (rate * elapsed) * 1e6 if pid else None
-    time.sleep(1)
-    load = run_load_sync(LoadPlan(url=url, rate=args.rate, duration=args.seconds, route="v2"))
-    row = {"name": name, "rps": rate, "cpu_us": cpu, "bad": bad, "ok": load.ok,
-           "sent": load.sent, "p50": load.quantile(0.5), "p99": load.quantile(0.99)}
-    print(f"  {name}: {rate:.0f} req/s, {load.ok}/{load.sent} ok at {args.rate:g}/s"
-          + (f", {bad}" if bad else ""), flush=True)
-    return row
+    with httpx.Client() as client:
+        for _ in range(200):  # connection pools, the upstream's model, code paths
+            client.post(url + path, content=body, headers={"Content-Type": "application/json"})
 
 
-def report(rows: list[dict[str, Any]], upstream: str) -> None:
-    direct = [r for r in rows if r["name"] == "direct"]
-    base_rps = sum(float(r["rps"]) for r in direct) / len(direct)
-    base50 = sum(float(r["p50"]) for r in direct) / len(direct)
-    base99 = sum(float(r["p99"]) for r in direct) / len(direct)
-    print(f"\nupstream: {upstream}; one machine, {os.cpu_count()} cores shared by wrk, the "
-          "upstream and the proxy")
-    print(f"{'':14} {'req/s':>8} {'vs direct':>9} {'proxy CPU':>10} {'p50 ms':>7} "
-          f"{'p99 ms':>7} {'added p50':>9} {'added p99':>9}")
-    by_name = {}
-    for r in rows:
-        by_name[r["name"]] = r
-        cpu = "" if r["cpu_us"] is None else f"{r['cpu_us']:.0f} us/req"
-        p50, p99 = float(r["p50"]) * 1e3, float(r["p99"]) * 1e3
-        added = "" if r["name"] == "direct" else (
-            f"{p50 - base50 * 1e3:+9.3f} {p99 - base99 * 1e3:+9.3f}")
-        print(f"{r['name']:14} {float(r['rps']):8.0f} "
-              f"{float(r['rps']) / base_rps:9.2f} {cpu:>10} {p50:7.3f} {p99:7.3f} {added}")
-    ours, seed, nginx = (float(by_name[n]["rps"])
-                         for n in ("inferwatch", "seed-flask", "nginx"))
-    added50 = (float(by_name["inferwatch"]["p50"]) - base50) * 1e3
-    print(f"\ninferwatch / seed-style throughput: {ours / seed:.1f}x (goal >= 10x)")
-    print(f"inferwatch / nginx throughput:      {ours / nginx:.2f}x (goal >= 0.5x)")
-    print(f"inferwatch added p50:               {added50:.3f} ms (goal <= 0.5 ms)")
+def report(results: dict[str, dict[str, list[float]]], described: str,
+           args: argparse.Namespace) -> None:
+    med = {name: {k: statistics.median(v) for k, v in r.items()} for name, r in results.items()}
+    base = med["direct"]
+    print(f"\nupstream: {described}; medians of {args.rounds} rounds; one machine, "
+          f"{os.cpu_count()} cores shared by wrk, the upstream, the proxy and this script")
+    print(f"{'':12} {'req/s':>7} {'vs direct':>9} {'proxy CPU':>12} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'added p50':>9} {'added p99':>9} {'seq p50':>8} {'added':>7}")
+    for name, m in med.items():
+        cpu = f"{m['cpu_us']:.0f} us/req" if "cpu_us" in m else ""
+        added = " " * 19 if name == "direct" else (
+            f"{(m['p50'] - base['p50']) * 1e3:+9.3f} {(m['p99'] - base['p99']) * 1e3:+9.3f}")
+        seq = "" if name == "direct" else f"{(m['seq'] - base['seq']) * 1e3:+7.3f}"
+        print(f"{name:12} {m['rps']:7.0f} {m['rps'] / base['rps']:9.2f} {cpu:>12} "
+              f"{m['p50'] * 1e3:7.3f} {m['p99'] * 1e3:7.3f} {added} {m['seq'] * 1e3:8.3f} {seq}")
+    ours, seed, nginx = med["inferwatch"], med["seed-flask"], med["nginx"]
+    print(f"\ninferwatch / seed-style throughput: {ours['rps'] / seed['rps']:.1f}x (goal >= 10x)")
+    print(f"inferwatch / nginx throughput:      {ours['rps'] / nginx['rps']:.2f}x (goal >= 0.5x)")
+    print(f"inferwatch added p50:               {(ours['p50'] - base['p50']) * 1e3:.3f} ms "
+          f"at {args.rate:g} req/s, {(ours['seq'] - base['seq']) * 1e3:.3f} ms one at a time "
+          "(goal <= 0.5 ms)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--upstream", choices=("serve", "null"), default="serve")
-    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=float, default=200)
     args = parser.parse_args()
@@ -184,7 +212,6 @@ def main() -> None:
     log = tmp / "processes.log"
     body = build_payloads("v2")[0].body
     script = tmp / "post.lua"
-    script.with_suffix(".json").write_bytes(body)
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                       f"wrk.body = [[{body.decode()}]]\n")
     python = [sys.executable]
@@ -195,31 +222,57 @@ def main() -> None:
         up_argv = [*python, __file__, "--null-upstream", str(up_port)]
     described = ("inferwatch serve, digits model" if args.upstream == "serve"
                  else "null ASGI app under uvicorn")
-    rows = []
-    with running(up_argv, f"{upstream}/v2/health/ready", log):
-        print(f"upstream {described} on {upstream}; wrk -c{args.connections} for "
-              f"{args.seconds:g}s, then {args.rate:g} req/s for {args.seconds:g}s each", flush=True)
-        rows.append(measure("direct", upstream, None, args, script))
-        port = free_port()
-        with running([*python, "-m", "inferwatch", "proxy", "--upstream", upstream,
-                      "--port", str(port), "--model", "digits"],
-                     f"http://127.0.0.1:{port}/metrics", log) as proc:
-            rows.append(measure("inferwatch", f"http://127.0.0.1:{port}", proc.pid, args, script))
-        port = free_port()
-        with running([*python, __file__, "--seed-proxy", str(port), upstream],
-                     f"http://127.0.0.1:{port}/metrics", log) as proc:
-            rows.append(measure("seed-flask", f"http://127.0.0.1:{port}", proc.pid, args, script))
-        port = free_port()
-        conf = tmp / "nginx"
-        conf.mkdir()
-        (conf / "nginx.conf").write_text(NGINX_CONF.format(
-            d=conf, upstream=f"127.0.0.1:{up_port}", port=port))
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        with running([nginx, "-p", str(conf), "-c", str(conf / "nginx.conf")],
-                     f"http://127.0.0.1:{port}/v2/health/ready", log) as proc:
-            rows.append(measure("nginx", f"http://127.0.0.1:{port}", proc.pid, args, script))
-        rows.append(measure("direct", upstream, None, args, script))
-    report(rows, described)
+    ports = {name: free_port() for name in ("inferwatch", "seed-flask", "nginx")}
+    conf = tmp / "nginx"
+    conf.mkdir()
+    (conf / "nginx.conf").write_text(NGINX_CONF.format(
+        d=conf, upstream=f"127.0.0.1:{up_port}", port=ports["nginx"]))
+    commands = {
+        "inferwatch": ([*python, "-m", "inferwatch", "proxy", "--upstream", upstream,
+                        "--port", str(ports["inferwatch"]), "--model", "digits"], "/metrics"),
+        "seed-flask": ([*python, __file__, "--seed-proxy", str(ports["seed-flask"]), upstream],
+                       "/metrics"),
+        "nginx": ([shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(conf), "-c",
+                   str(conf / "nginx.conf")], "/v2/health/ready"),
+    }
+    path = build_payloads("v2")[0].path
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(running(up_argv, f"{upstream}/v2/health/ready", log))
+        targets: dict[str, tuple[str, int | None]] = {"direct": (upstream, None)}
+        for name, (argv, ready) in commands.items():
+            url = f"http://127.0.0.1:{ports[name]}"
+            targets[name] = (url, stack.enter_context(running(argv, url + ready, log)).pid)
+        for url, _ in targets.values():
+            warm(url, body)
+        print(f"upstream {described} on {upstream}; per round and target: wrk -t1 "
+              f"-c{args.connections} -d{args.seconds:g}s, then `inferwatch load` at "
+              f"{args.rate:g} req/s for {args.seconds:g}s", flush=True)
+        results: dict[str, dict[str, list[float]]] = {
+            name: {"rps": [], "p50": [], "p99": [], "seq": []} for name in targets}
+        for round_ in range(args.rounds):
+            for name, (url, pid) in targets.items():
+                cpu0 = cpu_seconds(pid) if pid else 0.0
+                start = time.perf_counter()
+                rate, bad = wrk(url + path, script, args.connections, args.seconds)
+                elapsed = time.perf_counter() - start
+                if pid:
+                    cpu = (cpu_seconds(pid) - cpu0) / (rate * elapsed) * 1e6
+                    results[name].setdefault("cpu_us", []).append(cpu)
+                time.sleep(0.5)
+                load = run_load_sync(LoadPlan(url=url, rate=args.rate, duration=args.seconds,
+                                              route="v2"))
+                p50, p99 = load.quantile(0.5), load.quantile(0.99)
+                if load.ok != load.sent or p50 is None or p99 is None:
+                    sys.exit(f"{name}: {load.ok}/{load.sent} ok, {load.statuses}")
+                results[name]["rps"].append(rate)
+                results[name]["p50"].append(p50)
+                results[name]["p99"].append(p99)
+                seq = sequential_p50(url, path, body)
+                results[name]["seq"].append(seq)
+                print(f"  round {round_ + 1} {name:10} {rate:7.0f} req/s  p50 {p50 * 1e3:.3f} ms"
+                      f"  p99 {p99 * 1e3:.3f} ms  sequential p50 {seq * 1e3:.3f} ms"
+                      + (f"  {bad}" if bad else ""), flush=True)
+    report(results, described, args)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
