@@ -123,12 +123,16 @@ def proxy(
                                ] = 5.0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body; beyond, 413.")
                               ] = 4 << 20,
+    discover_wait: Annotated[float, typer.Option(
+        help="Without --model: how long to wait for an unreachable upstream, in seconds.")
+    ] = 60.0,
 ) -> None:
     """Forward to an inference server (TorchServe, OIP v2, OpenAI-style) and export metrics."""
     from inferwatch.proxy import DiscoveryError, ProxyConfig, ProxyServer, discover_models
 
     try:
-        models = dict.fromkeys(model, "") if model else discover_models(upstream)
+        models = dict.fromkeys(model, "") if model else discover_models(upstream,
+                                                                        wait=discover_wait)
         server = ProxyServer(ProxyConfig(
             upstream=upstream, host=host, port=port, models=models, default_model=default_model,
             timeout=timeout, connect_timeout=connect_timeout, max_body_bytes=max_body_bytes))

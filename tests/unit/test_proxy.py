@@ -325,3 +325,35 @@ def test_idle_and_slow_clients_are_closed(upstream: Upstream) -> None:
                 with contextlib.suppress(ConnectionResetError):
                     assert s.recv(100) == b""  # closed by the proxy
                 assert time.monotonic() - start < 2
+
+
+def test_discovery_waits_for_an_upstream_that_starts_later() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DiscoveryError, match="ConnectError"):
+        discover_models(f"http://127.0.0.1:{port}", wait=0)
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"models": [{"modelName": "late", "modelVersion": "2"}]})
+
+    found: list[dict[str, str]] = []
+    thread = threading.Thread(target=lambda: found.append(
+        discover_models(f"http://127.0.0.1:{port}", wait=20)))
+    thread.start()
+    time.sleep(1.2)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/models", models)]),
+                                           log_level="warning", lifespan="off"))
+    serving_thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
+                                      daemon=True)
+    serving_thread.start()
+    try:
+        thread.join(20)
+        assert found == [{"late": "2"}]
+    finally:
+        server.should_exit = True
+        serving_thread.join(10)
+        sock.close()
