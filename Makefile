@@ -4,6 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := prometheus prometheus-alertmanager prometheus-node-exporter prometheus-pushgateway
 BINARIES := prometheus promtool prometheus-alertmanager amtool prometheus-node-exporter prometheus-pushgateway
+# The dashboard's browser test drives Debian's Chromium with Playwright (never a downloaded one).
+CHROMIUM := /usr/bin/chromium
+# The Compose tests validate the rendered file with Debian's docker-compose; without its
+# recommended docker.io: no engine is needed, or started.
+COMPOSE := docker-compose
 UP_ARGS ?=
 # MLServer, the third-party Open Inference Protocol server that the proxy is tested against,
 # pins an older Starlette than inferwatch: it gets a venv of its own (about 35 s, 530 MB), and
@@ -11,9 +16,10 @@ UP_ARGS ?=
 MLSERVER_VENV := .venv-mlserver
 MLSERVER_PACKAGES := mlserver==1.7.1 mlserver-sklearn==1.7.1
 
-.PHONY: up test deps lint clean
+.PHONY: up test deps lint clean assets
 
-# Installs the Prometheus binaries with apt when any is missing (needs root).
+# Installs the Prometheus binaries, and Chromium for the browser test, with apt when missing
+# (needs root).
 deps:
 	@missing=""; for b in $(BINARIES); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
@@ -23,6 +29,22 @@ deps:
 	  else \
 	    echo "missing:$$missing. Run as root: apt-get install -y $(APT_PACKAGES)"; \
 	    echo "or put the upstream prometheus/alertmanager/node_exporter binaries on PATH."; exit 1; \
+	  fi; \
+	fi
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "note: the dashboard browser test needs $(CHROMIUM): apt-get install -y chromium"; \
+	  fi; \
+	fi
+	@if ! command -v $(COMPOSE) >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing docker-compose with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; \
+	  else \
+	    echo "note: the Compose tests need $(COMPOSE): apt-get install -y docker-compose"; \
 	  fi; \
 	fi
 
@@ -37,9 +59,10 @@ $(VENV)/.installed-run: $(VENV)/.venv-ok pyproject.toml
 	$(BIN)/pip install -q -e '.[fast]'
 	touch $@
 
-# torch==2.13.0 is the CPU build on these machines; the resnet18 tests need it.
+# torch==2.13.0 is the CPU build on these machines; the resnet18 tests need it. The gpu extra
+# (nvidia-ml-py, pure Python) lets the tests run the real NVML binding's no-driver path.
 $(VENV)/.installed-test: $(VENV)/.venv-ok pyproject.toml
-	$(BIN)/pip install -q -e '.[dev,torch]'
+	$(BIN)/pip install -q -e '.[dev,torch,gpu]'
 	touch $@ $(VENV)/.installed-run
 
 $(MLSERVER_VENV)/.installed: $(VENV)/.venv-ok
@@ -57,5 +80,13 @@ lint: $(VENV)/.installed-test
 test: deps $(VENV)/.installed-test $(MLSERVER_VENV)/.installed lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
+# Re-vendors the dashboard's charting library after a version change in web/package.json;
+# the copied files are committed, so installing inferwatch needs no npm.
+VENDOR := src/inferwatch/stack/dashboard/static/vendor
+assets:
+	cd web && npm ci --no-audit --no-fund
+	cp web/node_modules/uplot/dist/uPlot.iife.min.js web/node_modules/uplot/dist/uPlot.min.css $(VENDOR)/
+	cp web/node_modules/uplot/LICENSE $(VENDOR)/uPlot.LICENSE
+
 clean:
-	rm -rf $(VENV) $(MLSERVER_VENV) run generated
+	rm -rf $(VENV) $(MLSERVER_VENV) run generated build

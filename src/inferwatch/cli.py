@@ -45,12 +45,20 @@ def serve(
     queue_capacity: Annotated[int, typer.Option(
         help="Samples that may wait per model; beyond, 503 with Retry-After.")] = 256,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 4 << 20,
+    quality: Annotated[bool, typer.Option(
+        help="Track confidence, class mix, drift and feedback accuracy.")] = True,
     admin_port: Annotated[int | None, typer.Option(
         help="Enable the fault-injection admin API on 127.0.0.1:PORT (needs a token).")
     ] = None,
     admin_token_file: Annotated[Path | None, typer.Option(
         help="File (mode 0600) holding the admin bearer token; or set INFERWATCH_ADMIN_TOKEN.")
     ] = None,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Worker processes sharing the port; a worker that dies is restarted and "
+                    "counts stay exact across workers and restarts.")] = 1,
+    worker_dir: Annotated[Path | None, typer.Option(
+        help="With --workers > 1: directory of the workers' shared metric files "
+             "(default: a new temporary directory, removed at exit).")] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
 ) -> None:
     """Run the inference service (TorchServe and Open Inference Protocol v2 routes)."""
@@ -68,8 +76,14 @@ def serve(
     config = ServeConfig(
         models=tuple(model or ["digits"]), resnet18_weights=resnet18_weights,
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-        queue_capacity=queue_capacity, max_body_bytes=max_body_bytes,
+        queue_capacity=queue_capacity, max_body_bytes=max_body_bytes, quality=quality,
     )
+    uvicorn_options = {"loop": _best("uvloop", "auto"), "http": _best("httptools", "auto")}
+    if workers > 1:
+        raise typer.Exit(_serve_workers(config, host, port, workers, worker_dir, admin_port,
+                                        log_level, uvicorn_options))
+    if worker_dir is not None:
+        raise _fail("--worker-dir needs --workers > 1")
     try:
         token = (read_secret_file(admin_token_file, "--admin-token-file") if admin_token_file
                  else os.environ.get("INFERWATCH_ADMIN_TOKEN"))
@@ -80,8 +94,7 @@ def serve(
     except (ValueError, ImportError, OSError, SecretFileError) as exc:
         raise _fail(str(exc)) from None
     main = uvicorn.Server(uvicorn.Config(
-        asgi, host=host, port=port, log_level="warning", access_log=False,
-        loop=_best("uvloop", "auto"), http=_best("httptools", "auto")))
+        asgi, host=host, port=port, log_level="warning", access_log=False, **uvicorn_options))
     if admin is None or admin_port is None:
         main.run()
         return
@@ -146,6 +159,22 @@ def proxy(
         raise _fail(f"cannot listen on {host}:{port}: {exc}") from None
 
 
+def _serve_workers(config: Any, host: str, port: int, workers: int, worker_dir: Path | None,
+                   admin_port: int | None, log_level: str, uvicorn_options: dict[str, Any]) -> int:
+    from inferwatch.serve.workers import Supervisor
+
+    if admin_port is not None:
+        # Faults live in one process; injected into one worker they would hit 1/N of traffic.
+        raise _fail("--admin-port works with --workers 1 only")
+    supervisor = Supervisor(config, host=host, port=port, workers=workers,
+                            directory=worker_dir, log_level=log_level,
+                            uvicorn_options=uvicorn_options)
+    try:
+        return supervisor.run()
+    except OSError as exc:
+        raise _fail(f"cannot serve on {host}:{port}: {exc}") from None
+
+
 def _best(module: str, fallback: str) -> Any:
     import importlib.util
 
@@ -191,10 +220,20 @@ def up(
     alertmanager_port: int = 9093,
     node_exporter_port: int = 9100,
     inbox_port: int = 9095,
+    dashboard_port: int = 9096,
     admin_port: Annotated[int, typer.Option(help="Fault-injection admin API (127.0.0.1).")
                           ] = 9097,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Service worker processes (`serve --workers`); chaos needs 1.")] = 1,
+    pushgateway_port: int = 9091,
+    replicas: Annotated[int, typer.Option(
+        min=1, help="Service replicas, discovered by Prometheus through file_sd; above 1, a "
+                    "global Prometheus receives remote_write (see docs/deploy.md).")] = 1,
+    global_prometheus_port: Annotated[int, typer.Option(
+        help="The global Prometheus, with --replicas above 1.")] = 9190,
 ) -> None:
-    """Start the service, Prometheus, Alertmanager, node_exporter and an alert inbox."""
+    """Start the service, Prometheus, Alertmanager, node_exporter, a Pushgateway, an alert
+    inbox and the dashboard page."""
     from inferwatch.stack.alerting import AlertingConfigError, receivers_from_env
     from inferwatch.stack.runner import Stack, StackError, StackOptions, profile_named
 
@@ -203,34 +242,41 @@ def up(
             run_dir=run_dir.resolve(), profile=profile_named("fast" if fast else profile),
             ports=_ports(auto_ports, service=service_port, prometheus=prometheus_port,
                          alertmanager=alertmanager_port, node_exporter=node_exporter_port,
-                         inbox=inbox_port, admin=admin_port),
+                         inbox=inbox_port, dashboard=dashboard_port, admin=admin_port,
+                         pushgateway=pushgateway_port,
+                         global_prometheus=global_prometheus_port),
             models=tuple(model or ["digits"]), traffic_rate=traffic,
             resnet18_weights=resnet18_weights, receivers=receivers_from_env(),
+            workers=workers, replicas=replicas,
         )
         stack = Stack(opts)
         with console.status("starting the stack..."):
             stack.start()
     except (StackError, AlertingConfigError) as exc:
         raise _fail(str(exc)) from None
-    _print_stack(opts.run_dir)
     if detach:
+        _print_stack(opts.run_dir)
         console.print(f"Detached. Stop with: inferwatch down --run-dir {run_dir}")
         return
-    console.print("Alert notifications appear below. Ctrl-C stops everything.")
     stopping = False
 
     def _stop(signum: int, frame: Any) -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, _stop)
     seen = 0
     try:
+        # Handle SIGINT ourselves too: a shell that starts us in the background ignores it,
+        # and Python then installs no KeyboardInterrupt handler.
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        _print_stack(opts.run_dir)
+        console.print("Alert notifications appear below. Ctrl-C stops everything.")
         while not stopping:
             seen = _print_new_notifications(opts.run_dir / "inbox.jsonl", seen)
             time.sleep(0.5)
     except KeyboardInterrupt:
-        pass
+        pass  # arrived before our handler was installed
     finally:
         with console.status("stopping..."):
             stack.stop()
@@ -266,6 +312,13 @@ def _print_stack(run_dir: Path) -> None:
         console.print(f"Prometheus UI: http://{HOST}:{ports['prometheus']}/graph\n"
                       f"service metrics: http://{HOST}:{ports['service']}/metrics\n"
                       f"Alertmanager UI: http://{HOST}:{ports['alertmanager']}/#/alerts")
+        if "pushgateway" in ports:
+            console.print(f"Pushgateway (batch jobs): http://{HOST}:{ports['pushgateway']}")
+        if info.get("replicas", 1) > 1:
+            console.print(f"global Prometheus (remote_write receiver): "
+                          f"http://{HOST}:{ports['global_prometheus']}/graph")
+        if "dashboard" in ports:
+            console.print(f"[bold]dashboard: http://{HOST}:{ports['dashboard']}/[/]")
 
 
 @app.command()
@@ -310,6 +363,9 @@ def load(
                                ] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
+    feedback: Annotated[bool, typer.Option(
+        help="Send each held-out digit's true label to POST /feedback after its answer.")
+    ] = False,
 ) -> None:
     """Send open-loop, constant-rate traffic; report client percentiles next to Prometheus'."""
     from inferwatch.operate.load import (
@@ -324,7 +380,7 @@ def load(
         count = 1000
     try:
         plan = LoadPlan(url=url, model=model, route=route, rate=rate,  # type: ignore[arg-type]
-                        count=count, duration=duration)
+                        count=count, duration=duration, feedback=feedback)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     if quiet:
@@ -335,6 +391,12 @@ def load(
     result = run_with_progress(plan, console)
     figures = report(result, console, prom, model=model, scrape_interval=scrape_interval,
                      prom_count_before=before)
+    if feedback:
+        figures["feedback"] = result.feedback
+        figures["feedback_accuracy"] = result.feedback_accuracy
+        accuracy = result.feedback_accuracy
+        console.print(f"feedback: {result.feedback}, accuracy "
+                      f"{'-' if accuracy is None else f'{accuracy:.3f}'}")
     if as_json:
         print(json.dumps(figures, default=str))
     if result.ok == 0:
@@ -360,34 +422,196 @@ def _first_count(prom: Any, model: str, scrape_interval: float) -> float | None:
 
 
 @app.command()
+def dashboard(
+    prometheus: Annotated[str, typer.Option(help="Prometheus URL the panels query.")] =
+        f"http://{HOST}:9090",
+    alertmanager: Annotated[str, typer.Option(
+        help="Alertmanager URL for the active alerts; empty for none.")] = f"http://{HOST}:9093",
+    host: Annotated[str, typer.Option(help="Bind address.")] = HOST,
+    port: Annotated[int, typer.Option(help="Port.")] = 9096,
+    profile: Annotated[str, typer.Option(help="Timing profile: sets the rate window.")] =
+        "default",
+) -> None:
+    """Serve the built-in dashboard page: the Grafana dashboard's panels, without Grafana."""
+    import uvicorn
+
+    from inferwatch.stack.dashboard import DashboardConfig, create_dashboard_app
+    from inferwatch.stack.runner import StackError, profile_named
+
+    try:
+        config = DashboardConfig(prometheus=prometheus, alertmanager=alertmanager or None,
+                                 profile=profile_named(profile))
+    except StackError as exc:
+        raise _fail(str(exc)) from None
+    uvicorn.run(create_dashboard_app(config), host=host, port=port, log_level="warning",
+                access_log=False)
+
+
+render_app = typer.Typer(help="Write configuration: the local stack's (default), Docker "
+                         "Compose's or Kubernetes'.")
+app.add_typer(render_app, name="render")
+SloFile = Annotated[Path | None, typer.Option("--slo",
+                                              help="SLO file (default: the built-in one).")]
+
+
+@render_app.callback(invoke_without_command=True)
 def render(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("generated"),
     profile: str = "default",
-    slo: Annotated[Path | None, typer.Option(help="SLO file (default: the built-in one).")
-                   ] = None,
+    slo: SloFile = None,
     scrape: Annotated[list[str] | None, typer.Option(
         "--scrape", help="Also scrape a known server's own metrics (repeat): torchserve, "
                          "triton, vllm or mlserver, optionally =HOST:PORT.")] = None,
 ) -> None:
-    """Write Prometheus config, rules, promtool rule tests and Alertmanager config.
+    """Write Prometheus config, rules, promtool rule tests, Alertmanager config and the
+    Grafana dashboard with its provisioning files.
 
     Email and Slack receivers are configured from INFERWATCH_* environment variables
     (see docs/alerting.md); credentials stay in files that Alertmanager reads.
+    `render compose` and `render k8s` write the deployments instead (docs/deploy.md).
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from inferwatch.stack.alerting import AlertingConfigError, receivers_from_env
     from inferwatch.stack.config import write_stack_config
+    from inferwatch.stack.grafana import write_grafana_files
     from inferwatch.stack.runner import StackError, profile_named
     from inferwatch.stack.slo import SLOError, load_slos
 
     try:
+        chosen = profile_named(profile)
         known = {name: target or None for name, _, target in
                  (item.partition("=") for item in scrape or [])}
-        paths = write_stack_config(out, profile_named(profile), StackPorts(),
-                                   receivers_from_env(), load_slos(slo), known)
+        paths = write_stack_config(out, chosen, StackPorts(), receivers_from_env(),
+                                   load_slos(slo), known_servers=known)
+        paths.update(write_grafana_files(out / "grafana", chosen))
     except (StackError, SLOError, AlertingConfigError, ValueError) as exc:
         raise _fail(str(exc)) from None
+    _print_paths(paths)
+
+
+def _print_paths(paths: dict[str, Path]) -> None:
     for name, path in paths.items():
         console.print(f"{name}: {path}")
+
+
+def _profile_and_slos(profile: str, slo: Path | None) -> tuple[Any, Any]:
+    from inferwatch.stack.runner import StackError, profile_named
+    from inferwatch.stack.slo import SLOError, load_slos
+
+    try:
+        return profile_named(profile), load_slos(slo)
+    except (StackError, SLOError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@render_app.command("compose")
+def render_compose(
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("generated/compose"),
+    profile: str = "default",
+    slo: SloFile = None,
+    context: Annotated[Path, typer.Option(
+        help="Directory of inferwatch's Dockerfile (the repository's root).")] = Path("."),
+) -> None:
+    """Write docker-compose.yml and the files it mounts: service, inbox, Prometheus,
+    Alertmanager, node_exporter, Pushgateway, Grafana; profiles proxy, batch and gpu (DCGM).
+
+    Grafana's admin password comes from GF_SECURITY_ADMIN_PASSWORD, with no default.
+    """
+    from inferwatch.stack.compose import write_compose
+
+    chosen, slos = _profile_and_slos(profile, slo)
+    if not (context / "Dockerfile").is_file():
+        raise _fail(f"no Dockerfile in {context}: pass the repository's root as --context")
+    _print_paths(write_compose(out, chosen, slos, context))
+
+
+@render_app.command("k8s")
+def render_k8s(
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("generated/k8s"),
+    profile: str = "default",
+    slo: SloFile = None,
+    namespace: Annotated[str, typer.Option(help="Namespace of the service.")] = "inferwatch",
+    monitoring_namespace: Annotated[str, typer.Option(
+        help="Namespace of kube-prometheus-stack (Grafana's ConfigMaps go there).")] =
+        "monitoring",
+    release: Annotated[str, typer.Option(
+        help="kube-prometheus-stack's Helm release: the `release` label its Prometheus "
+             "selects ServiceMonitors and PrometheusRules by.")] = "kube-prometheus-stack",
+    image: Annotated[str, typer.Option(help="The inferwatch image.")] = "inferwatch:0.1.0",
+    replicas: Annotated[int, typer.Option(min=1, help="Least replicas.")] = 2,
+    max_replicas: Annotated[int, typer.Option(min=1, help="Most replicas.")] = 10,
+    queue_target: Annotated[int, typer.Option(
+        min=1, help="Average queued samples per pod the autoscaler aims at.")] = 8,
+    model: Annotated[list[str] | None, typer.Option("--model", help="Model(s) to serve.")
+                     ] = None,
+) -> None:
+    """Write a kustomize directory: Deployment, Service, ServiceMonitor, PrometheusRule,
+    HorizontalPodAutoscaler on the queue depth, Grafana dashboard and datasource ConfigMaps;
+    and prometheus-adapter's Helm values."""
+    from inferwatch.stack.kubernetes import KubernetesOptions, write_kubernetes
+
+    chosen, slos = _profile_and_slos(profile, slo)
+    if max_replicas < replicas:
+        raise _fail("--max-replicas must be at least --replicas")
+    options = KubernetesOptions(
+        namespace=namespace, monitoring_namespace=monitoring_namespace, release=release,
+        image=image, replicas=replicas, max_replicas=max_replicas, queue_target=queue_target,
+        models=tuple(model or ["digits"]))
+    _print_paths(write_kubernetes(out, chosen, options, slos))
+
+
+@app.command()
+def batch(
+    source: Annotated[str, typer.Option(
+        "--input", help="'digits' (the held-out digits) or a directory of image files.")],
+    job: Annotated[str, typer.Option(help="Job name: the `job` label of the pushed metrics.")
+                   ] = "inferwatch-batch",
+    instance: Annotated[str | None, typer.Option(
+        help="The `instance` label of the pushed metrics (default: this host's name).")
+    ] = None,
+    pushgateway: Annotated[str, typer.Option(
+        help="Pushgateway URL; empty to push nothing.")] = f"http://{HOST}:9091",
+    model: Annotated[str, typer.Option(help="Model to run: digits, resnet18.")] = "digits",
+    resnet18_weights: Annotated[Path | None, typer.Option()] = None,
+    output: Annotated[Path | None, typer.Option(
+        help="Write one JSON line per scored input here.")] = None,
+    max_failure_ratio: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="The run fails when more inputs than this share fail.")] = 0.1,
+) -> None:
+    """Score a folder of images (or the held-out digits) once and push the job's metrics:
+    duration, items, failures and, when it succeeds, the time of this success."""
+    import socket
+
+    from inferwatch.metrics.batch_job import BatchJobMetrics
+    from inferwatch.models import load_model
+    from inferwatch.serve.batch_job import read_inputs, run_batch
+
+    started = time.perf_counter()
+    try:
+        inputs = read_inputs(source)
+        served = load_model(model, resnet18_weights=resnet18_weights)
+    except (ValueError, ImportError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    metrics = BatchJobMetrics(served.card.name)
+    result = run_batch(served, inputs, metrics)
+    metrics.duration.set(time.perf_counter() - started)
+    succeeded = result.succeeded(max_failure_ratio)
+    if output:
+        output.write_text("".join(json.dumps(p) + "\n" for p in result.predictions))
+    accuracy = "" if result.accuracy is None else f", accuracy {result.accuracy:.4f}"
+    console.print(f"{job}: {result.items} inputs, {result.failed} failed "
+                  f"{result.failures or ''}{accuracy}: "
+                  f"{'succeeded' if succeeded else 'FAILED'}")
+    if pushgateway:
+        try:
+            metrics.push(pushgateway, job, instance or socket.gethostname(), succeeded)
+        except OSError as exc:
+            raise _fail(f"cannot push to {pushgateway}: {exc}") from None
+        console.print(f"pushed to {pushgateway} (job={job})")
+    if not succeeded:
+        raise typer.Exit(1)
 
 
 chaos_app = typer.Typer(help="Inject faults into a running service (admin API), and clear them.",
@@ -451,6 +675,17 @@ def chaos_cpu(workers: Annotated[int, typer.Option(help="Busy processes.")] = 2,
     _show(lambda: _chaos(run_dir, admin_url, token_file).cpu(workers, seconds))
 
 
+@chaos_app.command("drift")
+def chaos_drift(
+    kind: Annotated[str, typer.Option(help="noise | rotate | invert")] = "noise",
+    strength: Annotated[float, typer.Option(
+        help="Share of inputs rotated/inverted, or the noise level, in (0, 1].")] = 1.0,
+    run_dir: RunDir = Path("run"), admin_url: AdminUrl = None, token_file: TokenFile = None,
+) -> None:
+    """Shift the inputs the model sees, as a changed client population would."""
+    _show(lambda: _chaos(run_dir, admin_url, token_file).drift(kind, strength))
+
+
 @chaos_app.command("kill")
 def chaos_kill(run_dir: RunDir = Path("run"), admin_url: AdminUrl = None,
                token_file: TokenFile = None) -> None:
@@ -470,6 +705,50 @@ def chaos_status(run_dir: RunDir = Path("run"), admin_url: AdminUrl = None,
                  token_file: TokenFile = None) -> None:
     """Show the faults in effect."""
     _show(lambda: _chaos(run_dir, admin_url, token_file).status())
+
+
+@app.command()
+def doctor(
+    run_dir: RunDir = Path("run"),
+    prometheus: Annotated[str | None, typer.Option(
+        help="Prometheus URL (default: the stack of --run-dir).")] = None,
+    alertmanager: Annotated[str | None, typer.Option(
+        help="Alertmanager URL that Prometheus must send to.")] = None,
+    grafana_provisioning: Annotated[Path | None, typer.Option(
+        help="Grafana provisioning directory whose datasource URLs to check.")] = None,
+    containers: Annotated[bool, typer.Option(
+        help="The stack runs in containers (compose, Kubernetes): localhost URLs are wrong.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")
+                       ] = False,
+) -> None:
+    """Check a running stack: Prometheus, targets, rules, Alertmanager, receivers, datasources,
+    TSDB disk and clock. Exits 1 when something is wrong, with a fix for each problem."""
+    from inferwatch.operate.doctor import Doctor, failed
+    from inferwatch.operate.doctor import as_json as findings_json
+    from inferwatch.stack.runner import read_state_info
+
+    if prometheus is None:
+        ports = read_state_info(run_dir).get("ports")
+        if not ports:
+            raise _fail(f"no stack in {run_dir}: pass --prometheus URL")
+        prometheus = f"http://{HOST}:{ports['prometheus']}"
+        alertmanager = alertmanager or f"http://{HOST}:{ports['alertmanager']}"
+        if grafana_provisioning is None and (run_dir / "grafana" / "provisioning").is_dir():
+            grafana_provisioning = run_dir / "grafana" / "provisioning"
+    findings = Doctor(prometheus, alertmanager, grafana_provisioning, containers).run()
+    if as_json:
+        print(json.dumps(findings_json(findings)))
+    else:
+        table = Table(title="inferwatch doctor")
+        for column in ("check", "status", "detail", "fix"):
+            table.add_column(column)
+        colours = {"ok": "green", "warn": "yellow", "fail": "red"}
+        for f in findings:
+            table.add_row(f.check, f"[{colours[f.status]}]{f.status}[/]", f.detail, f.fix)
+        console.print(table)
+    if failed(findings):
+        raise typer.Exit(1)
 
 
 @app.command()

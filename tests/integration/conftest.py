@@ -31,6 +31,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def prom(stack: Stack) -> Iterator[PrometheusAPI]:
     api = PrometheusAPI(url(stack.opts.ports.prometheus))
+    # Prometheus starts scraping a few seconds after it is ready: a test that sends traffic
+    # before the first scrape of the service would see no increase at all.
+    for job in ("inference", "node"):
+        api.wait_for_scrape(job, after=0)
     yield api
     api.close()
 

@@ -17,7 +17,8 @@ def test_up_detached_status_load_and_down(tmp_path: Path) -> None:
              "--run-dir", str(run_dir))
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        for name in ("service", "prometheus", "alertmanager", "node_exporter", "inbox"):
+        for name in ("service", "prometheus", "alertmanager", "node_exporter", "pushgateway",
+                     "inbox"):
             assert name in up.stdout
         ports = json.loads((run_dir / "state.json").read_text())["ports"]
         assert httpx.get(f"http://127.0.0.1:{ports['service']}/ping").json() == {
@@ -36,3 +37,36 @@ def test_up_detached_status_load_and_down(tmp_path: Path) -> None:
         down = cli("down", "--run-dir", str(run_dir))
     assert down.returncode == 0, down.stdout + down.stderr
     assert cli("status", "--run-dir", str(run_dir)).returncode != 0
+
+
+def test_up_in_foreground_stops_everything_on_sigint(tmp_path: Path) -> None:
+    import signal
+
+    from inferwatch.stack.runner import alive, read_state
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inferwatch", "up", "--fast", "--auto-ports", "--traffic", "2",
+         "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    lines = []
+    try:
+        for line in proc.stdout:  # the process is killed in `finally` should it hang
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        processes = read_state(run_dir)
+        assert {p.name for p in processes} == {
+            "service", "inbox", "node_exporter", "pushgateway", "alertmanager", "prometheus",
+            "dashboard", "traffic"}, "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, "".join(lines) + out
+    assert "stopped." in out
+    assert not any(alive(p) for p in processes)
+    assert not (run_dir / "state.json").exists()

@@ -10,6 +10,7 @@ from inferwatch.operate.promapi import PrometheusAPI
 from inferwatch.stack.config import StackPorts, url
 from inferwatch.stack.panels import SEED_PANELS
 from inferwatch.stack.profiles import FAST
+from inferwatch.stack.rules import render_rule_file
 from inferwatch.stack.runner import Stack, StackError, StackOptions, alive, read_state
 
 N = 400
@@ -21,26 +22,33 @@ def test_exact_count_and_seed_dashboard_queries(stack: Stack, prom: PrometheusAP
     assert result.sent == N and result.ok == N, result.statuses
 
     prom.wait_for_scrape("inference", after=time.time())
-    assert prom.scalar("sum(inference_requests_total)") == N
-    assert prom.scalar("sum(inference_latency_seconds_count)") == N
-    assert prom.scalar("sum(inference_errors_total)") == 0
-
     prom.wait_for_scrape("node", after=time.time())
+    # Evaluate at one instant whose rate windows (15 s) still hold the load, however slowly
+    # this machine gets here.
+    at = min(time.time(), result.ended_at + 3)
+    assert prom.scalar("sum(inference_requests_total)", at) == N
+    assert prom.scalar("sum(inference_latency_seconds_count)", at) == N
+    assert prom.scalar("sum(inference_errors_total)", at) == 0
+
     for panel in SEED_PANELS:
-        samples = prom.query(panel.query(FAST))
+        samples = prom.query(panel.query(FAST), at)
         assert samples, f"{panel.key}: {panel.query(FAST)} returned nothing"
         assert all(math.isfinite(s.value) for s in samples), (panel.key, samples)
-    qps = prom.scalar(SEED_PANELS[0].query(FAST))
+    qps = prom.scalar(SEED_PANELS[0].query(FAST), at)
     assert qps is not None and qps > 0
 
 
 def test_every_target_up_and_seed_rule_loaded(stack: Stack, prom: PrometheusAPI) -> None:
     prom.wait_for_scrape("prometheus", after=time.time())
+    prom.wait_for_scrape("pushgateway", after=time.time())
     jobs = {t["labels"]["job"]: t["health"] for t in prom.targets()}
-    assert jobs == {"inference": "up", "node": "up", "alertmanager": "up", "prometheus": "up"}
-    rules = [r for g in prom.rules() for r in g["rules"]]
-    assert [r["name"] for r in rules] == ["HighInferenceErrorRate"]
-    assert rules[0]["health"] in ("ok", "unknown")
+    assert jobs == {"inference": "up", "node": "up", "alertmanager": "up", "prometheus": "up",
+                    "pushgateway": "up"}
+    loaded = {r["name"]: r["health"] for g in prom.rules() for r in g["rules"]}
+    generated = render_rule_file(FAST)
+    expected = {r.get("alert") or r["record"] for g in generated["groups"] for r in g["rules"]}
+    assert set(loaded) == expected and "HighInferenceErrorRate" in loaded
+    assert set(loaded.values()) <= {"ok", "unknown"}, loaded
     ams = httpx.get(f"{prom.url}/api/v1/alertmanagers").json()["data"]["activeAlertmanagers"]
     assert ams and str(stack.opts.ports.alertmanager) in ams[0]["url"]
 
@@ -62,7 +70,7 @@ def test_stop_leaves_no_process(tmp_path) -> None:  # type: ignore[no-untyped-de
     stack.start()
     processes = list(stack.processes)
     assert {p.name for p in processes} >= {"service", "prometheus", "alertmanager",
-                                            "node_exporter", "inbox", "traffic"}
+                                            "node_exporter", "pushgateway", "inbox", "traffic"}
     stack.stop()
     assert not any(alive(p) for p in processes)
     assert not (tmp_path / "state.json").exists()

@@ -10,7 +10,7 @@ from inferwatch.stack.alerting import (
     render_alertmanager_config,
 )
 from inferwatch.stack.profiles import DEFAULT
-from inferwatch.stack.ruletests import expand, humanize
+from inferwatch.stack.ruletests import expand, humanize, humanize_duration
 from inferwatch.stack.slo import SLOError, load_slos, parse_slos
 
 
@@ -61,4 +61,17 @@ def test_humanize_matches_prometheus() -> None:
     assert expand("{{ $labels.model }} at {{ $value | humanizePercentage }}",
                   {"model": "digits"}, 0.055) == "digits at 5.5%"
     with pytest.raises(ValueError):
-        expand("{{ $value | humanizeDuration }}", {}, 1.0)
+        expand("{{ $value | humanize1024 }}", {}, 1.0)
+
+
+def test_humanize_duration_matches_prometheus() -> None:
+    # Prometheus' template.go, case by case.
+    assert humanize_duration(0) == "0s"
+    assert humanize_duration(11.000000000000002) == "11s"
+    assert humanize_duration(1.5) == "1.5s"
+    assert humanize_duration(61) == "1m 1s"
+    assert humanize_duration(3600) == "1h 0m 0s"
+    assert humanize_duration(99000) == "1d 3h 30m 0s"
+    assert humanize_duration(-61) == "-1m 1s"
+    assert humanize_duration(0.25) == "250ms"
+    assert expand("{{ $value | humanizeDuration }} ago", {}, 90) == "1m 30s ago"

@@ -7,7 +7,7 @@ from inferwatch.stack.profiles import FAST
 def test_known_server_jobs_are_opt_in_with_default_ports_and_docs() -> None:
     plain = render_prometheus_config(FAST, StackPorts())
     assert [j["job_name"] for j in plain["scrape_configs"]] == [
-        "inference", "node", "alertmanager", "prometheus"]
+        "inference", "node", "alertmanager", "prometheus", "pushgateway"]
     config = render_prometheus_config(FAST, StackPorts(), {
         "torchserve": None, "triton": None, "vllm": "10.0.0.5:8000"})
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}

@@ -158,3 +158,47 @@ def test_overload_sheds_with_503_and_retry_after() -> None:
     run_with_client(test, ServeConfig(queue_capacity=1, max_batch_size=1, max_wait_ms=0))
 
 
+
+
+def test_feedback_scores_answers_once_and_refuses_bad_ids_and_labels() -> None:
+    data = heldout_digits()
+
+    async def test(c: Client, reg: CollectorRegistry) -> None:
+        r = await c.post("/predictions/digits", content=digit_png(data.images[1]),
+                         headers={"x-request-id": "req-1"})
+        assert r.headers["x-request-id"] == "req-1"
+        truth = str(data.labels[1])
+        ok = await c.post("/feedback", json={"request_id": "req-1", "label": truth})
+        assert ok.status_code == 200 and ok.json()["correct"] is True
+        again = await c.post("/feedback", json={"request_id": "req-1", "label": truth})
+        assert again.status_code == 409 and again.json()["error"] == "duplicate_feedback"
+        unknown = await c.post("/feedback", json={"request_id": "nope", "label": "1"})
+        assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_request_id"
+        v2 = await c.post("/v2/models/digits/infer", json={"id": "req-2", "inputs": [
+            {"name": "x", "shape": [1, 64], "datatype": "FP32",
+             "data": data.images[2].ravel().tolist()}]})
+        assert v2.json()["id"] == "req-2"
+        bad = await c.post("/feedback", json={"request_id": "req-2", "label": "eleven"})
+        assert bad.status_code == 422
+        wrong = (int(data.labels[2]) + 1) % 10
+        scored = await c.post("/feedback", json={"request_id": "req-2", "label": wrong})
+        assert scored.status_code == 200 and scored.json()["correct"] is False
+        assert (await c.post("/feedback", content=b"[]")).status_code == 400
+        assert count(reg, "inference_feedback_total", outcome="correct") == 1
+        assert count(reg, "inference_feedback_total", outcome="incorrect") == 1
+        for reason in ("duplicate_feedback", "unknown_request_id", "invalid_label",
+                       "invalid_json"):
+            assert reg.get_sample_value("inference_feedback_rejected_total",
+                                        {"reason": reason}) == 1
+
+    run_with_client(test)
+
+
+def test_quality_off_keeps_the_quality_series_empty() -> None:
+    async def test(c: Client, reg: CollectorRegistry) -> None:
+        await c.post("/predictions/digits", content=digit_png(np.zeros((8, 8), np.float32)))
+        assert count(reg, "inference_requests_total") == 1
+        assert reg.get_sample_value("inference_prediction_confidence_count",
+                                    {"model": "digits", "version": "1"}) is None
+
+    run_with_client(test, ServeConfig(quality=False))

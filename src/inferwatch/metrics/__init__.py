@@ -12,6 +12,7 @@ from inferwatch.metrics.buckets import (
     SEED_LATENCY_BUCKETS,
     log_buckets,
 )
+from inferwatch.metrics.gpu import GPUCollector
 from inferwatch.metrics.instruments import (
     ERROR_REASONS,
     STAGES,
@@ -30,6 +31,7 @@ __all__ = [
     "SEED_LATENCY_BUCKETS",
     "STAGES",
     "UNKNOWN_MODEL",
+    "GPUCollector",
     "InferenceMetrics",
     "MetricsMiddleware",
     "RequestTracker",

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
 
 from inferwatch.metrics.buckets import (
     DEFAULT_BATCH_SIZE_BUCKETS,
@@ -124,26 +124,35 @@ class InferenceMetrics:
             "inference_batch_size", "Samples per executed model batch.",
             labels, buckets=batch_size_buckets, **kw,
         )
+        # With several worker processes (values shared through files, see
+        # inferwatch.metrics.workers) gauges are summed over the live workers or their maximum
+        # is taken, so a dead worker's value goes with it; one process ignores the mode.
+        summed: dict[str, Any] = {**kw, "multiprocess_mode": "livesum"}
+        highest: dict[str, Any] = {**kw, "multiprocess_mode": "livemax"}
         self.in_flight = Gauge(
-            "inference_in_flight_requests", "Inference requests being processed.", labels, **kw
+            "inference_in_flight_requests", "Inference requests being processed.", labels,
+            **summed,
         )
         self.queue_depth = Gauge(
-            "inference_queue_depth", "Samples waiting in the batching queue.", labels, **kw
+            "inference_queue_depth", "Samples waiting in the batching queue.", labels, **summed
         )
         self.queue_capacity = Gauge(
-            "inference_queue_capacity", "Capacity of the batching queue, in samples.", labels, **kw
+            "inference_queue_capacity", "Capacity of the batching queue, in samples.", labels,
+            **summed,
         )
         self.model_info = Gauge(
             "inference_model_info", "Loaded model, with its runtime; always 1.",
-            (*labels, "runtime"), **kw,
+            (*labels, "runtime"), **highest,
         )
         self.model_load = Gauge(
-            "inference_model_load_seconds", "Time taken to load or train the model.", labels, **kw
+            "inference_model_load_seconds", "Time taken to load or train the model.", labels,
+            **highest,
         )
         self.model_accuracy = Gauge(
             "inference_model_heldout_accuracy_ratio",
-            "Accuracy of the model on held-out data, measured at load time.", labels, **kw,
+            "Accuracy of the model on held-out data, measured at load time.", labels, **highest,
         )
+        self.shared = bool(getattr(values.ValueClass, "_multiprocess", False))
         self._lock = threading.Lock()
         self._versions: dict[str, str] = {}
         self._series: dict[str, _ModelSeries] = {}
@@ -248,11 +257,21 @@ class InferenceMetrics:
         if accuracy is not None:
             self.model_accuracy.labels(name, version).set(accuracy)
 
-    def watch_queue(self, name: str, depth: Callable[[], float], capacity: int) -> None:
-        """Report the queue depth by calling ``depth`` at scrape time: no per-request cost."""
+    def watch_queue(self, name: str, depth: Callable[[], float],
+                    capacity: int) -> Callable[[float], None] | None:
+        """Report the queue depth by calling ``depth`` at scrape time: no per-request cost.
+
+        Values shared between worker processes are read by whichever process answers the
+        scrape, which cannot call ``depth`` in another one: then the setter returned here must
+        be called on every change instead.
+        """
         version = self._versions.get(name, "")
-        self.queue_depth.labels(name, version).set_function(depth)
         self.queue_capacity.labels(name, version).set(capacity)
+        gauge = self.queue_depth.labels(name, version)
+        if self.shared:
+            return gauge.set
+        gauge.set_function(depth)
+        return None
 
     @contextmanager
     def track(self, model: str | None) -> Iterator[RequestTracker]:

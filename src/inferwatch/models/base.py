@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from inferwatch.metrics.quality import QualityReference
+
 
 class InputError(ValueError):
     """The client sent an input this model cannot use; ``reason`` is a bounded label value."""
@@ -38,6 +40,7 @@ class ModelCard:
     labels: tuple[str, ...]
     load_seconds: float
     heldout_accuracy: float | None = None
+    input_range: tuple[float, float] | None = None  # value range of one input, for drift drills
 
 
 class ServedModel(ABC):
@@ -49,6 +52,11 @@ class ServedModel(ABC):
 
     card: ModelCard
     max_batch_size: int = 32
+    quality_reference: QualityReference | None = None
+
+    def features(self, samples: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-sample input statistics watched for drift; keys match the reference."""
+        return {}
 
     @abstractmethod
     def from_image(self, image: Image.Image) -> np.ndarray:
@@ -65,6 +73,8 @@ class ServedModel(ABC):
         if values.ndim >= 1 and values.size % size == 0 and values.size > 0:
             n = values.size // size
             if values.shape in ((n, *shape), (n, size), shape, (size,)):
+                if not np.isfinite(values).all():
+                    raise InputError("invalid_shape", "the tensor holds NaN or infinite values")
                 return values.reshape((n, *shape)).astype(np.float32, copy=False)
         raise InputError(
             "invalid_shape",

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from inferwatch.metrics.quality import FeatureReference, QualityReference
 from inferwatch.models.base import InputError, ModelCard, ServedModel
 
-TRAINING_RECIPE = "mlp-64-relu-adam-seed0-split25-v1"
+TRAINING_RECIPE = "mlp-64-relu-adam-seed0-split25-v3"
 VERSION = "1"
 
 
@@ -76,7 +77,34 @@ def train_weights() -> dict[str, np.ndarray]:
     }
     probs = _forward(weights, x_test.reshape(len(x_test), -1) / 16.0)
     weights["heldout_accuracy"] = np.array(float((probs.argmax(1) == y_test).mean()))
+    # The training distribution that live inputs are compared with (drift).
+    x_train = _split()[0]
+    for name, values in digit_features(x_train).items():
+        ref = FeatureReference.from_samples(values)
+        weights[f"ref_{name}_edges"], weights[f"ref_{name}_shares"] = ref.edges, ref.shares
+    train_pred = _forward(weights, x_train.reshape(len(x_train), -1) / 16.0).argmax(1)
+    weights["ref_class_shares"] = np.bincount(train_pred, minlength=10) / len(train_pred)
     return weights
+
+
+def digit_features(images: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean intensity, share of inked pixels, and share of the ink in the top half."""
+    x = images.reshape(len(images), 8, 8) / 16.0
+    ink = x.sum(axis=(1, 2))
+    return {
+        "mean_intensity": x.mean(axis=(1, 2)),
+        # Between the integer levels 7 and 8: PNG's 8-bit round trip moves no pixel across.
+        "ink_fraction": (x > 7.5 / 16).mean(axis=(1, 2)),
+        "top_half_ink": x[:, :4].sum(axis=(1, 2)) / np.maximum(ink, 1e-9),
+    }
+
+
+def _reference(weights: dict[str, np.ndarray]) -> QualityReference:
+    names = [k[4:-6] for k in weights if k.startswith("ref_") and k.endswith("_edges")]
+    return QualityReference(
+        {n: FeatureReference(weights[f"ref_{n}_edges"], weights[f"ref_{n}_shares"])
+         for n in names},
+        weights["ref_class_shares"])
 
 
 def _forward(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -109,7 +137,9 @@ class DigitsModel(ServedModel):
     def __init__(self, directory: Path | None = None) -> None:
         start = time.perf_counter()
         weights, _ = load_weights(directory)
-        self._weights = {k: v for k, v in weights.items() if k != "heldout_accuracy"}
+        self.quality_reference = _reference(weights)
+        self._weights = {k: v for k, v in weights.items()
+                         if k in ("w1", "b1", "w2", "b2")}
         self._weights["x_scale"] = np.float32(1.0 / 16.0)  # type: ignore[assignment]
         digest = hashlib.sha256(self._weights["w1"].tobytes()).hexdigest()[:8]
         self.card = ModelCard(
@@ -120,6 +150,7 @@ class DigitsModel(ServedModel):
             labels=tuple(str(i) for i in range(10)),
             load_seconds=time.perf_counter() - start,
             heldout_accuracy=float(weights["heldout_accuracy"]),
+            input_range=(0.0, 16.0),
         )
         self.weights_digest = digest
 
@@ -129,11 +160,8 @@ class DigitsModel(ServedModel):
         gray = image.convert("L").resize((8, 8), Image.Resampling.BOX)
         return np.asarray(gray, dtype=np.float32) * (16.0 / 255.0)
 
-    def from_tensor(self, values: np.ndarray) -> np.ndarray:
-        samples = super().from_tensor(values)
-        if not np.isfinite(samples).all():
-            raise InputError("invalid_shape", "the tensor holds NaN or infinite values")
-        return samples
+    def features(self, samples: np.ndarray) -> dict[str, np.ndarray]:
+        return digit_features(samples)
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         x = batch.reshape(len(batch), -1) * self._weights["x_scale"]

@@ -169,12 +169,6 @@ class ResNet18Model(ServedModel):
         pixels = np.asarray(cropped, dtype=np.float32) * np.float32(1.0 / 255.0)
         return np.ascontiguousarray(((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))
 
-    def from_tensor(self, values: np.ndarray) -> np.ndarray:
-        samples = super().from_tensor(values)
-        if not np.isfinite(samples).all():
-            raise InputError("invalid_shape", "the tensor holds NaN or infinite values")
-        return samples
-
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         import torch
 

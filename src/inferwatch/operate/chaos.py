@@ -40,6 +40,12 @@ class ChaosClient:
     def close(self) -> None:
         self._client.close()
 
+    def __enter__(self) -> ChaosClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None
               ) -> dict[str, Any]:
         try:
@@ -62,6 +68,9 @@ class ChaosClient:
 
     def cpu(self, workers: int, seconds: float) -> dict[str, Any]:
         return self._call("POST", "/admin/faults/cpu", {"workers": workers, "seconds": seconds})
+
+    def drift(self, kind: str, strength: float) -> dict[str, Any]:
+        return self._call("POST", "/admin/faults/drift", {"kind": kind, "strength": strength})
 
     def clear(self) -> dict[str, Any]:
         return self._call("DELETE", "/admin/faults")

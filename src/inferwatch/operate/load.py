@@ -91,6 +91,7 @@ class LoadPlan:
     route: RouteName = "predictions"
     timeout: float = 10.0
     max_in_flight: int = 1000
+    feedback: bool = False  # after each answer, POST /feedback with the digit's true label
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -136,6 +137,14 @@ class LoadResult:
     achieved_rate: float = 0.0
     late: int = 0
     """Requests that waited for a free slot under ``max_in_flight``."""
+    feedback: dict[str, int] = field(default_factory=dict)
+    """With ``LoadPlan.feedback``: the service's verdicts ("correct", "incorrect") and
+    refusals ("HTTP 404", ...)."""
+
+    @property
+    def feedback_accuracy(self) -> float | None:
+        scored = self.feedback.get("correct", 0) + self.feedback.get("incorrect", 0)
+        return None if scored == 0 else self.feedback.get("correct", 0) / scored
 
     @property
     def errors(self) -> int:
@@ -187,7 +196,9 @@ async def run_load(plan: LoadPlan, progress: ProgressCallback | None = None,
     if not payloads:
         raise ValueError("no payloads to send")
     base = plan.url.rstrip("/")
-    requests = [(base + p.path, p.body, {"Content-Type": p.content_type}) for p in payloads]
+    requests = [(base + p.path, p.body, {"Content-Type": p.content_type}, p.label)
+                for p in payloads]
+    feedback: dict[str, int] = {}
     total = plan.total
     interval = 1.0 / plan.rate
     statuses: dict[int, int] = {}
@@ -198,18 +209,20 @@ async def run_load(plan: LoadPlan, progress: ProgressCallback | None = None,
 
     async def one(session: aiohttp.ClientSession, i: int, scheduled: float) -> None:
         nonlocal last_done
-        url, body, headers = requests[i % len(requests)]
+        url, body, headers, label = requests[i % len(requests)]
         try:
             async with session.post(url, data=body, headers=headers) as response:
-                await response.read()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            name = type(exc).__name__
-            transport_errors[name] = transport_errors.get(name, 0) + 1
-        else:
+                answer = await response.read()
             status = response.status
             statuses[status] = statuses.get(status, 0) + 1
             if 200 <= status < 300:
                 latencies.append(time.perf_counter() - scheduled)
+                if plan.feedback:
+                    verdict = await _send_feedback(session, base, response, answer, label)
+                    feedback[verdict] = feedback.get(verdict, 0) + 1
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            name = type(exc).__name__
+            transport_errors[name] = transport_errors.get(name, 0) + 1
         finally:
             last_done = time.perf_counter()
             slots.release()
@@ -256,7 +269,21 @@ async def run_load(plan: LoadPlan, progress: ProgressCallback | None = None,
         ended_at=ended_at,
         achieved_rate=achieved,
         late=late,
+        feedback=dict(sorted(feedback.items())),
     )
+
+
+async def _send_feedback(session: aiohttp.ClientSession, base: str,
+                         response: aiohttp.ClientResponse, answer: bytes, label: int) -> str:
+    """Tell the service the true label of the answer; returns its verdict."""
+    request_id = response.headers.get("X-Request-ID")
+    if request_id is None:  # Open Inference Protocol answers carry it in the body
+        request_id = json.loads(answer).get("id")
+    async with session.post(f"{base}/feedback",
+                            json={"request_id": request_id, "label": label}) as scored:
+        if scored.status != 200:
+            return f"HTTP {scored.status}"
+        return "correct" if (await scored.json())["correct"] else "incorrect"
 
 
 def run_load_sync(plan: LoadPlan, progress: ProgressCallback | None = None,

@@ -69,6 +69,11 @@ class PrometheusAPI:
     def query_range(self, expr: str, start: float, end: float, step: float) -> Any:
         return self._get("/api/v1/query_range", query=expr, start=start, end=end, step=step)
 
+    def label_values(self, label: str, match: str | None = None) -> list[str]:
+        """Values of ``label``, on series matching ``match`` when given."""
+        params = {"match[]": match} if match else {}
+        return list(self._get(f"/api/v1/label/{label}/values", **params))
+
     def targets(self) -> list[dict[str, Any]]:
         return list(self._get("/api/v1/targets")["activeTargets"])
 

@@ -69,6 +69,10 @@ def create_admin_app(faults: Faults, token: str) -> Starlette:
                              float(body.get("seconds", 60)))
         return JSONResponse(faults.describe())
 
+    async def drift(request: Request, body: dict[str, Any]) -> Response:
+        faults.set_drift(str(body.get("kind", "noise")), float(body.get("strength", 1.0)))
+        return JSONResponse(faults.describe())
+
     async def clear(request: Request, body: dict[str, Any]) -> Response:
         faults.clear()
         return JSONResponse(faults.describe())
@@ -84,5 +88,6 @@ def create_admin_app(faults: Faults, token: str) -> Starlette:
         Route("/admin/faults/errors", guarded(errors), methods=["POST"]),
         Route("/admin/faults/latency", guarded(latency), methods=["POST"]),
         Route("/admin/faults/cpu", guarded(cpu), methods=["POST"]),
+        Route("/admin/faults/drift", guarded(drift), methods=["POST"]),
         Route("/admin/kill", guarded(kill), methods=["POST"]),
     ])

@@ -13,7 +13,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from inferwatch.metrics import InferenceMetrics, MetricsMiddleware
+from inferwatch.metrics.gpu import GPUCollector
+from inferwatch.metrics.quality import (
+    FeedbackStore,
+    QualityMetrics,
+    QualityMonitor,
+    QualityWorker,
+)
 from inferwatch.models import InputError, ServedModel, decode_image, load_model
 from inferwatch.serve.batching import MicroBatcher, QueueFullError
 from inferwatch.serve.errors import InferenceError, error_response, handle_inference_error
@@ -54,21 +61,26 @@ class ServeConfig:
     queue_capacity: int = 256
     max_body_bytes: int = 4 * 1024 * 1024
     latency_buckets: Sequence[float] | None = None
+    quality: bool = True  # confidence, class mix, drift and feedback accuracy
 
 
 @dataclass
 class _Deployment:
     model: ServedModel
     batcher: MicroBatcher
-    stats: dict[str, Any] = field(default_factory=dict)
+    quality: QualityMonitor | None = None
 
 
 class InferenceService:
     """The models, their batchers and metrics; routes are thin wrappers around ``infer``."""
 
-    def __init__(self, config: ServeConfig, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, config: ServeConfig, registry: CollectorRegistry | None = None,
+                 scrape_registry: CollectorRegistry | None = None) -> None:
         self.config = config
         self.registry = registry or _default_registry()
+        # What /metrics exposes: the metrics' own registry, or with several worker processes
+        # one that reads every worker's shared values.
+        self.scrape_registry = scrape_registry or self.registry
         loaded = [load_model(name, resnet18_weights=config.resnet18_weights)
                   for name in dict.fromkeys(config.models)]
         kwargs = {"latency_buckets": config.latency_buckets} if config.latency_buckets else {}
@@ -76,6 +88,8 @@ class InferenceService:
             {m.card.name: m.card.version for m in loaded}, registry=self.registry, **kwargs
         )
         self.faults = Faults()
+        self.quality_metrics = QualityMetrics(self.registry)
+        self.feedback = FeedbackStore()
         self.deployments: dict[str, _Deployment] = {}
         for model in loaded:
             card = model.card
@@ -88,11 +102,15 @@ class InferenceService:
                 queue_delay=functools.partial(self.faults.delay, "queue"),
                 name=card.name,
             )
-            self.metrics.watch_queue(card.name, batcher.depth, batcher.capacity)
+            batcher.on_depth = self.metrics.watch_queue(card.name, batcher.depth,
+                                                        batcher.capacity)
             self.metrics.set_model_loaded(card.name, runtime=card.runtime,
                                           load_seconds=card.load_seconds,
                                           accuracy=card.heldout_accuracy)
-            self.deployments[card.name] = _Deployment(model, batcher)
+            quality = QualityMonitor(
+                self.quality_metrics, card.name, card.version, card.labels,
+                model.quality_reference, model.features) if config.quality else None
+            self.deployments[card.name] = _Deployment(model, batcher, quality)
             log.info("model %s version %s loaded in %.2fs (%s)%s", card.name, card.version,
                      card.load_seconds, card.runtime,
                      f", held-out accuracy {card.heldout_accuracy:.4f}"
@@ -120,11 +138,14 @@ class InferenceService:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         for d in self.deployments.values():
             d.batcher.start()
+        worker = QualityWorker([d.quality for d in self.deployments.values() if d.quality])
+        worker.start()
         try:
             yield
         finally:
             for d in self.deployments.values():
                 await d.batcher.stop()
+            worker.stop()
             self.faults.clear()
 
     def deployment(self, name: str) -> _Deployment:
@@ -137,8 +158,11 @@ class InferenceService:
             )
         return found
 
-    async def infer(self, name: str, samples: np.ndarray, preprocess_seconds: float) -> np.ndarray:
+    async def infer(self, name: str, samples: np.ndarray, preprocess_started: float
+                    ) -> np.ndarray:
         d = self.deployments[name]
+        samples = self.faults.drift_inputs(samples, d.model.card.input_range)
+        preprocess_seconds = time.perf_counter() - preprocess_started
         if len(samples) > d.batcher.capacity:
             raise InferenceError("invalid_shape",
                                  f"at most {d.batcher.capacity} samples per request")
@@ -151,7 +175,36 @@ class InferenceService:
         observe(name, "preprocess", preprocess_seconds)
         observe(name, "queue", result.queue_seconds)
         observe(name, "compute", result.compute_seconds)
+        if d.quality is not None:
+            d.quality.observe(result.probabilities, samples)  # folded in the background
         return result.probabilities
+
+    def remember(self, name: str, request_id: str, top: np.ndarray) -> None:
+        """Keep the answer's top classes so labelled feedback can be scored later."""
+        if self.deployments[name].quality is not None:
+            self.feedback.remember(request_id, name, top)
+
+    def score_feedback(self, request_id: str, label: Any) -> dict[str, Any]:
+        answer = self.feedback.lookup(request_id)
+        if isinstance(answer, str):
+            raise InferenceError(answer, f"no answer to score for request id {request_id!r}"
+                                 if answer == "unknown_request_id" else
+                                 f"feedback for {request_id!r} was already counted")
+        d = self.deployments[answer.model]
+        labels = d.model.card.labels
+        if isinstance(label, str) and label in labels:
+            truth = labels.index(label)
+        elif isinstance(label, int) and not isinstance(label, bool) and \
+                0 <= label < len(labels):
+            truth = label
+        else:
+            raise InferenceError("invalid_label", f"label must be one of model "
+                                 f"{answer.model}'s labels (or an index below {len(labels)})")
+        self.feedback.mark(request_id)
+        assert d.quality is not None
+        correct, in_top = d.quality.record_feedback(answer.top, truth)
+        return {"request_id": request_id, "model": answer.model, "correct": correct,
+                "top5_correct": in_top}
 
 
 def _default_registry() -> CollectorRegistry:
@@ -159,6 +212,7 @@ def _default_registry() -> CollectorRegistry:
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
+    GPUCollector(registry=registry)
     return registry
 
 
@@ -204,11 +258,15 @@ class ServiceApp(MetricsMiddleware):
 
 
 def create_app(
-    config: ServeConfig | None = None, registry: CollectorRegistry | None = None
+    config: ServeConfig | None = None, registry: CollectorRegistry | None = None,
+    *, scrape_registry: CollectorRegistry | None = None,
 ) -> ServiceApp:
-    """The service as an ASGI app, wrapped in the metrics middleware it exports."""
+    """The service as an ASGI app, wrapped in the metrics middleware it exports.
+
+    ``/metrics`` exposes ``scrape_registry`` when given, else ``registry``.
+    """
     disable_created_metrics()  # `_created` series double the exposition for no query we run
-    service = InferenceService(config or ServeConfig(), registry)
+    service = InferenceService(config or ServeConfig(), registry, scrape_registry)
     limit = service.config.max_body_bytes
 
     async def predictions(request: Request) -> Response:
@@ -231,13 +289,15 @@ def create_app(
             sample = d.model.from_image(decode_image(body))
         except InputError as exc:
             raise _input_error(exc) from None
-        probs = await service.infer(name, sample[None], time.perf_counter() - start)
+        probs = await service.infer(name, sample[None], start)
         post = time.perf_counter()
         await service.postprocess_faults()
         labels = d.model.card.labels
         top = np.argsort(probs[0])[::-1][:_TOP_K]
+        request_id = _request_id(request)
+        service.remember(name, request_id, top)
         response = JSONResponse({labels[i]: round(float(probs[0][i]), 6) for i in top},
-                                headers={"X-Request-ID": _request_id(request)})
+                                headers={"X-Request-ID": request_id})
         service.metrics.observe_stage(name, "postprocess", time.perf_counter() - post)
         return response
 
@@ -252,14 +312,17 @@ def create_app(
         start = time.perf_counter()
         await service.preprocess_faults()
         samples, request_id = _v2_samples(d.model, parse_json(body))
-        probs = await service.infer(name, samples, time.perf_counter() - start)
+        probs = await service.infer(name, samples, start)
         post = time.perf_counter()
         await service.postprocess_faults()
         card = d.model.card
+        request_id = request_id or _request_id(request)
+        if len(probs) == 1:  # feedback scores single-sample answers
+            service.remember(name, request_id, np.argsort(probs[0])[::-1][:_TOP_K])
         response = JSONResponse({
             "model_name": card.name,
             "model_version": card.version,
-            "id": request_id or _request_id(request),
+            "id": request_id,
             "outputs": [
                 {"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape),
                  "data": [round(float(v), 6) for v in probs.ravel()]},
@@ -269,6 +332,18 @@ def create_app(
         })
         service.metrics.observe_stage(name, "postprocess", time.perf_counter() - post)
         return response
+
+    async def feedback(request: Request) -> Response:
+        try:
+            payload = parse_json(await read_body(request, 64 * 1024))
+            if not isinstance(payload, dict) or not isinstance(payload.get("request_id"), str) \
+                    or "label" not in payload:
+                raise InferenceError("invalid_json",
+                                     'expected {"request_id": "...", "label": "3"}')
+            return JSONResponse(service.score_feedback(payload["request_id"], payload["label"]))
+        except InferenceError as exc:
+            service.quality_metrics.feedback_rejected.labels(exc.reason).inc()
+            raise
 
     async def v2_metadata(request: Request) -> Response:
         card = service.deployment(request.path_params["model"]).model.card
@@ -297,7 +372,8 @@ def create_app(
 
     async def metrics(request: Request) -> Response:
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encoder(service.registry), headers={"Content-Type": content_type})
+        return Response(encoder(service.scrape_registry),
+                        headers={"Content-Type": content_type})
 
     document = openapi_document(list(service.deployments))
 
@@ -316,6 +392,7 @@ def create_app(
             Route("/v2/models/{model}/infer", v2_infer, methods=["POST"]),
             Route("/v2/models/{model}/versions/{version}/infer", v2_infer, methods=["POST"]),
             Route("/v2/models/{model}", v2_metadata, methods=["GET"]),
+            Route("/feedback", feedback, methods=["POST"]),
             Route("/v2/health/ready", ready, methods=["GET"]),
             Route("/v2/health/live", ready, methods=["GET"]),
             Route("/models", models, methods=["GET"]),

@@ -48,6 +48,7 @@ class MicroBatcher:
         capacity: int = 1024,
         on_batch: Callable[[int], None] | None = None,
         queue_delay: Callable[[], float] | None = None,
+        on_depth: Callable[[int], None] | None = None,
         name: str = "model",
     ) -> None:
         if max_batch_size < 1 or capacity < 1 or max_wait < 0:
@@ -58,6 +59,7 @@ class MicroBatcher:
         self.capacity = capacity
         self._on_batch = on_batch
         self._queue_delay = queue_delay  # fault injection: holds batches in the queue
+        self.on_depth = on_depth  # called with the depth after every change, when set
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._waiting = 0  # samples queued, not yet taken into a batch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
@@ -86,6 +88,8 @@ class MicroBatcher:
             raise QueueFullError(f"{self._waiting} samples queued, capacity {self.capacity}")
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         self._waiting += n
+        if self.on_depth is not None:
+            self.on_depth(self._waiting)
         self._queue.put_nowait(_Pending(samples, time.perf_counter(), future))
         return await future
 
@@ -118,6 +122,8 @@ class MicroBatcher:
             batch = await self._collect()
             live = [p for p in batch if not p.future.done()]  # cancelled clients drop out
             self._waiting -= sum(len(p.samples) for p in batch)
+            if self.on_depth is not None:
+                self.on_depth(self._waiting)
             if not live:
                 continue
             if self._queue_delay is not None and (delay := self._queue_delay()):

@@ -14,6 +14,7 @@ _STATUS_BY_REASON = {
     "invalid_shape": 422, "unknown_model": 404, "not_found": 404, "method_not_allowed": 405,
     "body_too_large": 413, "unsupported_media_type": 415, "overloaded": 503,
     "timeout": 504, "internal": 500, "injected": 500,
+    "unknown_request_id": 404, "duplicate_feedback": 409, "invalid_label": 422,
 }
 
 

@@ -12,9 +12,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from inferwatch.metrics import STAGES
 
 MAX_CPU_WORKERS = 64
+DRIFT_KINDS = ("noise", "rotate", "invert")
 MAX_SECONDS = 3600.0
 
 _SPIN = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass\n"
@@ -28,10 +31,12 @@ class FaultError(ValueError):
 class Faults:
     error_ratio: float = 0.0
     latency: dict[str, float] = field(default_factory=dict)  # stage -> added seconds
+    drift: tuple[str, float] | None = None  # (kind, strength) applied to every input
     _hogs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _hog_until: float = 0.0
     _count: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
 
     def set_error_ratio(self, ratio: float) -> None:
         if not 0 <= ratio <= 1:
@@ -61,6 +66,32 @@ class Faults:
     def delay(self, stage: str) -> float:
         return self.latency.get(stage, 0.0)
 
+    def set_drift(self, kind: str, strength: float) -> None:
+        if kind not in DRIFT_KINDS:
+            raise FaultError(f"kind must be one of {', '.join(DRIFT_KINDS)}")
+        if not 0 < strength <= 1:
+            raise FaultError("strength must be in (0, 1]")
+        self.drift = (kind, strength)
+
+    def drift_inputs(self, samples: np.ndarray, value_range: tuple[float, float] | None
+                     ) -> np.ndarray:
+        """Inputs as a shifted client population would send them: noisier, rotated or
+        inverted images (``strength`` is the share of samples affected, or the noise level)."""
+        if self.drift is None or value_range is None:
+            return samples
+        kind, strength = self.drift
+        lo, hi = value_range
+        if kind == "noise":
+            noise = self._rng.normal(0.0, strength * (hi - lo) / 4, samples.shape)
+            return np.clip(samples + noise, lo, hi).astype(samples.dtype)
+        chosen = self._rng.random(len(samples)) < strength
+        out = samples.copy()
+        if kind == "invert":
+            out[chosen] = hi + lo - samples[chosen]
+        else:
+            out[chosen] = np.rot90(samples[chosen], axes=(-2, -1))
+        return out
+
     def start_cpu_hog(self, workers: int, seconds: float) -> None:
         """Busy processes (not threads: they must not hold this process' GIL) that end
         by themselves after ``seconds`` even if nobody clears them."""
@@ -82,6 +113,7 @@ class Faults:
 
     def clear(self) -> None:
         self.set_error_ratio(0.0)
+        self.drift = None
         self.latency.clear()
         self.stop_cpu_hog()
 
@@ -91,4 +123,5 @@ class Faults:
             "error_ratio": self.error_ratio,
             "latency_seconds": dict(self.latency),
             "cpu_hog": {"workers": len(hogs), "until": self._hog_until} if hogs else None,
+            "drift": {"kind": self.drift[0], "strength": self.drift[1]} if self.drift else None,
         }

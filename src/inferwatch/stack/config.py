@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,20 @@ from inferwatch.stack.slo import SLO, load_slos
 HOST = "127.0.0.1"
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports the kernel has free right now."""
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((HOST, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 @dataclass(frozen=True)
 class StackPorts:
     service: int = 8080
@@ -26,26 +40,22 @@ class StackPorts:
     alertmanager: int = 9093
     node_exporter: int = 9100
     inbox: int = 9095
+    dashboard: int = 9096
     admin: int = 9097
+    pushgateway: int = 9091
+    global_prometheus: int = 9190  # the remote_write receiver, with --replicas only
 
     @classmethod
     def free(cls) -> StackPorts:
         """Ports the kernel has free right now (for tests and parallel stacks)."""
-        sockets = []
-        try:
-            for _ in fields(cls):
-                s = socket.socket()
-                s.bind((HOST, 0))
-                sockets.append(s)
-            return cls(*(s.getsockname()[1] for s in sockets))
-        finally:
-            for s in sockets:
-                s.close()
+        return cls(*free_ports(len(fields(cls))))
 
-    def busy(self) -> list[tuple[str, int]]:
+    def busy(self, skip: Collection[str] = ()) -> list[tuple[str, int]]:
         """The (component, port) pairs that something already listens on."""
         taken = []
         for f in fields(self):
+            if f.name in skip:
+                continue
             port = getattr(self, f.name)
             with socket.socket() as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -122,6 +132,8 @@ def render_prometheus_config(profile: Profile, ports: StackPorts,
             job("node", ports.node_exporter),
             job("alertmanager", ports.alertmanager),
             job("prometheus", ports.prometheus),
+            # Pushed series carry the job and instance of the batch job that pushed them.
+            {**job("pushgateway", ports.pushgateway), "honor_labels": True},
             *(known_server_job(name, target) for name, target in (known_servers or {}).items()),
         ],
     }

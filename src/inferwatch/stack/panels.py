@@ -1,45 +1,328 @@
 """Dashboard panels: the only place a dashboard query is written.
 
-The first panels are the seed tutorial's five, with its average-latency formula corrected
-(``avg(sum / count)`` averages per-series lifetime means; the mean over a window is
+Grafana JSON (``stack/grafana.py``) and the built-in page (``stack/dashboard``) both render
+``DASHBOARD``. The first panels are the seed tutorial's five, with its average-latency formula
+corrected (``avg(sum / count)`` averages per-series lifetime means; the mean over a window is
 ``rate(sum) / rate(count)``).
+
+Queries use three placeholders: ``$window`` (the profile's rate window), ``$model`` and
+``$instance`` (template variables holding regexes). ``$instance`` selects a *host*: the
+service and node_exporter on one machine have different ports, so the port is matched apart.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from inferwatch.stack.profiles import DEFAULT, Profile
+
+__all__ = [
+    "DASHBOARD",
+    "GPU_PRESENT",
+    "PANELS",
+    "ROWS",
+    "SEED_PANELS",
+    "VARIABLES",
+    "Dashboard",
+    "Panel",
+    "Row",
+    "Threshold",
+    "Variable",
+    "literal_regex",
+]
+
+ALL = ".+"
+"""The regex that a template variable holds when every value is selected."""
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """From ``value`` upwards the panel is drawn in ``color``; ``None`` is the base colour."""
+
+    value: float | None
+    color: str
+
+
+OK = Threshold(None, "green")
 
 
 @dataclass(frozen=True)
 class Panel:
     key: str
     title: str
-    expr: str  # PromQL with $window for the rate range, $model for the model selector
-    unit: str
+    expr: str  # PromQL with $window for the rate range, $model and $instance for the selectors
+    unit: str  # a Grafana unit id: reqps, s, percentunit, percent, bytes, Bps, none
     row: str = "business"
+    legend: str = "{{model}}"  # Grafana legendFormat: {{label}} is replaced by its value
+    kind: str = "timeseries"  # or "stat": the last value, large
+    thresholds: tuple[Threshold, ...] = ()
+    width: int = 8  # of 24 grid columns
+    requires: str | None = None  # PromQL that returns a sample when the panel can have data
+    description: str = ""
 
-    def query(self, profile: Profile = DEFAULT, model: str = ".+") -> str:
-        return self.expr.replace("$window", profile.rate_window).replace("$model", model)
+    def query(self, profile: Profile = DEFAULT, model: str = ALL, instance: str = ALL) -> str:
+        """The PromQL with placeholders replaced; ``model``/``instance`` are regexes."""
+        return _substitute(self.expr, profile, model, instance)
 
+    @property
+    def metrics(self) -> frozenset[str]:
+        """The metric names the panel reads (every selector here carries braces)."""
+        return frozenset(_METRIC.findall(self.expr + " " + (self.requires or "")))
+
+    def requirement(self, profile: Profile = DEFAULT, model: str = ALL,
+                    instance: str = ALL) -> str | None:
+        return None if self.requires is None else _substitute(self.requires, profile, model,
+                                                               instance)
+
+
+_METRIC = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{")
+
+
+def _substitute(expr: str, profile: Profile, model: str, instance: str) -> str:
+    return (expr.replace("$window", profile.rate_window).replace("$model", model)
+            .replace("$instance", instance))
+
+
+_REGEX_META = frozenset("\\.+*?()|[]{}^$")
+
+
+def literal_regex(value: str) -> str:
+    r"""A regex matching exactly ``value``, escaped to sit inside a PromQL double-quoted string.
+
+    >>> print(literal_regex("127.0.0.1"))
+    127\\.0\\.0\\.1
+    """
+    regex = "".join("\\" + ch if ch in _REGEX_META else ch for ch in value)
+    return regex.replace("\\", "\\\\").replace('"', '\\"')
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A template variable: its options are the values of ``label`` on series of ``metric``.
+
+    ``regex``, when set, keeps its first group of each value (Grafana's variable regex).
+    """
+
+    name: str
+    title: str
+    metric: str
+    label: str
+    regex: str | None = None
+
+    @property
+    def grafana_query(self) -> str:
+        return f"label_values({self.metric}, {self.label})"
+
+    def options(self, values: Iterable[str]) -> list[str]:
+        if self.regex is None:
+            return sorted(set(values))
+        pattern = re.compile(self.regex)
+        found = (pattern.search(v) for v in values)
+        return sorted({m.group(1) for m in found if m is not None})
+
+
+VARIABLES = (
+    # Loaded models, not every model label: requests for an unknown model are "_unknown".
+    Variable("model", "Model", "inference_model_info", "model"),
+    Variable("instance", "Host", "inference_model_info", "instance", r"^(.+?)(?::[0-9]+)?$"),
+)
 
 _M = 'model=~"$model"'
+_I = 'instance=~"$instance(:[0-9]+)?"'
+_S = f"{_M}, {_I}"
+_W = "[$window]"
+
+
+def _ratio_of_rates(metric: str, by: str) -> str:
+    """The mean of a histogram over the window: rate(sum) / rate(count)."""
+    return (f"sum by ({by}) (rate({metric}_sum{{{_S}}}{_W}))"
+            f" / sum by ({by}) (rate({metric}_count{{{_S}}}{_W}))")
+
+
+def _quantile(q: float) -> str:
+    return (f"histogram_quantile({q}, sum by (model, le) "
+            f"(rate(inference_latency_seconds_bucket{{{_S}}}{_W})))")
+
+
+def _both(metric_a: str, name_a: str, metric_b: str, name_b: str, by: str, selector: str) -> str:
+    """Two rates in one panel, told apart by a ``direction`` label."""
+    def one(metric: str, name: str) -> str:
+        return (f'label_replace(sum by ({by}) (rate({metric}{{{selector}}}{_W})), '
+                f'"direction", "{name}", "", "")')
+
+    return f"{one(metric_a, name_a)} or {one(metric_b, name_b)}"
+
 
 SEED_PANELS = (
     Panel("qps", "Requests per second (QPS)",
-          f"sum by (model) (rate(inference_requests_total{{{_M}}}[$window]))", "reqps"),
+          f"sum by (model) (rate(inference_requests_total{{{_S}}}{_W}))", "reqps"),
     Panel("latency_avg", "Average latency",
-          f"sum by (model) (rate(inference_latency_seconds_sum{{{_M}}}[$window]))"
-          f" / sum by (model) (rate(inference_latency_seconds_count{{{_M}}}[$window]))", "s"),
-    Panel("latency_p95", "p95 latency",
-          f"histogram_quantile(0.95, sum by (model, le) "
-          f"(rate(inference_latency_seconds_bucket{{{_M}}}[$window])))", "s"),
-    Panel("error_ratio", "Error ratio",
-          f"sum by (model) (rate(inference_errors_total{{{_M}}}[$window]))"
-          f" / sum by (model) (rate(inference_requests_total{{{_M}}}[$window]))",
-          "percentunit"),
+          _ratio_of_rates("inference_latency_seconds", "model"), "s", width=6),
+    Panel("latency_p95", "p95 latency", _quantile(0.95), "s", width=6),
+    Panel("error_ratio", "Error ratio (5xx)",
+          f"sum by (model) (rate(inference_errors_total{{{_S}}}{_W}))"
+          f" / sum by (model) (rate(inference_requests_total{{{_S}}}{_W}))",
+          "percentunit", thresholds=(OK, Threshold(0.05, "red")),
+          description="Server-side failures over all requests; the seed's alert fires above "
+                      "5%."),
     Panel("cpu", "Host CPU utilisation",
-          '100 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle"}[$window])) * 100',
-          "percent", row="system"),
+          f'100 - avg by (instance) (rate(node_cpu_seconds_total{{mode="idle", {_I}}}{_W}))'
+          " * 100",
+          "percent", row="system", legend="{{instance}}",
+          thresholds=(OK, Threshold(80, "orange"), Threshold(90, "red"))),
+)
+_QPS, _LATENCY_AVG, _LATENCY_P95, _ERROR_RATIO, _CPU = SEED_PANELS
+
+GPU_PRESENT = f"max(inferwatch_gpu_available{{{_I}}}) > 0"
+"""Returns a sample when a host in ``$instance`` reports a usable GPU."""
+
+_FS = 'fstype!~"tmpfs|ramfs|squashfs|nsfs|devtmpfs"'
+_GPU = "instance, gpu, name"
+
+PANELS = (
+    # Business: what clients get.
+    _QPS,
+    _ERROR_RATIO,
+    Panel("responses_by_code", "Responses by status code",
+          f"sum by (code) (rate(inference_responses_total{{{_S}}}{_W}))", "reqps",
+          legend="{{code}}"),
+    _LATENCY_AVG,
+    Panel("latency_p50", "p50 latency", _quantile(0.5), "s", width=6),
+    _LATENCY_P95,
+    Panel("latency_p99", "p99 latency", _quantile(0.99), "s", width=6),
+    Panel("stage_latency", "Mean time per stage",
+          _ratio_of_rates("inference_stage_seconds", "model, stage"), "s",
+          legend="{{model}} {{stage}}",
+          description="Where a request's time goes: queue, preprocess, compute, postprocess."),
+    Panel("error_reasons", "Failed requests by reason",
+          f"sum by (model, reason) (rate(inference_error_reasons_total{{{_S}}}{_W}))", "reqps",
+          legend="{{model}} {{reason}}"),
+    Panel("batch_size", "Mean batch size", _ratio_of_rates("inference_batch_size", "model"),
+          "none"),
+    Panel("queue_depth", "Queue depth (samples waiting)",
+          f"sum by (model) (inference_queue_depth{{{_S}}})", "none", width=12),
+    Panel("in_flight", "Requests in flight",
+          f"sum by (model) (inference_in_flight_requests{{{_S}}})", "none", width=12),
+    # Model quality: accuracy measured at load and from labelled feedback, drift, confidence.
+    Panel("heldout_accuracy", "Held-out accuracy",
+          f"max by (model, version) (inference_model_heldout_accuracy_ratio{{{_S}}})",
+          "percentunit", row="quality", kind="stat", legend="{{model}} v{{version}}",
+          thresholds=(Threshold(None, "red"), Threshold(0.9, "orange"), Threshold(0.95, "green")),
+          description="Accuracy on held-out data, measured when the model was loaded.", width=6),
+    Panel("feedback_accuracy", "Accuracy from feedback (top-1)",
+          f'sum by (model) (rate(inference_feedback_total{{{_S}, outcome="correct"}}{_W}))'
+          f" / sum by (model) (rate(inference_feedback_total{{{_S}}}{_W}))",
+          "percentunit", row="quality", width=6,
+          thresholds=(Threshold(None, "red"), Threshold(0.9, "green")),
+          description="Share of answers whose labelled feedback (POST /feedback) agreed."),
+    Panel("feedback_top5_accuracy", "Accuracy from feedback (top-5)",
+          f'sum by (model) (rate(inference_feedback_top5_total{{{_S}, outcome="correct"}}{_W}))'
+          f" / sum by (model) (rate(inference_feedback_top5_total{{{_S}}}{_W}))",
+          "percentunit", row="quality", width=6,
+          thresholds=(Threshold(None, "red"), Threshold(0.9, "green"))),
+    Panel("drift_psi", "Input drift (PSI vs training data)",
+          f"max by (model, feature) (inference_drift_psi{{{_S}}})", "none", row="quality",
+          legend="{{model}} {{feature}}", width=6,
+          thresholds=(OK, Threshold(0.1, "orange"), Threshold(0.25, "red")),
+          description="Population Stability Index of the last window of inputs; "
+                      "feature=prediction is the predicted class mix."),
+    Panel("confidence", "Median top-1 confidence",
+          f"histogram_quantile(0.5, sum by (model, le) (rate("
+          f"inference_prediction_confidence_bucket{{{_S}}}{_W})))", "percentunit",
+          row="quality", width=12),
+    Panel("class_mix", "Predicted class mix",
+          f"sum by (class) (rate(inference_predictions_total{{{_S}}}{_W}))", "reqps",
+          row="quality", legend="{{class}}", width=12),
+    Panel("input_mean", "Mean input intensity (median)",
+          f"histogram_quantile(0.5, sum by (model, le) (rate("
+          f"inference_input_mean_intensity_bucket{{{_S}}}{_W})))", "percentunit",
+          row="quality", width=12),
+    # System: the hosts, from node_exporter (and the GPU exporter where there is a GPU).
+    _CPU,
+    Panel("memory", "Host memory used",
+          f"1 - sum by (instance) (node_memory_MemAvailable_bytes{{{_I}}})"
+          f" / sum by (instance) (node_memory_MemTotal_bytes{{{_I}}})",
+          "percentunit", row="system", legend="{{instance}}",
+          thresholds=(OK, Threshold(0.8, "orange"), Threshold(0.9, "red"))),
+    Panel("disk_space", "Disk space used",
+          f"1 - max by (instance, mountpoint) (node_filesystem_avail_bytes{{{_FS}, {_I}}})"
+          f" / max by (instance, mountpoint) (node_filesystem_size_bytes{{{_FS}, {_I}}})",
+          "percentunit", row="system", legend="{{instance}} {{mountpoint}}",
+          thresholds=(OK, Threshold(0.8, "orange"), Threshold(0.9, "red"))),
+    Panel("disk_io", "Disk throughput",
+          _both("node_disk_read_bytes_total", "read", "node_disk_written_bytes_total", "write",
+                "instance", _I),
+          "Bps", row="system", legend="{{instance}} {{direction}}", width=12),
+    Panel("network", "Network throughput",
+          _both("node_network_receive_bytes_total", "receive",
+                "node_network_transmit_bytes_total", "transmit",
+                "instance", f'device!="lo", {_I}'),
+          "Bps", row="system", legend="{{instance}} {{direction}}", width=12),
+    Panel("gpu_utilization", "GPU utilisation",
+          f"max by ({_GPU}) (inferwatch_gpu_utilization_ratio{{{_I}}})", "percentunit",
+          row="system", legend="{{instance}} GPU {{gpu}} {{name}}", width=12,
+          thresholds=(OK, Threshold(0.9, "red")), requires=GPU_PRESENT,
+          description="Appears when the host reports a GPU (inferwatch_gpu_available = 1)."),
+    Panel("gpu_memory", "GPU memory used",
+          f"max by ({_GPU}) (inferwatch_gpu_memory_used_bytes{{{_I}}})"
+          f" / max by ({_GPU}) (inferwatch_gpu_memory_total_bytes{{{_I}}})",
+          "percentunit", row="system", legend="{{instance}} GPU {{gpu}} {{name}}", width=12,
+          thresholds=(OK, Threshold(0.9, "red")), requires=GPU_PRESENT,
+          description="Appears when the host reports a GPU (inferwatch_gpu_available = 1)."),
+    # Alerts: Prometheus' ALERTS series. "or on() vector(0)" makes "none" a 0, not a gap.
+    Panel("alerts_firing", "Alerts firing",
+          'count(ALERTS{alertstate="firing"}) or on() vector(0)', "none", row="alerts",
+          kind="stat", legend="firing", width=4, thresholds=(OK, Threshold(1, "red"))),
+    Panel("alerts_pending", "Alerts pending",
+          'count(ALERTS{alertstate="pending"}) or on() vector(0)', "none", row="alerts",
+          kind="stat", legend="pending", width=4, thresholds=(OK, Threshold(1, "orange"))),
+    Panel("alert_history", "Alert history",
+          'count by (alertname, alertstate) (ALERTS{alertstate=~"pending|firing"})'
+          ' or on() label_replace(vector(0), "alertname", "none", "", "")',
+          "none", row="alerts", legend="{{alertname}} {{alertstate}}", width=16,
+          description="Alerts pending or firing over time, by name; 'none' while there are "
+                      "none."),
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    title: str
+    panels: tuple[Panel, ...]
+
+
+ROWS = (
+    ("business", "Business: traffic, latency, errors, saturation"),
+    ("quality", "Model quality"),
+    ("system", "System: CPU, memory, disk, network, GPU"),
+    ("alerts", "Alerts"),
+)
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    uid: str
+    title: str
+    rows: tuple[Row, ...]
+    variables: tuple[Variable, ...]
+
+    @property
+    def panels(self) -> tuple[Panel, ...]:
+        return tuple(p for row in self.rows for p in row.panels)
+
+    def panel(self, key: str) -> Panel:
+        for p in self.panels:
+            if p.key == key:
+                return p
+        raise KeyError(key)
+
+
+DASHBOARD = Dashboard(
+    uid="inferwatch-inference",
+    title="AI inference monitoring",
+    rows=tuple(Row(key, title, tuple(p for p in PANELS if p.row == key)) for key, title in ROWS),
+    variables=VARIABLES,
 )

@@ -17,6 +17,8 @@ class Profile:
     group_interval: str
     repeat_interval: str
     resend_delay: str  # Prometheus --rules.alert.resend-delay
+    batch_stale_after: str  # a batch job that has not pushed for this long is stale
+    remote_write_deadline: str  # longest wait before a partial remote_write batch is sent
 
     @property
     def scrape_seconds(self) -> float:
@@ -26,12 +28,14 @@ class Profile:
 DEFAULT = Profile(
     name="default", scrape_interval="10s", evaluation_interval="10s", rate_window="5m",
     error_alert_for="1m", slow_alert_for="5m", group_wait="30s", group_interval="5m",
-    repeat_interval="12h", resend_delay="1m",
+    repeat_interval="12h", resend_delay="1m", batch_stale_after="25h",  # a daily job, 1h late
+    remote_write_deadline="5s",
 )
 FAST = Profile(
     name="fast", scrape_interval="1s", evaluation_interval="1s", rate_window="15s",
     error_alert_for="5s", slow_alert_for="10s", group_wait="1s", group_interval="5s",
-    repeat_interval="1h", resend_delay="1s",
+    repeat_interval="1h", resend_delay="1s", batch_stale_after="10s",
+    remote_write_deadline="1s",
 )
 PROFILES = {p.name: p for p in (DEFAULT, FAST)}
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from inferwatch.stack.profiles import Profile
+from inferwatch.stack.profiles import Profile, parse_duration
 from inferwatch.stack.slo import SLO, load_slos
 
 RUNBOOK_BASE = "docs/runbooks.md"
@@ -71,6 +71,11 @@ ERROR_RATIO_THRESHOLD = 0.05
 QUEUE_SATURATION_THRESHOLD = 0.8
 HOST_CPU_THRESHOLD = 0.9
 HOST_MEMORY_THRESHOLD = 0.9
+DRIFT_PSI_THRESHOLD = 0.25  # the usual reading of PSI: above 0.25 is a significant shift
+GPU_UTILISATION_THRESHOLD = 0.9  # the seed's "GPU > 90%"
+# Caching allocators (torch) and servers that reserve memory up front (vLLM takes 90% by
+# default) sit near 90% by design; above 95% the next larger batch may not fit.
+GPU_MEMORY_THRESHOLD = 0.95
 
 
 def cpu_record(profile: Profile) -> str:
@@ -78,6 +83,10 @@ def cpu_record(profile: Profile) -> str:
 
 
 MEMORY_RECORD = "instance:node_memory_utilisation:ratio"
+
+
+def feedback_record(profile: Profile, name: str = "accuracy") -> str:
+    return f"model:inference_feedback_{name}:ratio_rate{profile.rate_window}"
 
 
 def error_ratio_record(window: str) -> str:
@@ -102,6 +111,12 @@ def service_recordings(profile: Profile) -> list[RecordingRule]:
             f"model:inference_latency_seconds:p{q}_rate{w}",
             f"histogram_quantile(0.{q}, sum by (model, le) "
             f"(rate(inference_latency_seconds_bucket[{w}])))"))
+    for name, metric in (("accuracy", "inference_feedback"),
+                         ("top5_accuracy", "inference_feedback_top5")):
+        rules.append(RecordingRule(
+            feedback_record(profile, name),
+            f'sum by (model) (rate({metric}_total{{outcome="correct"}}[{w}]))'
+            f" / sum by (model) (rate({metric}_total[{w}]))"))
     rules.append(RecordingRule(
         f"model_stage:inference_stage_seconds:p95_rate{w}",
         f"histogram_quantile(0.95, sum by (model, stage, le) "
@@ -109,16 +124,18 @@ def service_recordings(profile: Profile) -> list[RecordingRule]:
     return rules
 
 
-def host_recordings(profile: Profile) -> list[RecordingRule]:
-    # The node-mixin formulas (node_exporter's own mixin), per instance.
+def host_recordings(profile: Profile, node_job: str = "node") -> list[RecordingRule]:
+    # The node-mixin formulas (node_exporter's own mixin), per instance. ``node_job`` is the
+    # scrape job of node_exporter: "node" here, "node-exporter" in kube-prometheus-stack.
     w = profile.rate_window
+    sel = f'job="{node_job}"'
     return [
         RecordingRule(cpu_record(profile),
                       '1 - avg without (cpu) (sum without (mode) (rate(node_cpu_seconds_total'
-                      f'{{job="node", mode=~"idle|iowait|steal"}}[{w}])))'),
+                      f'{{{sel}, mode=~"idle|iowait|steal"}}[{w}])))'),
         RecordingRule(MEMORY_RECORD,
-                      '1 - (node_memory_MemAvailable_bytes{job="node"}'
-                      ' / node_memory_MemTotal_bytes{job="node"})'),
+                      f"1 - (node_memory_MemAvailable_bytes{{{sel}}}"
+                      f" / node_memory_MemTotal_bytes{{{sel}}})"),
     ]
 
 
@@ -152,44 +169,38 @@ def _burn_expr(record: Any, slo_model: str, budget: float,
     return "\n  or\n".join(parts)
 
 
+# (name suffix, window pairs, for, severity, how fast)
+_BURN_SPEEDS = (("Fast", PAGE_WINDOWS, "2m", "critical", "fast"),
+                ("Slow", TICKET_WINDOWS, "15m", "warning", "slowly"))
+
+
+def _windows_text(pairs: Sequence[tuple[str, str, float]]) -> str:
+    return ", or ".join(f"{long} and {short} above {factor:g}x" for long, short, factor in pairs)
+
+
 def slo_alerts(slo: SLO) -> list[AlertRule]:
     m = slo.model
-    avail = f"{slo.availability:.4%}".rstrip("0").rstrip(".")
-    lat = f"{slo.latency_objective:.4%}".rstrip("0").rstrip(".")
+    avail = f"{slo.availability * 100:.6g}%"
+    lat = f"{slo.latency_objective * 100:.6g}%"
     thr = f"{slo.latency_threshold * 1000:g} ms"
+    slis = (
+        ("Error", "availability", error_ratio_record, slo.error_budget, "error",
+         f"fails requests faster than its {avail} availability objective over {slo.window} "
+         "allows"),
+        ("Latency", "latency", slow_ratio_record, slo.latency_budget, "latency",
+         f"serves more requests slower than {thr} than its objective ({lat} within {thr} "
+         f"over {slo.window}) allows"),
+    )
     return [
         AlertRule(
-            "InferenceErrorBudgetBurnFast",
-            _burn_expr(error_ratio_record, m, slo.error_budget, PAGE_WINDOWS), "2m", "critical",
-            f"Model {m} is burning its error budget fast",
-            f"Model {m} fails requests at 6x or more of the rate its {avail} availability "
-            f"objective over {slo.window} allows (1h and 5m above 14.4x, or 6h and 30m above "
-            "6x): the budget is gone within days.",
-            {"slo": "availability", "model": m}),
-        AlertRule(
-            "InferenceErrorBudgetBurnSlow",
-            _burn_expr(error_ratio_record, m, slo.error_budget, TICKET_WINDOWS), "15m",
-            "warning",
-            f"Model {m} is slowly burning its error budget",
-            f"Model {m} fails requests faster than its {avail} availability objective over "
-            f"{slo.window} allows (1d and 2h above 3x, or 3d and 6h above 1x).",
-            {"slo": "availability", "model": m}),
-        AlertRule(
-            "InferenceLatencyBudgetBurnFast",
-            _burn_expr(slow_ratio_record, m, slo.latency_budget, PAGE_WINDOWS), "2m",
-            "critical",
-            f"Model {m} is burning its latency budget fast",
-            f"Too many requests to model {m} take longer than {thr}: the objective is {lat} "
-            f"within {thr} over {slo.window} (1h and 5m above 14.4x, or 6h and 30m above 6x).",
-            {"slo": "latency", "model": m}),
-        AlertRule(
-            "InferenceLatencyBudgetBurnSlow",
-            _burn_expr(slow_ratio_record, m, slo.latency_budget, TICKET_WINDOWS), "15m",
-            "warning",
-            f"Model {m} is slowly burning its latency budget",
-            f"More requests to model {m} take longer than {thr} than its objective ({lat} "
-            f"over {slo.window}) allows (1d and 2h above 3x, or 3d and 6h above 1x).",
-            {"slo": "latency", "model": m}),
+            f"Inference{sli}BudgetBurn{suffix}",
+            _burn_expr(record, m, budget, pairs), hold, severity,
+            f"Model {m} is {how} burning its {budget_name} budget"
+            if how != "fast" else f"Model {m} is burning its {budget_name} budget fast",
+            f"Model {m} {what} ({_windows_text(pairs)}).",
+            {"slo": slo_label, "model": m})
+        for sli, slo_label, record, budget, budget_name, what in slis
+        for suffix, pairs, hold, severity, how in _BURN_SPEEDS
     ]
 
 
@@ -237,9 +248,45 @@ def service_alerts(profile: Profile, slos: Sequence[SLO]) -> list[AlertRule]:
             profile.slow_alert_for, "warning",
             "Memory of {{ $labels.instance }} is nearly exhausted",
             "Memory utilisation is {{ $value | humanizePercentage }}."),
+        AlertRule(
+            "GPUHighUtilisation",
+            f"avg_over_time(inferwatch_gpu_utilization_ratio[{w}]) > {GPU_UTILISATION_THRESHOLD}",
+            profile.slow_alert_for, "warning",
+            "GPU {{ $labels.gpu }} ({{ $labels.name }}) on {{ $labels.instance }} is saturated",
+            f"The GPU ran kernels {{{{ $value | humanizePercentage }}}} of the time over {w}: "
+            "batches queue for it and latency grows with load."),
+        AlertRule(
+            "GPUMemoryHigh",
+            "inferwatch_gpu_memory_used_bytes / inferwatch_gpu_memory_total_bytes"
+            f" > {GPU_MEMORY_THRESHOLD}",
+            profile.slow_alert_for, "warning",
+            "Memory of GPU {{ $labels.gpu }} ({{ $labels.name }}) on {{ $labels.instance }} "
+            "is nearly full",
+            "{{ $value | humanizePercentage }} of the GPU's memory is allocated: a larger batch "
+            "or another model may fail with out-of-memory."),
     ]
+    rules.append(AlertRule(
+        "ModelDrift",
+        f"max by (model, feature) (inference_drift_psi) > {DRIFT_PSI_THRESHOLD}",
+        profile.slow_alert_for, "warning",
+        "Inputs of {{ $labels.model }} drifted from the training data ({{ $labels.feature }})",
+        "The Population Stability Index of {{ $labels.feature }} over the last window of "
+        'inputs is {{ printf "%.2f" $value }} (above ' + f"{DRIFT_PSI_THRESHOLD:g}" + "): the "
+        "model sees data unlike what it was trained on."))
     for slo in slos:
         m = slo.model
+        if slo.accuracy is not None:
+            rules.append(AlertRule(
+                "AccuracyDrop",
+                f'{feedback_record(profile)}{{model="{m}"}} < {slo.accuracy:g}',
+                # A warning, like ModelDrift: a critical one would inhibit the drift alert
+                # that usually explains it.
+                profile.slow_alert_for, "warning",
+                f"Accuracy of {m} from labelled feedback fell below {slo.accuracy:.0%}",
+                f"Over the last {w}, {{{{ $value | humanizePercentage }}}} of the answers of "
+                f"model {m} that got labelled feedback were right; its objective is "
+                f"{slo.accuracy:.0%}.",
+                {"model": m}))
         rules.append(AlertRule(
             "InferenceLatencyHigh",
             f"histogram_quantile(0.95, sum by (model, le) (rate(inference_latency_seconds_bucket"
@@ -263,12 +310,28 @@ def service_alerts(profile: Profile, slos: Sequence[SLO]) -> list[AlertRule]:
     return rules
 
 
-def rule_groups(profile: Profile, slos: Sequence[SLO] | None = None) -> list[RuleGroup]:
+def batch_alerts(profile: Profile) -> list[AlertRule]:
+    """Batch jobs push to the Pushgateway, which stamps every push: a stale stamp is a job
+    that stopped running (a failed run still pushes, so its metrics say why it failed)."""
+    stale = profile.batch_stale_after
+    return [AlertRule(
+        "BatchJobStale",
+        f"time() - max by (job, instance) (push_time_seconds) > {parse_duration(stale):g}",
+        profile.error_alert_for, "warning",
+        "Batch job {{ $labels.job }} on {{ $labels.instance }} stopped pushing",
+        "The last push of batch job {{ $labels.job }} (instance {{ $labels.instance }}) to the "
+        "Pushgateway was {{ $value | humanizeDuration }} ago, more than " + stale + ": the job "
+        "no longer runs, or cannot reach the Pushgateway.")]
+
+
+def rule_groups(profile: Profile, slos: Sequence[SLO] | None = None,
+                node_job: str = "node") -> list[RuleGroup]:
     slos = load_slos() if slos is None else slos
     groups = [
         RuleGroup("inferwatch-service-recording", service_recordings(profile)),
-        RuleGroup("inferwatch-host-recording", host_recordings(profile)),
+        RuleGroup("inferwatch-host-recording", host_recordings(profile, node_job)),
         RuleGroup("inferwatch-alerts", service_alerts(profile, slos)),
+        RuleGroup("inferwatch-batch-jobs", batch_alerts(profile)),
     ]
     # Recordings and the alerts that read them share a group: evaluated in order.
     groups.append(RuleGroup("inferwatch-slo", [
@@ -278,9 +341,9 @@ def rule_groups(profile: Profile, slos: Sequence[SLO] | None = None) -> list[Rul
 
 
 def render_rule_file(profile: Profile, slos: Sequence[SLO] | None = None,
-                     runbook_base: str = RUNBOOK_BASE) -> dict[str, Any]:
+                     runbook_base: str = RUNBOOK_BASE, node_job: str = "node") -> dict[str, Any]:
     out = []
-    for group in rule_groups(profile, slos):
+    for group in rule_groups(profile, slos, node_job):
         rendered: dict[str, Any] = {"name": group.name}
         if group.interval:
             rendered["interval"] = group.interval

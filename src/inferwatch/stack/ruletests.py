@@ -22,6 +22,8 @@ from inferwatch.stack.slo import SLO
 INSTANCE = "127.0.0.1:8080"
 SERVICE = {"instance": INSTANCE, "job": "inference", "model": "digits", "version": "1"}
 NODE = {"instance": "127.0.0.1:9100", "job": "node"}
+GPU = {"instance": INSTANCE, "job": "inference", "gpu": "0", "uuid": "GPU-0f1e2d3c",
+       "name": "NVIDIA H100 80GB HBM3"}
 ABOVE, BELOW = 1.1, 0.9  # "just above" and "just below" a threshold
 
 
@@ -68,7 +70,33 @@ def humanize(v: float) -> str:
     return f"{v:.4g}{prefix}"
 
 
-_TEMPLATE = re.compile(r"{{\s*(\$labels\.(\w+)|\$value\s*\|\s*(\w+))\s*}}")
+def humanize_duration(v: float) -> str:
+    if math.isnan(v) or math.isinf(v):
+        return f"{v:.4g}"
+    if v == 0:
+        return f"{v:.4g}s"
+    if abs(v) >= 1:
+        sign = "-" if v < 0 else ""
+        v = abs(v)
+        whole = int(v)
+        s, m, h, d = whole % 60, whole // 60 % 60, whole // 3600 % 24, whole // 86400
+        if d:
+            return f"{sign}{d}d {h}h {m}m {s}s"
+        if h:
+            return f"{sign}{h}h {m}m {s}s"
+        if m:
+            return f"{sign}{m}m {s}s"
+        return f"{sign}{v:.4g}s"
+    prefix = ""
+    for p in ("m", "u", "n", "p", "f", "a", "z", "y"):
+        if abs(v) >= 1:
+            break
+        prefix, v = p, v * 1000
+    return f"{v:.4g}{prefix}s"
+
+
+_TEMPLATE = re.compile(r"{{\s*(\$labels\.(\w+)|\$value\s*\|\s*(\w+)"
+                       r'|printf\s+"([^"]+)"\s+\$value)\s*}}')
 
 
 def expand(template: str, labels: dict[str, str], value: float | None) -> str:
@@ -77,11 +105,15 @@ def expand(template: str, labels: dict[str, str], value: float | None) -> str:
             return labels.get(match.group(2), "")
         if value is None:
             raise ValueError(f"{template!r} uses $value but its scenario gives none")
+        if match.group(4):
+            return match.group(4) % value  # Go's %f/%g verbs agree with Python's here
         fn = match.group(3)
         if fn == "humanizePercentage":
             return humanize(value * 100) + "%"
         if fn == "humanize":
             return humanize(value)
+        if fn == "humanizeDuration":
+            return humanize_duration(value)
         raise ValueError(f"no expansion for template function {fn}")
 
     out = _TEMPLATE.sub(one, template)
@@ -93,6 +125,11 @@ def expand(template: str, labels: dict[str, str], value: float | None) -> str:
 def service_scenarios(profile: Profile, slos: Sequence[SLO]) -> list[Scenario]:
     err = r.ERROR_RATIO_THRESHOLD
     cpu, mem, queue = r.HOST_CPU_THRESHOLD, r.HOST_MEMORY_THRESHOLD, r.QUEUE_SATURATION_THRESHOLD
+    gpu = r.GPU_UTILISATION_THRESHOLD
+
+    def gpu_used(level: float) -> float:
+        return 1 - (1 - r.GPU_MEMORY_THRESHOLD) / level
+
     found = [
         Scenario("HighInferenceErrorRate", lambda lv, n: [
             series("inference_requests_total", SERVICE, ramp(100, n)),
@@ -123,10 +160,36 @@ def service_scenarios(profile: Profile, slos: Sequence[SLO]) -> list[Scenario]:
             series("node_memory_MemAvailable_bytes", NODE, flat(100 * (1 - mem * lv), n)),
             series("node_memory_MemTotal_bytes", NODE, flat(100, n)),
         ], NODE, value=lambda lv: mem * lv, onset_intervals=0),
+        Scenario("GPUHighUtilisation", lambda lv, n: [
+            series("inferwatch_gpu_utilization_ratio", GPU, flat(gpu * lv, n)),
+        ], GPU, value=lambda lv: gpu * lv, onset_intervals=0),
+        # Free memory shrinks with the level, so "above" stays a possible share (< 100%).
+        Scenario("GPUMemoryHigh", lambda lv, n: [
+            series("inferwatch_gpu_memory_used_bytes", GPU, flat(100 * gpu_used(lv), n)),
+            series("inferwatch_gpu_memory_total_bytes", GPU, flat(100, n)),
+        ], GPU, value=gpu_used, onset_intervals=0),
     ]
+    psi_limit = r.DRIFT_PSI_THRESHOLD
+    found.append(Scenario("ModelDrift", lambda lv, n: [
+        series("inference_drift_psi", {**SERVICE, "feature": "ink_fraction"},
+               flat(psi_limit * lv, n)),
+    ], {"model": "digits", "feature": "ink_fraction"}, value=lambda lv: psi_limit * lv,
+        onset_intervals=0))
+    # A job that pushed X seconds before the test began and never since: a push time that
+    # grows with the clock keeps time() - push_time_seconds at exactly X.
+    stale = parse_duration(profile.batch_stale_after)
+    job = {"instance": "batch-host", "job": "digits-batch"}
+    found.append(Scenario("BatchJobStale", lambda lv, n: [
+        series("push_time_seconds", job,
+               f"{-stale * lv:g}+{profile.scrape_seconds:g}x{n}"),
+    ], job, value=lambda lv: stale * lv, onset_intervals=0))
     for slo in slos:
         if slo.model != "digits":
             continue  # one model is enough: the others' rules differ only in constants
+        if slo.accuracy is not None:
+            found.append(Scenario("AccuracyDrop", functools.partial(_feedback, slo.accuracy),
+                                  {"model": "digits"},
+                                  functools.partial(_accuracy_at, slo.accuracy)))
         found.append(Scenario("InferenceLatencyHigh", functools.partial(_latency_buckets, slo),
                               {"model": slo.model}))
         if slo.expect_traffic:
@@ -135,6 +198,19 @@ def service_scenarios(profile: Profile, slos: Sequence[SLO]) -> list[Scenario]:
                        ramp(0 if lv > 1 else 1, n, start=5)),
             ], {"model": "digits"}))
     return found
+
+
+def _accuracy_at(objective: float, level: float) -> float:
+    """The condition is "below": level 1.1 puts accuracy 10% under the objective."""
+    return objective * (2 - level)
+
+
+def _feedback(objective: float, level: float, n: int) -> list[dict[str, str]]:
+    accuracy = _accuracy_at(objective, level)
+    return [series("inference_feedback_total", {**SERVICE, "outcome": "correct"},
+                   ramp(100 * accuracy, n)),
+            series("inference_feedback_total", {**SERVICE, "outcome": "incorrect"},
+                   ramp(100 * (1 - accuracy), n))]
 
 
 def _latency_buckets(slo: SLO, level: float, n: int) -> list[dict[str, str]]:

@@ -1,5 +1,6 @@
 """Start and stop the local stack: real Prometheus, Alertmanager and node_exporter binaries,
-the inference service, the alert inbox and demo traffic, each a child process on 127.0.0.1.
+the inference service, the alert inbox, the dashboard page and demo traffic, each a child
+process on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import httpx
 
 from inferwatch.secrets import write_secret_file
 from inferwatch.stack.alerting import Receivers
-from inferwatch.stack.config import HOST, StackPorts, url, write_stack_config
+from inferwatch.stack.config import HOST, StackPorts, free_ports, url, write_stack_config
 from inferwatch.stack.profiles import PROFILES, Profile
+from inferwatch.stack.scaleout import GLOBAL_CONFIG, write_scaleout_config
 
 APT_PACKAGES = "prometheus prometheus-alertmanager prometheus-node-exporter prometheus-pushgateway"
 
@@ -32,6 +34,7 @@ BINARIES = {
     "prometheus": ("prometheus",),
     "alertmanager": ("prometheus-alertmanager", "alertmanager"),
     "node_exporter": ("prometheus-node-exporter", "node_exporter"),
+    "pushgateway": ("prometheus-pushgateway", "pushgateway"),
 }
 
 
@@ -68,47 +71,97 @@ class StackOptions:
     traffic_rate: float = 0.0  # demo requests per second; 0 for none
     resnet18_weights: Path | None = None
     receivers: Receivers | None = None  # email/Slack beside the inbox webhook
+    replicas: int = 1  # services behind file_sd, and a global Prometheus, when more than 1
+    replica_ports: Sequence[int] = ()  # of replicas 2..N; free ones are picked when empty
+    workers: int = 1  # service worker processes per replica; the admin API (chaos) needs 1
+
+    @property
+    def service_ports(self) -> list[int]:
+        return [self.ports.service, *self.replica_ports]
+
+    def service_name(self, index: int) -> str:
+        return "service" if self.replicas == 1 else f"service-{index}"
 
 
 def admin_token_path(run_dir: Path) -> Path:
     return run_dir / "admin-token"
 
 
+def _prometheus(d: Path, config: Path, data: str, port: int, *extra: str) -> list[str]:
+    return [find_binary("prometheus"), f"--config.file={config}",
+            f"--storage.tsdb.path={d / 'data' / data}", f"--web.listen-address={HOST}:{port}",
+            "--web.enable-lifecycle", *extra]
+
+
 def components(opts: StackOptions) -> list[Component]:
     d, p = opts.run_dir, opts.ports
     python = [sys.executable, "-m", "inferwatch"]
-    serve = [*python, "serve", "--host", HOST, "--port", str(p.service),
-             "--admin-port", str(p.admin), "--admin-token-file", str(admin_token_path(d))]
-    for model in opts.models:
-        serve += ["--model", model]
-    if opts.resnet18_weights:
-        serve += ["--resnet18-weights", str(opts.resnet18_weights)]
+    services = []
+    for index, port in enumerate(opts.service_ports):
+        serve = [*python, "serve", "--host", HOST, "--port", str(port)]
+        if opts.workers > 1:
+            workers = "workers" if opts.replicas == 1 else f"workers-{index}"
+            serve += ["--workers", str(opts.workers), "--worker-dir", str(d / workers)]
+        elif index == 0:  # chaos drives the first replica
+            serve += ["--admin-port", str(p.admin),
+                      "--admin-token-file", str(admin_token_path(d))]
+        for model in opts.models:
+            serve += ["--model", model]
+        if opts.resnet18_weights:
+            serve += ["--resnet18-weights", str(opts.resnet18_weights)]
+        services.append(Component(opts.service_name(index), serve, f"{url(port)}/ping",
+                                  url(port)))
     parts = [
-        Component("service", serve, f"{url(p.service)}/ping", url(p.service)),
+        *services,
         Component("inbox", [*python, "inbox", "--host", HOST, "--port", str(p.inbox),
                             "--file", str(d / "inbox.jsonl")],
                   f"{url(p.inbox)}/alerts", f"{url(p.inbox)}/alerts"),
         Component("node_exporter", [find_binary("node_exporter"),
                                     f"--web.listen-address={HOST}:{p.node_exporter}"],
                   f"{url(p.node_exporter)}/metrics", url(p.node_exporter)),
+        Component("pushgateway", [
+            find_binary("pushgateway"), f"--web.listen-address={HOST}:{p.pushgateway}",
+            f"--persistence.file={d / 'data' / 'pushgateway.db'}",
+        ], f"{url(p.pushgateway)}/-/ready", url(p.pushgateway)),
         Component("alertmanager", [
             find_binary("alertmanager"), f"--config.file={d / 'alertmanager.yml'}",
             f"--storage.path={d / 'data' / 'alertmanager'}",
             f"--web.listen-address={HOST}:{p.alertmanager}",
             "--cluster.listen-address=",  # no gossip: a single local instance
         ], f"{url(p.alertmanager)}/-/ready", url(p.alertmanager)),
-        Component("prometheus", [
-            find_binary("prometheus"), f"--config.file={d / 'prometheus.yml'}",
-            f"--storage.tsdb.path={d / 'data' / 'prometheus'}",
-            f"--web.listen-address={HOST}:{p.prometheus}", "--web.enable-lifecycle",
-            f"--rules.alert.resend-delay={opts.profile.resend_delay}",
-        ], f"{url(p.prometheus)}/-/ready", url(p.prometheus)),
+    ]
+    prometheus_flags = [f"--rules.alert.resend-delay={opts.profile.resend_delay}"]
+    if opts.replicas > 1:
+        # Started before the replica set's Prometheus, whose remote_write it receives.
+        parts.append(Component("prometheus-global", _prometheus(
+            d, d / GLOBAL_CONFIG, "prometheus-global", p.global_prometheus,
+            "--web.enable-remote-write-receiver",
+        ), f"{url(p.global_prometheus)}/-/ready", url(p.global_prometheus)))
+        # Both stop together: waiting a minute (the default) to flush to a receiver that is
+        # gone would only delay the stop.
+        prometheus_flags.append(
+            f"--storage.remote.flush-deadline={opts.profile.remote_write_deadline}")
+    parts += [
+        Component("prometheus", _prometheus(
+            d, d / "prometheus.yml", "prometheus", p.prometheus, *prometheus_flags,
+        ), f"{url(p.prometheus)}/-/ready", url(p.prometheus)),
+        Component("dashboard", [
+            *python, "dashboard", "--prometheus", url(p.prometheus),
+            "--alertmanager", url(p.alertmanager), "--host", HOST, "--port", str(p.dashboard),
+            "--profile", opts.profile.name,
+        ], f"{url(p.dashboard)}/-/ready", url(p.dashboard)),
     ]
     if opts.traffic_rate > 0:
-        parts.append(Component("traffic", [
-            *python, "load", "--url", url(p.service), "--rate", str(opts.traffic_rate),
-            "--duration", str(365 * 86400), "--quiet",
-        ], None))
+        # Feedback is scored by the worker that answered, so only one worker can take it.
+        feedback = ["--feedback"] if opts.workers == 1 else []
+        # No load balancer here: each replica gets its share of the demo traffic.
+        for index, port in enumerate(opts.service_ports):
+            name = "traffic" if opts.replicas == 1 else f"traffic-{index}"
+            parts.append(Component(name, [
+                *python, "load", "--url", url(port),
+                "--rate", str(opts.traffic_rate / opts.replicas),
+                "--duration", str(365 * 86400), "--quiet", *feedback,
+            ], None))
     return parts
 
 
@@ -138,7 +191,11 @@ class Stack:
         if existing and any(_alive(p) for p in existing):
             raise StackError(f"a stack is already running from {self.opts.run_dir}; "
                              "stop it with `inferwatch down` first")
-        busy = self.opts.ports.busy()
+        if self.opts.replicas < 1:
+            raise StackError("replicas must be at least 1")
+        if len(self.opts.replica_ports) != self.opts.replicas - 1:
+            self.opts.replica_ports = free_ports(self.opts.replicas - 1)
+        busy = self.opts.ports.busy(skip=() if self.opts.replicas > 1 else ("global_prometheus",))
         if busy:
             raise StackError("port(s) already in use: " + ", ".join(
                 f"{port} ({name})" for name, port in busy
@@ -146,6 +203,9 @@ class Stack:
         parts = components(self.opts)
         write_stack_config(self.opts.run_dir, self.opts.profile, self.opts.ports,
                            self.opts.receivers)
+        if self.opts.replicas > 1:
+            write_scaleout_config(self.opts.run_dir, self.opts.profile, self.opts.ports,
+                                  self.opts.service_ports)
         # A fresh token per stack: chaos needs it, and it never leaves the run directory.
         write_secret_file(admin_token_path(self.opts.run_dir), secrets.token_urlsafe(32))
         self.start_components(parts, timeout)
@@ -192,6 +252,7 @@ class Stack:
 
     def _write_state(self) -> None:
         state = {"profile": self.opts.profile.name, "ports": asdict(self.opts.ports),
+                 "replicas": self.opts.replicas,
                  "processes": [asdict(p) for p in self.processes]}
         self.state_path.write_text(json.dumps(state, indent=2))
 

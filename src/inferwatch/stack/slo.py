@@ -10,6 +10,7 @@ The file is YAML::
           threshold_seconds: 0.025   # ... this, which must be a histogram bucket bound
         window: 30d                  # the error budget's period
         expect_traffic: true         # alert when the model gets no requests
+        accuracy: 0.9                # alert when feedback accuracy falls below
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class SLO:
     latency_threshold: float
     window: str = "30d"
     expect_traffic: bool = False
+    accuracy: float | None = None  # least top-1 accuracy from labelled feedback
 
     @property
     def error_budget(self) -> float:
@@ -85,6 +87,8 @@ def parse_slos(data: Any, buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS) ->
             latency_threshold=float(threshold),
             window=window,
             expect_traffic=bool(spec.get("expect_traffic", False)),
+            accuracy=None if spec.get("accuracy") is None else _ratio(
+                model, "accuracy", spec["accuracy"]),
         ))
     return slos
 

@@ -1,0 +1,139 @@
+"""Throughput of `inferwatch serve` with quality tracking on vs off, side by side.
+
+    python bench/quality.py [--seconds 4] [--rounds 9] [--concurrency 32] [--cpu-rate 800]
+
+Two measures, both side by side in one run:
+
+1. CPU seconds the service process spends per request (user + system, from /proc, the
+   background quality thread included) under the same open-loop load: the throughput a
+   dedicated core would give is its inverse, and unlike wall-clock throughput it barely moves
+   when other processes share the machine. Ratio = CPU per request off / on.
+2. Wall-clock throughput at saturation, as below.
+
+Starts the service twice (`--quality` and `--no-quality`, each on its own port), then drives
+each in turn with the same closed-loop client (aiohttp, keep-alive, N requests in flight,
+PNG digits to /predictions/digits), alternating rounds so drift in machine load hits both.
+Prints requests/s per round and the median of the per-round ratios on/off (each round runs
+both back to back, so a burst of load from elsewhere on the machine hits one ratio, not the
+median).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import aiohttp
+import httpx
+
+from inferwatch.operate.load import LoadPlan, build_payloads, run_load_sync
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(quality: bool) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    flag = "--quality" if quality else "--no-quality"
+    proc = subprocess.Popen([sys.executable, "-m", "inferwatch", "serve", "--port", str(port),
+                             flag, "--log-level", "warning"])
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/ping").status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("service did not start")
+
+
+async def drive(base: str, seconds: float, concurrency: int) -> float:
+    payloads = build_payloads("predictions")
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(session: aiohttp.ClientSession, offset: int) -> None:
+        nonlocal done
+        i = offset
+        while time.perf_counter() < deadline:
+            p = payloads[i % len(payloads)]
+            async with session.post(base + p.path, data=p.body,
+                                    headers={"Content-Type": p.content_type}) as r:
+                await r.read()
+                if r.status == 200:
+                    done += 1
+            i += concurrency
+
+    start = time.perf_counter()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
+        await asyncio.gather(*(worker(s, k) for k in range(concurrency)))
+    return done / (time.perf_counter() - start)
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_request(proc: subprocess.Popen[bytes], base: str, rate: float,
+                    seconds: float) -> float:
+    before = cpu_seconds(proc.pid)
+    result = run_load_sync(LoadPlan(url=base, rate=rate, duration=seconds))
+    time.sleep(0.6)  # the quality thread's last fold belongs to this round
+    return (cpu_seconds(proc.pid) - before) / max(result.ok, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=4)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--cpu-rate", type=float, default=800)
+    args = parser.parse_args()
+    services = {"on": start(True), "off": start(False)}
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    try:
+        for name in ("on", "off"):  # warm-up
+            asyncio.run(drive(services[name][1], 2, args.concurrency))
+        cpu: dict[str, list[float]] = {"on": [], "off": []}
+        for r in range(args.rounds):
+            for name in (("on", "off") if r % 2 == 0 else ("off", "on")):
+                proc, base = services[name]
+                cpu[name].append(cpu_per_request(proc, base, args.cpu_rate, args.seconds))
+            print(f"round {r + 1}: CPU per request on {cpu['on'][-1] * 1e6:.0f} us, "
+                  f"off {cpu['off'][-1] * 1e6:.0f} us")
+        on_cpu, off_cpu = statistics.median(cpu["on"]), statistics.median(cpu["off"])
+        print(f"median CPU per request: on {on_cpu * 1e6:.0f} us, off {off_cpu * 1e6:.0f} us; "
+              f"throughput ratio on/off from CPU = {off_cpu / on_cpu:.3f}")
+        for r in range(args.rounds):
+            order = ("on", "off") if r % 2 == 0 else ("off", "on")
+            for name in order:
+                rates[name].append(asyncio.run(drive(services[name][1], args.seconds,
+                                                     args.concurrency)))
+            on, off = rates["on"][-1], rates["off"][-1]
+            print(f"round {r + 1}: quality on {on:.0f} req/s, "
+                  f"off {off:.0f} req/s, ratio {on / off:.3f}")
+    finally:
+        for proc, _ in services.values():
+            proc.terminate()
+            proc.wait(10)
+    on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+    ratios = [a / b for a, b in zip(rates["on"], rates["off"], strict=True)]
+    print(f"median: on {on:.0f} req/s, off {off:.0f} req/s; "
+          f"median of per-round ratios on/off = {statistics.median(ratios):.3f}")
+
+
+if __name__ == "__main__":
+    main()
