@@ -10,6 +10,11 @@ CHROMIUM := /usr/bin/chromium
 # recommended docker.io: no engine is needed, or started.
 COMPOSE := docker-compose
 UP_ARGS ?=
+# MLServer, the third-party Open Inference Protocol server that the proxy is tested against,
+# pins an older Starlette than inferwatch: it gets a venv of its own (about 35 s, 530 MB), and
+# the tests run it as a subprocess.
+MLSERVER_VENV := .venv-mlserver
+MLSERVER_PACKAGES := mlserver==1.7.1 mlserver-sklearn==1.7.1
 
 .PHONY: up test deps lint clean assets
 
@@ -60,6 +65,11 @@ $(VENV)/.installed-test: $(VENV)/.venv-ok pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,torch,gpu]'
 	touch $@ $(VENV)/.installed-run
 
+$(MLSERVER_VENV)/.installed: $(VENV)/.venv-ok
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install -q $(MLSERVER_PACKAGES)
+	touch $@
+
 up: deps $(VENV)/.installed-run
 	$(BIN)/inferwatch up $(UP_ARGS)
 
@@ -67,7 +77,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
 
-test: deps $(VENV)/.installed-test lint
+test: deps $(VENV)/.installed-test $(MLSERVER_VENV)/.installed lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 # Re-vendors the dashboard's charting library after a version change in web/package.json;
@@ -79,4 +89,4 @@ assets:
 	cp web/node_modules/uplot/LICENSE $(VENDOR)/uPlot.LICENSE
 
 clean:
-	rm -rf $(VENV) run generated build
+	rm -rf $(VENV) $(MLSERVER_VENV) run generated build

@@ -118,6 +118,47 @@ def serve(
     asyncio.run(both())
 
 
+@app.command()
+def proxy(
+    upstream: Annotated[str, typer.Option(
+        help="The inference server to forward to, e.g. http://127.0.0.1:8080.")],
+    host: Annotated[str, typer.Option(help="Bind address.")] = HOST,
+    port: Annotated[int, typer.Option(help="Port.")] = 8090,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="Known model (repeat); default: listed by the upstream at start.")
+    ] = None,
+    default_model: Annotated[str | None, typer.Option(
+        help="Model of the seed's POST /infer route (default: the first known model).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(
+        help="Longest wait for the upstream's next byte, in seconds; then 504.")] = 60.0,
+    connect_timeout: Annotated[float, typer.Option(help="Upstream connect timeout, s.")
+                               ] = 5.0,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body; beyond, 413.")
+                              ] = 4 << 20,
+    discover_wait: Annotated[float, typer.Option(
+        help="Without --model: how long to wait for an unreachable upstream, in seconds.")
+    ] = 60.0,
+) -> None:
+    """Forward to an inference server (TorchServe, OIP v2, OpenAI-style) and export metrics."""
+    from inferwatch.proxy import DiscoveryError, ProxyConfig, ProxyServer, discover_models
+
+    try:
+        models = dict.fromkeys(model, "") if model else discover_models(upstream,
+                                                                        wait=discover_wait)
+        server = ProxyServer(ProxyConfig(
+            upstream=upstream, host=host, port=port, models=models, default_model=default_model,
+            timeout=timeout, connect_timeout=connect_timeout, max_body_bytes=max_body_bytes))
+    except (ValueError, DiscoveryError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"proxy http://{host}:{port} -> {upstream}; models: {', '.join(models)}; "
+                  f"metrics: http://{host}:{port}/metrics")
+    try:
+        server.run()
+    except OSError as exc:
+        raise _fail(f"cannot listen on {host}:{port}: {exc}") from None
+
+
 def _serve_workers(config: Any, host: str, port: int, workers: int, worker_dir: Path | None,
                    admin_port: int | None, log_level: str, uvicorn_options: dict[str, Any]) -> int:
     from inferwatch.serve.workers import Supervisor
@@ -419,6 +460,9 @@ def render(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("generated"),
     profile: str = "default",
     slo: SloFile = None,
+    scrape: Annotated[list[str] | None, typer.Option(
+        "--scrape", help="Also scrape a known server's own metrics (repeat): torchserve, "
+                         "triton, vllm or mlserver, optionally =HOST:PORT.")] = None,
 ) -> None:
     """Write Prometheus config, rules, promtool rule tests, Alertmanager config and the
     Grafana dashboard with its provisioning files.
@@ -437,10 +481,12 @@ def render(
 
     try:
         chosen = profile_named(profile)
+        known = {name: target or None for name, _, target in
+                 (item.partition("=") for item in scrape or [])}
         paths = write_stack_config(out, chosen, StackPorts(), receivers_from_env(),
-                                   load_slos(slo))
+                                   load_slos(slo), known_servers=known)
         paths.update(write_grafana_files(out / "grafana", chosen))
-    except (StackError, SLOError, AlertingConfigError) as exc:
+    except (StackError, SLOError, AlertingConfigError, ValueError) as exc:
         raise _fail(str(exc)) from None
     _print_paths(paths)
 

@@ -154,9 +154,8 @@ def test_services_run_commands_of_the_cli(resolved: dict[str, Any]) -> None:
     names = {c.name or (c.callback.__name__ if c.callback else "")
              for c in app.registered_commands}
     used = {s["command"][0] for s in resolved["services"].values() if s["image"] == IMAGE}
-    # `inferwatch proxy` is developed on its own branch; the others are here.
     assert used == {"serve", "inbox", "batch", "proxy"}
-    assert used - {"proxy"} <= names
+    assert used <= names
 
 
 def test_render_commands(tmp_path: Path) -> None:

@@ -34,7 +34,9 @@ def generated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
                             require_tls=False),
         slack=SlackSettings(str(secret), "#inference"),
     )
-    return write_stack_config(directory, PROFILES[request.param], StackPorts(), receivers)
+    known = {"torchserve": None, "triton": None, "vllm": "127.0.0.1:8000", "mlserver": None}
+    return write_stack_config(directory, PROFILES[request.param], StackPorts(), receivers,
+                              known_servers=known)
 
 
 def test_promtool_check_config_and_rules(generated: dict[str, Path]) -> None:

@@ -59,3 +59,15 @@ def test_feedback_store_scores_once_and_forgets_old_answers() -> None:
     expiring = FeedbackStore(ttl=0.0)
     expiring.remember("x", "m", [0])
     assert expiring.lookup("x") == "unknown_request_id"
+
+
+def test_feedback_entries_are_not_tracked_by_the_garbage_collector() -> None:
+    """100,000 tracked answers made every full collection walk them (bench/quality.py)."""
+    import gc
+
+    store = FeedbackStore()
+    store.remember("a", "m", np.array([3, 1]))
+    gc.collect()  # untracks the inner tuple of classes,
+    gc.collect()  # then the entry that holds it
+    entry = store._answers["a"]
+    assert not gc.is_tracked(entry) and not gc.is_tracked(entry[1])

@@ -36,7 +36,7 @@ ERROR_REASONS = frozenset(
         "invalid_json", "invalid_image", "invalid_shape", "empty_body", "body_too_large",
         "bad_request", "unsupported_media_type", "unknown_model", "method_not_allowed", "not_found",
         "overloaded", "timeout", "internal", "injected", "upstream_connect",
-        "upstream_timeout", "upstream_5xx", "upstream_4xx",
+        "upstream_timeout", "upstream_5xx", "upstream_4xx", "client_closed",
     }
 )
 
@@ -57,6 +57,7 @@ class _ModelSeries:
     in_flight: Any
     stages: dict[str, Any]
     batch_size: Any
+    first_byte: Any = None
     codes: dict[int, Any] = field(default_factory=dict)
     reasons: dict[str, Any] = field(default_factory=dict)
 
@@ -113,6 +114,11 @@ class InferenceMetrics:
             "inference_stage_seconds",
             "Time spent per request in each stage: queue, preprocess, compute, postprocess.",
             (*labels, "stage"), buckets=stage_buckets, **kw,
+        )
+        self.first_byte = Histogram(
+            "inference_time_to_first_byte_seconds",
+            "Time to the first byte of a streamed response (the first token of an LLM).",
+            labels, buckets=latency_buckets, **kw,
         )
         self.batch_size = Histogram(
             "inference_batch_size", "Samples per executed model batch.",
@@ -223,6 +229,16 @@ class InferenceMetrics:
         child = self._children(model).stages.get(stage)
         if child is not None:
             child.observe(seconds)
+
+    def observe_first_byte(self, model: str | None, seconds: float) -> None:
+        """Time to first byte of a streamed response; unknown models get no series."""
+        s = self._children(model)
+        if s.first_byte is None:
+            if not s.stages:
+                return
+            label = self.model_label(model)
+            s.first_byte = self.first_byte.labels(label, self._versions.get(label, ""))
+        s.first_byte.observe(seconds)
 
     def observe_batch(self, model: str, size: int) -> None:
         child = self._children(model).batch_size

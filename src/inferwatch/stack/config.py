@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,50 @@ def url(port: int) -> str:
     return f"http://{HOST}:{port}"
 
 
-def render_prometheus_config(profile: Profile, ports: StackPorts) -> dict[str, Any]:
+@dataclass(frozen=True)
+class KnownServer:
+    """An inference server that exports its own Prometheus metrics, worth a scrape job."""
+
+    job: str
+    port: int
+    metrics_path: str
+    docs: str
+
+
+# Their native metrics (GPU, batching, tokens, queue) complement what the proxy measures
+# from outside; ``docs`` says what each metric means.
+KNOWN_SERVERS = {s.job: s for s in (
+    KnownServer("torchserve", 8082, "/metrics",  # metrics API; needs metrics_mode=prometheus
+                "https://pytorch.org/serve/metrics_api.html"),
+    KnownServer("triton", 8002, "/metrics",
+                "https://docs.nvidia.com/deeplearning/triton-inference-server/user-guide/docs/"
+                "user_guide/metrics.html"),
+    KnownServer("vllm", 8000, "/metrics",  # the OpenAI-compatible API port itself
+                "https://docs.vllm.ai/en/latest/usage/metrics.html"),
+    KnownServer("mlserver", 8082, "/metrics",
+                "https://docs.seldon.ai/mlserver/user-guide/metrics"),
+)}
+
+
+def known_server_job(name: str, target: str | None = None) -> dict[str, Any]:
+    """The scrape job of a known server; ``target`` is ``host:port`` (default: its port here).
+
+    >>> known_server_job("triton")["static_configs"]
+    [{'targets': ['127.0.0.1:8002']}]
+    """
+    server = KNOWN_SERVERS.get(name)
+    if server is None:
+        raise ValueError(f"unknown server {name!r}; known: {', '.join(KNOWN_SERVERS)}")
+    return {"job_name": server.job, "metrics_path": server.metrics_path,
+            "static_configs": [{"targets": [target or f"{HOST}:{server.port}"]}]}
+
+
+def render_prometheus_config(profile: Profile, ports: StackPorts,
+                             known_servers: Mapping[str, str | None] | None = None
+                             ) -> dict[str, Any]:
+    """``known_servers`` adds a scrape job per ``{name: "host:port" or None}``, see
+    ``KNOWN_SERVERS``."""
+
     def job(name: str, port: int) -> dict[str, Any]:
         return {"job_name": name, "static_configs": [{"targets": [f"{HOST}:{port}"]}]}
 
@@ -91,6 +134,7 @@ def render_prometheus_config(profile: Profile, ports: StackPorts) -> dict[str, A
             job("prometheus", ports.prometheus),
             # Pushed series carry the job and instance of the batch job that pushed them.
             {**job("pushgateway", ports.pushgateway), "honor_labels": True},
+            *(known_server_job(name, target) for name, target in (known_servers or {}).items()),
         ],
     }
 
@@ -120,7 +164,9 @@ def write_yaml(path: Path, data: dict[str, Any]) -> Path:
 
 def write_stack_config(directory: Path, profile: Profile, ports: StackPorts,
                        receivers: Receivers | None = None,
-                       slos: Sequence[SLO] | None = None) -> dict[str, Path]:
+                       slos: Sequence[SLO] | None = None,
+                       known_servers: Mapping[str, str | None] | None = None,
+                       ) -> dict[str, Path]:
     """Write every configuration file of the stack under ``directory``.
 
     The inbox webhook always receives; ``receivers`` adds email and Slack.
@@ -131,7 +177,7 @@ def write_stack_config(directory: Path, profile: Profile, ports: StackPorts,
     slos = load_slos() if slos is None else slos
     paths = {
         "prometheus": write_yaml(directory / "prometheus.yml",
-                                 render_prometheus_config(profile, ports)),
+                                 render_prometheus_config(profile, ports, known_servers)),
         "rules": write_yaml(directory / "rules" / "inferwatch.yml",
                             render_rule_file(profile, slos)),
         "alertmanager": write_yaml(directory / "alertmanager.yml",

@@ -1,0 +1,366 @@
+"""One client connection: parses requests with httptools, forwards them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import httptools
+from prometheus_client.exposition import choose_encoder
+
+from inferwatch.proxy.exchange import Exchange
+from inferwatch.proxy.routes import BAD_REQUEST, Route, classify, split_target
+from inferwatch.proxy.upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from inferwatch.proxy.server import ProxyServer
+
+# Hop-by-hop headers (RFC 9110 7.6.1) and those the proxy sets itself.
+_REQUEST_DROP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
+    b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host",
+    b"content-length", b"expect", b"x-forwarded-for",
+})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_MAX_PIPELINED = 8
+
+
+class ClientConnection(asyncio.Protocol):
+    """One downstream connection: parses requests, forwards them in order, writes answers."""
+
+    def __init__(self, proxy: ProxyServer, loop: asyncio.AbstractEventLoop) -> None:
+        self.proxy = proxy
+        self.loop = loop
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.peer = b""
+        self.queue: deque[Exchange] = deque()
+        self.active: Exchange | None = None
+        self.current: Exchange | None = None
+        self.paused = False
+        self.write_paused = False
+        self.ignoring = False
+        self.last_data = loop.time()
+        self.began = 0.0  # when the request being received began; 0 between requests
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+
+    def proxy_pool(self) -> UpstreamPool:
+        assert self.proxy.pool is not None
+        return self.proxy.pool
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]).encode() if isinstance(peer, tuple) else b""
+        self.proxy.clients.add(self)
+        self.idle_timer = self.loop.call_later(self.proxy.config.client_timeout,
+                                               self._check_idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.proxy.clients.discard(self)
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        pending = [self.active, *self.queue, self.current]
+        self.queue.clear()
+        for ex in pending:
+            if ex is not None and not ex.done:
+                if ex.upstream is not None:
+                    up, ex.upstream = ex.upstream, None
+                    up.abort()
+                ex.finish(499, "client_closed")
+
+    def data_received(self, data: bytes) -> None:
+        self.last_data = self.loop.time()
+        if self.ignoring:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._give_up(None)  # no upgrades or CONNECT: answer what came before, then close
+        except httptools.HttpParserError:
+            self._give_up("malformed HTTP request")
+
+    def _give_up(self, error: str | None) -> None:
+        """Stop reading; close once the requests already received are answered."""
+        self._stop_reading()
+        self.current = None
+        last = self.queue[-1] if self.queue else self.active
+        if last is not None:
+            last.close_after = True
+        elif error is None:
+            self.close()
+        else:
+            ex = Exchange(self, BAD_REQUEST, b"", b"", b"", [])
+            ex.close_after = True
+            self.active = ex
+            too_large = self._header_bytes > self.proxy.config.max_header_bytes
+            ex.respond(431 if too_large else 400, "bad_request",
+                       "request headers too large" if too_large else error)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.active is not None and self.active.upstream is not None:
+            self.active.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.active is not None and self.active.upstream is not None:
+            self.active.upstream.resume_reading()
+
+    # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.began = self.loop.time()
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._body = []
+        self._body_size = 0
+        self.current = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > self.proxy.config.max_header_bytes:
+            raise httptools.HttpParserError("request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > self.proxy.config.max_header_bytes:
+            raise httptools.HttpParserError("request headers too large")
+
+    def on_headers_complete(self) -> None:
+        if self.ignoring:
+            return
+        method = self.parser.get_method()
+        target = split_target(self._url)
+        if target is None:
+            ex = Exchange(self, BAD_REQUEST, method, b"", b"", self._headers)
+        else:
+            path, query = target
+            route = classify(method.decode("ascii", "replace"), path, self.proxy.default_model)
+            ex = Exchange(self, route, method, path.encode(), query, self._headers)
+        ex.keep_alive = self.parser.should_keep_alive()
+        ex.http11 = self.parser.get_http_version() == "1.1"
+        self.current = ex
+        limit = self.proxy.config.max_body_bytes
+        expect = False
+        for name, value in self._headers:
+            low = name.lower()
+            if low == b"content-length" and value.strip().isdigit() and int(value) > limit:
+                self._too_large(ex)
+                return
+            if low == b"expect" and value.lower() == b"100-continue":
+                expect = True
+        if expect and self.active is None and not self.queue:
+            self.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.current
+        if ex is None:
+            return
+        self._body_size += len(body)
+        if self._body_size > self.proxy.config.max_body_bytes:
+            self._too_large(ex)
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.began = 0.0
+        ex, self.current = self.current, None
+        if ex is None:
+            return
+        ex.body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
+        self._enqueue(ex)
+
+    # -- request handling
+
+    def _too_large(self, ex: Exchange) -> None:
+        """Answer 413 without reading the body, then close: the stream is out of sync."""
+        self.current = None
+        ex.close_after = True
+        ex.route = Route("too_large", ex.model, ex.counted)
+        self._stop_reading()
+        self._enqueue(ex)
+
+    def _stop_reading(self) -> None:
+        self.ignoring = True
+        if self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def _enqueue(self, ex: Exchange) -> None:
+        if self.active is None:
+            self._start(ex)
+            return
+        self.queue.append(ex)
+        if len(self.queue) >= _MAX_PIPELINED and self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def finished(self, ex: Exchange) -> None:
+        if self.active is not ex:
+            return
+        self.active = None
+        if self.transport is None:
+            return
+        if ex.close_after or not ex.keep_alive:
+            self._stop_reading()
+            self.transport.close()
+            return
+        if self.queue:
+            self._start(self.queue.popleft())
+        if self.paused and len(self.queue) < _MAX_PIPELINED and not self.ignoring:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _check_idle(self) -> None:
+        """Close idle keep-alive connections, and clients too slow to send one request."""
+        self.idle_timer = None
+        if self.transport is None:
+            return
+        timeout = self.proxy.config.client_timeout
+        now = self.loop.time()
+        idle_for = now - self.last_data
+        slow = self.began and now - self.began >= timeout and not self.ignoring
+        if slow or (self.active is None and idle_for >= timeout):
+            self.transport.close()
+            return
+        self.idle_timer = self.loop.call_later(max(timeout - idle_for, 0.05)
+                                               if self.active is None else timeout,
+                                               self._check_idle)
+
+    def _start(self, ex: Exchange) -> None:
+        self.active = ex
+        kind = ex.route.kind
+        proxy = self.proxy
+        if kind == "openai":
+            ex.model = _openai_model(ex.body)
+        if ex.counted:
+            ex.gauge = proxy.metrics.in_flight_gauge(ex.model)
+            ex.gauge.inc()
+        if kind in ("inference", "passthrough", "openai"):
+            self._forward(ex, ex.path)
+        elif kind == "seed":
+            self._forward_seed(ex)
+        elif kind == "metrics":
+            encoder, content_type = choose_encoder(_header(ex.headers, b"accept"))
+            ex.respond(200, None, "", encoder(proxy.registry), content_type.encode())
+        elif kind == "too_large":
+            ex.respond(413, "body_too_large",
+                       f"request body exceeds {proxy.config.max_body_bytes} bytes")
+        elif kind == "method_not_allowed":
+            ex.respond(405, "method_not_allowed",
+                       f"method {ex.method.decode('ascii', 'replace')} not allowed here")
+        elif kind == "not_found":
+            ex.respond(404, "not_found", "the proxy forwards only inference, health and "
+                       "metadata routes")
+        else:
+            ex.close_after = True
+            ex.respond(400, "bad_request", "unsupported request target")
+
+    def _forward_seed(self, ex: Exchange) -> None:
+        """The seed's ``{"image_base64": ...}``: decoded and sent as image bytes."""
+        if self.proxy.default_model is None:
+            ex.respond(404, "unknown_model", "no model known: start the proxy with --model")
+            return
+        if not ex.body:
+            ex.respond(400, "empty_body", "the request body is empty")
+            return
+        try:
+            payload = json.loads(ex.body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            ex.respond(400, "invalid_json", f"invalid JSON: {exc}")
+            return
+        encoded = payload.get("image_base64") if isinstance(payload, dict) else None
+        if not isinstance(encoded, str):
+            ex.respond(400, "invalid_json", 'expected a JSON object {"image_base64": "..."}')
+            return
+        try:
+            ex.body = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            ex.respond(400, "invalid_image", "image_base64 is not valid base64")
+            return
+        ex.headers = [(b"Content-Type", b"application/octet-stream")]
+        ex.query = b""
+        self._forward(ex, b"/predictions/" + quote(self.proxy.default_model, safe="").encode())
+
+    def _forward(self, ex: Exchange, path: bytes) -> None:
+        proxy = self.proxy
+        lines = [b"%s %s%s%s HTTP/1.1\r\nHost: %s\r\n" % (
+            ex.method, proxy.prefix, path, ex.query, proxy.host_header)]
+        forwarded_for, named = _copy_headers(ex.headers, _REQUEST_DROP, lines)
+        if named:  # the Connection header named more hop-by-hop headers
+            del lines[1:]
+            _copy_headers(ex.headers, _REQUEST_DROP | named, lines)
+        lines.append(b"X-Forwarded-For: %s%s\r\n" % (forwarded_for, self.peer))
+        if ex.body or ex.method == b"POST":
+            lines.append(b"Content-Length: %d\r\n" % len(ex.body))
+        lines.append(b"\r\n")
+        lines.append(ex.body)
+        ex.request = b"".join(lines)
+        ex.up_start = time.perf_counter()
+        ex.up_sent = self.loop.time()
+        ex.timer = self.loop.call_at(ex.up_sent + proxy.config.timeout, ex.on_timer)
+        self.proxy_pool().send(ex, ex.request)
+
+
+def _copy_headers(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes],
+                  lines: list[bytes]) -> tuple[bytes, frozenset[bytes]]:
+    """Append the end-to-end headers to ``lines``; return the client's X-Forwarded-For
+    prefix and the extra header names that its Connection header declared hop-by-hop."""
+    forwarded_for = b""
+    named: frozenset[bytes] = frozenset()
+    for name, value in headers:
+        low = name.lower()
+        if low in drop:
+            if low == b"connection":
+                named = frozenset(t.strip() for t in value.lower().split(b",")) - {
+                    b"close", b"keep-alive", b""}
+            elif low == b"x-forwarded-for":
+                forwarded_for = value + b", "
+            continue
+        lines.append(b"%s: %s\r\n" % (name, value))
+    return forwarded_for, named
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def _openai_model(body: bytes) -> str | None:
+    """The ``"model"`` of an OpenAI-style JSON body; None when there is none."""
+    if b'"model"' not in body:
+        return None
+    with contextlib.suppress(ValueError):
+        payload = json.loads(body)
+        if isinstance(payload, dict) and isinstance(payload.get("model"), str):
+            return str(payload["model"])
+    return None

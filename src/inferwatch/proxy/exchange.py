@@ -1,0 +1,224 @@
+"""One proxied request and its answer: relayed from the upstream, or the proxy's own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from inferwatch.proxy.routes import Route
+
+if TYPE_CHECKING:
+    from inferwatch.proxy.connection import ClientConnection
+    from inferwatch.proxy.upstream import UpstreamConnection
+
+# Hop-by-hop headers (RFC 9110 7.6.1): never relayed to the client.
+_RESPONSE_DROP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
+    b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+})
+STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+_UPSTREAM_STATUS = {"upstream_connect": 502, "upstream_timeout": 504}
+
+
+def _json_body(status: int, reason: str, message: str) -> bytes:
+    return json.dumps({"code": status, "error": reason, "message": message},
+                      separators=(",", ":")).encode()
+
+
+class Exchange:
+    """One request: received from a client, maybe forwarded, answered exactly once."""
+
+    __slots__ = (
+        "body", "chunked", "client", "close_after", "counted", "done", "first_byte", "gauge",
+        "headers", "held", "http11", "keep_alive", "method", "model", "path", "pending",
+        "query", "request", "retried", "route", "start", "status", "streamed", "timer",
+        "up_close", "up_end", "up_sent", "up_start", "upstream", "wrote",
+    )
+
+    def __init__(self, client: ClientConnection, route: Route, method: bytes, path: bytes,
+                 query: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.client = client
+        self.route = route
+        self.model = route.model
+        self.counted = route.counted
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = b""
+        self.keep_alive = True
+        self.http11 = True
+        self.close_after = False
+        self.start = time.perf_counter()
+        self.gauge: Any = None
+        self.done = False
+        self.status = 0
+        self.pending: bytes | None = None  # for the client, not written yet: head, body bytes
+        self.held = False  # whether ``pending`` holds body bytes
+        self.wrote = False
+        self.chunked = False
+        self.streamed = False
+        self.first_byte: float | None = None
+        self.request = b""
+        self.retried = False
+        self.upstream: UpstreamConnection | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.up_start = 0.0
+        self.up_end = 0.0
+        self.up_sent = 0.0
+        self.up_close = False
+
+    @property
+    def active(self) -> bool:
+        return not self.done
+
+    # -- the upstream's response, from UpstreamConnection
+
+    def upstream_headers(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        lines = [STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
+        length = chunked = False
+        for name, value in headers:
+            low = name.lower()
+            if low in _RESPONSE_DROP:
+                chunked = chunked or (low == b"transfer-encoding" and b"chunked" in value.lower())
+                continue
+            if low == b"content-length":
+                length = True
+            lines.append(b"%s: %s\r\n" % (name, value))
+        if not length and status not in (204, 304) and status >= 200:
+            self.streamed = True
+            self.up_close = not chunked  # the body ends when the upstream closes
+            if self.http11:
+                self.chunked = True
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.close_after = True  # an HTTP/1.0 client reads to the close
+        if self.close_after or not self.keep_alive:
+            lines.append(b"Connection: close\r\n")
+        lines.append(b"\r\n")
+        self.pending = b"".join(lines)
+
+    def upstream_body(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        if not self.streamed:
+            # Held back by one chunk: the last one goes out after the request is counted.
+            if self.pending is None:
+                self.pending = chunk
+            elif self.held:
+                self.wrote = True
+                self.client.write(self.pending)
+                self.pending = chunk
+            else:
+                self.pending += chunk
+            self.held = True
+            return
+        if self.chunked:
+            chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+        if self.pending is not None:
+            self.first_byte = time.perf_counter() - self.start
+            chunk, self.pending = self.pending + chunk, None
+        self.wrote = True
+        self.client.write(chunk)
+
+    def upstream_done(self) -> None:
+        self.up_end = time.perf_counter()
+        self._cancel_timer()
+        last = b"0\r\n\r\n" if self.chunked else b""
+        if self.pending is not None:
+            last, self.pending = self.pending + last, None
+        self.finish(self.status, None, last)
+
+    def upstream_lost(self, retryable: bool) -> None:
+        if self.done:
+            return
+        if retryable and not self.retried and self.status == 0:
+            self.retried = True  # the upstream closed an idle connection as we reused it
+            self.client.proxy_pool().send(self, self.request)
+        elif self.up_close:
+            self.upstream_done()
+        else:
+            self.fail("upstream_connect")
+
+    def upstream_unreachable(self, reason: str) -> None:
+        if not self.done:
+            self.fail(reason)
+
+    def on_timer(self) -> None:
+        self.timer = None
+        if self.done:
+            return
+        loop = self.client.loop
+        up = self.upstream
+        last = max(self.up_sent, up.last_read if up is not None else 0.0)
+        left = last + self.client.proxy.config.timeout - loop.time()
+        if left > 0:
+            self.timer = loop.call_at(loop.time() + left, self.on_timer)
+            return
+        if up is not None:
+            self.upstream = None
+            up.abort()
+        self.fail("upstream_timeout")
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # -- answering
+
+    def fail(self, reason: str) -> None:
+        """Answer 502/504 with a JSON reason; once bytes went out, cut the connection."""
+        status = _UPSTREAM_STATUS[reason]
+        self._cancel_timer()
+        if self.upstream is not None:
+            up, self.upstream = self.upstream, None
+            up.abort()
+        if self.wrote:
+            self.close_after = True
+            self.finish(status, reason)
+            return
+        self.pending = None
+        self.respond(status, reason, f"{reason.replace('_', ' ')}: the upstream "
+                     + ("did not answer in time" if status == 504 else "is unreachable or "
+                        "closed the connection"))
+
+    def respond(self, status: int, reason: str | None, message: str,
+                body: bytes | None = None, content_type: bytes = b"application/json") -> None:
+        """Answer from the proxy itself: a JSON error, or ``body`` when given."""
+        if body is None:
+            body = _json_body(status, reason or "", message)
+        lines = [STATUS_LINES[status], b"Content-Type: %s\r\nContent-Length: %d\r\n" % (
+            content_type, len(body))]
+        if self.close_after or not self.keep_alive:
+            lines.append(b"Connection: close\r\n")
+        lines.append(b"\r\n")
+        lines.append(body)
+        self.finish(status, reason, b"".join(lines))
+
+    def finish(self, status: int, reason: str | None, last: bytes = b"") -> None:
+        """Count the request, then write its ``last`` bytes: a client that reads the metrics
+        right after its response sees itself counted."""
+        if self.done:
+            return
+        self.done = True
+        self._cancel_timer()
+        if self.counted:
+            metrics = self.client.proxy.metrics
+            if self.gauge is not None:
+                self.gauge.dec()
+            if reason is None and status >= 400:
+                reason = "upstream_5xx" if status >= 500 else "upstream_4xx"
+            metrics.observe_request(self.model, status, time.perf_counter() - self.start,
+                                    reason)
+            if self.up_end and self.model is not None:
+                metrics.observe_stage(self.model, "compute", self.up_end - self.up_start)
+            if self.first_byte is not None:
+                metrics.observe_first_byte(self.model, self.first_byte)
+        if last:
+            self.client.write(last)
+        self.client.finished(self)

@@ -1,0 +1,144 @@
+"""The reverse proxy: an asyncio protocol per client connection, httptools on both sides.
+
+No framework sits between the sockets and the forwarding: measured against aiohttp, uvicorn
+and granian based proxies, this is what keeps up with nginx (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+
+from inferwatch.metrics import InferenceMetrics
+from inferwatch.proxy.connection import ClientConnection
+from inferwatch.proxy.upstream import UpstreamPool
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Where the proxy listens, the one upstream it forwards to, and its limits.
+
+    >>> ProxyConfig("http://127.0.0.1:8080", models=["digits"]).port
+    8090
+    """
+
+    upstream: str
+    host: str = "127.0.0.1"
+    port: int = 8090
+    models: Mapping[str, str] | Sequence[str] = ()
+    default_model: str | None = None
+    """Model of the seed's ``POST /infer`` route; the first model when not given."""
+    timeout: float = 60.0
+    """Longest wait for the upstream's next byte (before the head and between chunks)."""
+    connect_timeout: float = 5.0
+    max_body_bytes: int = 4 << 20
+    max_header_bytes: int = 64 << 10
+    max_idle_connections: int = 256
+    client_timeout: float = 75.0
+    """Idle keep-alive client connections, and clients that stall mid-request, are closed."""
+    latency_buckets: Sequence[float] | None = None
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.upstream)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"upstream must be an http:// URL, got {self.upstream!r}")
+        if parts.query or parts.fragment:
+            raise ValueError("upstream URL must not have a query or fragment")
+        for name in ("timeout", "connect_timeout", "client_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.max_body_bytes < 0 or self.max_header_bytes < 1024:
+            raise ValueError("max_body_bytes must be >= 0 and max_header_bytes >= 1024")
+
+
+def _registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+class ProxyServer:
+    """An instrumented reverse proxy in front of one inference server.
+
+    >>> from prometheus_client import CollectorRegistry
+    >>> proxy = ProxyServer(ProxyConfig("http://127.0.0.1:8080", models=["digits"]),
+    ...                     CollectorRegistry())
+    >>> proxy.metrics.model_label("digits"), proxy.metrics.model_label("other")
+    ('digits', '_unknown')
+
+    ``await proxy.start()`` listens on ``config.host:config.port`` (0 picks a free port, read
+    back from ``proxy.port``); ``await proxy.close()`` stops it. ``proxy.run()`` does both
+    around a wait for SIGINT or SIGTERM, on uvloop when it is installed.
+    """
+
+    def __init__(self, config: ProxyConfig, registry: CollectorRegistry | None = None) -> None:
+        disable_created_metrics()
+        self.config = config
+        self.registry = registry if registry is not None else _registry()
+        kwargs = {"latency_buckets": config.latency_buckets} if config.latency_buckets else {}
+        self.metrics = InferenceMetrics(config.models, registry=self.registry, **kwargs)
+        self.default_model = config.default_model or next(iter(self.metrics.models), None)
+        parts = urlsplit(config.upstream)
+        self.upstream_host = parts.hostname or ""
+        self.upstream_port = parts.port or 80
+        self.host_header = parts.netloc.rsplit("@", 1)[-1].encode()
+        self.prefix = parts.path.rstrip("/").encode()
+        self.port = config.port
+        self.pool: UpstreamPool | None = None
+        self.clients: set[ClientConnection] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.pool = UpstreamPool(self.upstream_host, self.upstream_port,
+                                 connect_timeout=self.config.connect_timeout,
+                                 max_idle=self.config.max_idle_connections, loop=loop)
+        self._server = await loop.create_server(
+            lambda: ClientConnection(self, loop), self.config.host, self.config.port,
+            backlog=1024, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for client in list(self.clients):
+            client.close()
+        if self.pool is not None:
+            self.pool.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def run(self) -> None:
+        """Serve until SIGINT or SIGTERM."""
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await self.start()
+            try:
+                await stop.wait()
+            finally:
+                await self.close()
+
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(main())
+            return
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())

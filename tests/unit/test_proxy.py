@@ -1,0 +1,359 @@
+"""The proxy over loopback, in this process: our own serve and a scripted upstream."""
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from inferwatch.operate.load import LoadPlan, run_load_sync
+from inferwatch.proxy import DiscoveryError, ProxyConfig, ProxyServer, discover_models
+from inferwatch.serve.app import ServeConfig, create_app
+
+CHUNKS = 4
+CHUNK_GAP = 0.15
+
+
+@contextmanager
+def serving(app: Any, **config: Any) -> Iterator[str]:
+    """``app`` under uvicorn on a free loopback port, in a thread."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2,
+                                           **config))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@contextmanager
+def proxying(upstream: str, **options: Any) -> Iterator[tuple[str, CollectorRegistry]]:
+    """A ProxyServer on a free port, on its own event loop in a thread."""
+    registry = CollectorRegistry()
+    proxy = ProxyServer(ProxyConfig(upstream, port=0, **options), registry)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def run() -> None:
+        loop.run_until_complete(proxy.start())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(proxy.close())
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield f"http://127.0.0.1:{proxy.port}", registry
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+@dataclass
+class Upstream:
+    url: str = ""
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    record = Upstream()
+
+    async def echo(request: Request) -> Response:
+        body = await request.body()
+        record.seen.append({"method": request.method, "path": request.url.path,
+                            "headers": dict(request.headers), "body": body})
+        model = request.path_params.get("model", "")
+        if model == "fail500":
+            return JSONResponse({"error": "boom"}, 500)
+        if model == "fail404":
+            return JSONResponse({"error": "no such model"}, 404)
+        if model == "slow":
+            await asyncio.sleep(1.0)
+        return JSONResponse({"path": request.url.path, "query": request.url.query,
+                             "length": len(body)},
+                            headers={"X-Upstream": "yes", "Keep-Alive": "timeout=5",
+                                     "Proxy-Authenticate": "Basic"})
+
+    async def stream(request: Request) -> Response:
+        await echo(request)
+
+        async def events() -> AsyncIterator[bytes]:
+            for i in range(CHUNKS):
+                yield f"data: {i}\n\n".encode()
+                await asyncio.sleep(CHUNK_GAP)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def oip_index(request: Request) -> Response:
+        return JSONResponse([{"name": "m2", "version": "3", "state": "READY"}])
+
+    app = Starlette(routes=[
+        Route("/predictions/{model}", echo, methods=["POST"]),
+        Route("/ping", echo, methods=["GET"]),
+        Route("/v1/chat/completions", stream, methods=["POST"]),
+        Route("/v2/repository/index", oip_index, methods=["POST"]),
+    ])
+    with serving(app, lifespan="off", timeout_keep_alive=1) as url:
+        record.url = url
+        yield record
+
+
+def value(registry: CollectorRegistry, name: str, model: str = "digits", version: str = "1",
+          **labels: str) -> float:
+    return registry.get_sample_value(name, {"model": model, "version": version, **labels}) or 0
+
+
+def test_counts_match_serve_exactly_on_every_route() -> None:
+    serve_registry = CollectorRegistry()
+    n = 120
+    with serving(create_app(ServeConfig(), serve_registry)) as serve_url, \
+            proxying(serve_url, models=discover_models(serve_url)) as (url, registry):
+        for route in ("predictions", "v2", "infer"):
+            result = run_load_sync(LoadPlan(url=url, rate=400, count=n, route=route))
+            assert result.ok == n, (route, result.statuses, result.transport_errors)
+        direct = httpx.post(f"{serve_url}/v2/models/digits/infer", json={
+            "id": "a", "inputs": [{"shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]})
+        proxied = httpx.post(f"{url}/v2/models/digits/infer", json={
+            "id": "a", "inputs": [{"shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]})
+        assert proxied.status_code == 200 and proxied.json() == direct.json()
+        total = 3 * n + 1
+        for reg, proxied_total in ((registry, total), (serve_registry, total + 1)):
+            assert value(reg, "inference_requests_total") == proxied_total
+            assert value(reg, "inference_latency_seconds_count") == proxied_total
+            assert value(reg, "inference_errors_total") == 0
+        assert value(registry, "inference_stage_seconds_count", stage="compute") == total
+        assert value(registry, "inference_in_flight_requests") == 0
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'inference_requests_total{model="digits",version="1"}' in metrics
+
+
+def test_stream_is_passed_chunk_by_chunk_with_time_to_first_byte(upstream: Upstream) -> None:
+    with proxying(upstream.url, models=["llm"]) as (url, registry):
+        arrivals = []
+        start = time.perf_counter()
+        with httpx.stream("POST", f"{url}/v1/chat/completions",
+                          json={"model": "llm", "stream": True}) as response:
+            assert response.status_code == 200
+            assert response.headers["transfer-encoding"] == "chunked"
+            for chunk in response.iter_raw():
+                arrivals.append((time.perf_counter() - start, chunk))
+        assert b"".join(c for _, c in arrivals) == b"".join(
+            f"data: {i}\n\n".encode() for i in range(CHUNKS))
+        assert arrivals[0][0] < (CHUNKS - 1) * CHUNK_GAP / 2, arrivals  # not buffered
+        assert len(arrivals) >= CHUNKS - 1
+        assert value(registry, "inference_time_to_first_byte_seconds_count", "llm", "") == 1
+        ttfb = value(registry, "inference_time_to_first_byte_seconds_sum", "llm", "")
+        latency = value(registry, "inference_latency_seconds_sum", "llm", "")
+        assert 0 < ttfb < latency and latency >= (CHUNKS - 1) * CHUNK_GAP
+
+        # A model outside the known set is forwarded and counted as _unknown.
+        r = httpx.post(f"{url}/v1/chat/completions", json={"model": "other"})
+        assert r.status_code == 200
+        assert value(registry, "inference_requests_total", "_unknown", "") == 1
+        assert value(registry, "inference_requests_total", "llm", "") == 1
+
+
+def test_upstream_failures_are_classified(upstream: Upstream) -> None:
+    with proxying(upstream.url, models=["fail500", "fail404", "slow"], timeout=0.3) as (
+            url, registry):
+        r = httpx.post(f"{url}/predictions/fail500", content=b"x")
+        assert (r.status_code, r.json()) == (500, {"error": "boom"})  # relayed as is
+        r = httpx.post(f"{url}/predictions/fail404", content=b"x")
+        assert (r.status_code, r.json()) == (404, {"error": "no such model"})
+        r = httpx.post(f"{url}/predictions/slow", content=b"x")
+        assert r.status_code == 504
+        assert r.json()["error"] == "upstream_timeout" and r.json()["code"] == 504
+        for model, reason in (("fail500", "upstream_5xx"), ("fail404", "upstream_4xx"),
+                              ("slow", "upstream_timeout")):
+            assert value(registry, "inference_error_reasons_total", model, "",
+                         reason=reason) == 1
+        assert value(registry, "inference_errors_total", "fail500", "") == 1
+        assert value(registry, "inference_errors_total", "fail404", "") == 0
+        assert value(registry, "inference_errors_total", "slow", "") == 1
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    with proxying(f"http://127.0.0.1:{closed_port}", models=["m"]) as (url, registry):
+        r = httpx.post(f"{url}/predictions/m", content=b"x")
+        assert r.status_code == 502 and r.json()["error"] == "upstream_connect"
+        assert value(registry, "inference_error_reasons_total", "m", "",
+                     reason="upstream_connect") == 1
+
+
+def test_limits_and_hop_by_hop_headers(upstream: Upstream) -> None:
+    with proxying(upstream.url, models=["m"], max_body_bytes=1000) as (url, registry):
+        before = len(upstream.seen)
+        r = httpx.post(f"{url}/predictions/m", content=b"x" * 1001)
+        assert r.status_code == 413 and r.json()["error"] == "body_too_large"
+        assert len(upstream.seen) == before  # never forwarded
+        assert value(registry, "inference_error_reasons_total", "m", "",
+                     reason="body_too_large") == 1
+
+        r = httpx.post(f"{url}/predictions/m?a=1", content=b"x" * 1000, headers={
+            "Connection": "keep-alive, X-Hop", "X-Hop": "1", "Keep-Alive": "timeout=9",
+            "TE": "trailers", "Proxy-Authorization": "Basic eA==", "X-End": "kept",
+            "X-Forwarded-For": "10.9.9.9"})
+        assert r.status_code == 200 and r.json() == {"path": "/predictions/m", "query": "a=1",
+                                                     "length": 1000}
+        sent = upstream.seen[-1]["headers"]
+        for hop in ("x-hop", "keep-alive", "te", "proxy-authorization"):
+            assert hop not in sent, hop
+        assert sent["x-end"] == "kept"
+        assert sent["host"] == upstream.url.removeprefix("http://")
+        assert sent["x-forwarded-for"] == "10.9.9.9, 127.0.0.1"
+        assert r.headers["x-upstream"] == "yes"
+        assert "keep-alive" not in r.headers and "proxy-authenticate" not in r.headers
+
+
+def raw_exchange(url: str, data: bytes, responses: int = 1) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(data)
+        received = b""
+        while received.count(b"HTTP/1.1 ") < responses or not received.endswith(b"}"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+def test_never_an_open_proxy(upstream: Upstream) -> None:
+    with proxying(upstream.url, models=["m"]) as (url, _):
+        before = len(upstream.seen)
+        # An absolute-form target names another host: it still goes to the fixed upstream.
+        answer = raw_exchange(url, b"GET http://elsewhere.invalid/ping HTTP/1.1\r\n"
+                                   b"Host: elsewhere.invalid\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert upstream.seen[-1]["headers"]["host"] == upstream.url.removeprefix("http://")
+        for path in ("/admin", "/predictions/..%2F..%2Fadmin", "/v2/repository/index"):
+            r = httpx.post(url + path, content=b"x")
+            assert r.status_code == 404 and r.json()["error"] == "not_found", path
+        answer = raw_exchange(url, b"CONNECT elsewhere.invalid:443 HTTP/1.1\r\n"
+                                   b"Host: elsewhere.invalid:443\r\n\r\n")
+        assert not answer.startswith(b"HTTP/1.1 2")
+        assert len(upstream.seen) == before + 1
+
+
+def test_pipelined_requests_answered_in_order(upstream: Upstream) -> None:
+    with proxying(upstream.url, models=["m", "slow"]) as (url, registry):
+        requests = b"".join(
+            b"POST /predictions/%s HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n%d" % (m, i)
+            for i, m in enumerate((b"slow", b"m", b"m")))
+        answer = raw_exchange(url, requests, responses=3)
+        assert answer.count(b"HTTP/1.1 200 OK") == 3
+        assert answer.index(b"/predictions/slow") < answer.index(b"/predictions/m")
+        assert value(registry, "inference_requests_total", "m", "") == 2
+
+
+def test_pooled_connection_closed_by_upstream_is_retried(upstream: Upstream) -> None:
+    with proxying(upstream.url, models=["m"]) as (url, registry):
+        with httpx.Client() as client:
+            assert client.post(f"{url}/predictions/m", content=b"1").status_code == 200
+            time.sleep(1.3)  # the upstream's keep-alive timeout is 1 s
+            assert client.post(f"{url}/predictions/m", content=b"2").status_code == 200
+        assert value(registry, "inference_responses_total", "m", "", code="200") == 2
+
+
+def test_discovery_probes_each_protocol(upstream: Upstream) -> None:
+    assert discover_models(upstream.url) == {"m2": "3"}  # OIP v2 repository index
+
+    async def openai(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "llm", "object": "model"}]})
+
+    with serving(Starlette(routes=[Route("/v1/models", openai)]), lifespan="off") as url:
+        assert discover_models(url) == {"llm": ""}
+    with serving(Starlette(), lifespan="off") as url, \
+            pytest.raises(DiscoveryError, match="--model"):
+        discover_models(url)
+
+
+def test_seed_route_decodes_base64_and_rejects_bad_input(upstream: Upstream) -> None:
+    with proxying(upstream.url, models=["m"]) as (url, registry):
+        r = httpx.post(f"{url}/infer", json={"image_base64": "aGVsbG8="})
+        assert r.status_code == 200 and r.json()["path"] == "/predictions/m"
+        assert upstream.seen[-1]["body"] == b"hello"
+        for body, reason in ((b"", "empty_body"), (b"{", "invalid_json"),
+                             (b'{"image": 1}', "invalid_json"),
+                             (b'{"image_base64": "@@"}', "invalid_image")):
+            r = httpx.post(f"{url}/infer", content=body)
+            assert r.status_code == 400 and r.json()["error"] == reason, body
+        assert value(registry, "inference_requests_total", "m", "") == 5
+        assert json.loads(httpx.get(f"{url}/ping").text)["path"] == "/ping"
+
+
+def test_idle_and_slow_clients_are_closed(upstream: Upstream) -> None:
+    with proxying(upstream.url, models=["m"], client_timeout=0.3) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        for partial in (b"", b"POST /predictions/m HTTP/1.1\r\nHost: x\r\n"):
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.sendall(partial)
+                start = time.monotonic()
+                for _ in range(8):  # a byte now and then does not keep a request alive
+                    time.sleep(0.1)
+                    try:
+                        s.sendall(b"X-A: b\r\n" if partial else b"")
+                    except OSError:
+                        break
+                with contextlib.suppress(ConnectionResetError):
+                    assert s.recv(100) == b""  # closed by the proxy
+                assert time.monotonic() - start < 2
+
+
+def test_discovery_waits_for_an_upstream_that_starts_later() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DiscoveryError, match="ConnectError"):
+        discover_models(f"http://127.0.0.1:{port}", wait=0)
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"models": [{"modelName": "late", "modelVersion": "2"}]})
+
+    found: list[dict[str, str]] = []
+    thread = threading.Thread(target=lambda: found.append(
+        discover_models(f"http://127.0.0.1:{port}", wait=20)))
+    thread.start()
+    time.sleep(1.2)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/models", models)]),
+                                           log_level="warning", lifespan="off"))
+    serving_thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
+                                      daemon=True)
+    serving_thread.start()
+    try:
+        thread.join(20)
+        assert found == [{"late": "2"}]
+    finally:
+        server.should_exit = True
+        serving_thread.join(10)
+        sock.close()
