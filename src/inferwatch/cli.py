@@ -752,6 +752,73 @@ def doctor(
 
 
 @app.command()
+def diagnose(
+    run_dir: RunDir = Path("run"),
+    prometheus: Annotated[str | None, typer.Option(
+        help="Prometheus URL (default: the stack of --run-dir).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model to diagnose (default: all).")
+                     ] = None,
+    since: Annotated[str, typer.Option(help="Look-back window, e.g. 2m, 15m, 1h.")] = "15m",
+    symptom: Annotated[str | None, typer.Option(
+        help="latency, errors or accuracy (default: the one that changed most).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the diagnosis as JSON.")
+                       ] = False,
+) -> None:
+    """Rank the likely causes of the current symptom (latency up, errors up, accuracy down)
+    with the numbers, the queries and how far each signal led the symptom."""
+    from inferwatch.operate.diagnose import Diagnoser
+    from inferwatch.operate.diagnose import as_json as diagnosis_json
+    from inferwatch.operate.promapi import PrometheusAPI, PrometheusError
+    from inferwatch.stack.profiles import parse_duration
+    from inferwatch.stack.runner import read_state_info
+
+    if symptom not in (None, "latency", "errors", "accuracy"):
+        raise _fail("--symptom must be latency, errors or accuracy")
+    try:
+        seconds = parse_duration(since)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if prometheus is None:
+        ports = read_state_info(run_dir).get("ports")
+        if not ports:
+            raise _fail(f"no stack in {run_dir}: pass --prometheus URL")
+        prometheus = f"http://{HOST}:{ports['prometheus']}"
+    prom = PrometheusAPI(prometheus)
+    try:
+        result = Diagnoser(prom, model, seconds, symptom=symptom).run()
+    except PrometheusError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        prom.close()
+    if as_json:
+        print(json.dumps(diagnosis_json(result)))
+        return
+    s = result.symptom
+    if s is None:
+        console.print(f"no symptom over the last {since}: latency, errors and accuracy held "
+                      "steady; causes below are ranked by their own change")
+    else:
+        at = time.strftime("%H:%M:%S", time.localtime(s.changed_at))
+        console.print(f"symptom: [bold]{s.signal}[/] {s.before:.4g} -> {s.after:.4g} "
+                      f"(shift {s.z:.1f} sd) from {at}")
+    table = Table(title=f"inferwatch diagnose (step {result.step:g}s, rate window "
+                        f"{result.rate_window})")
+    for column in ("rank", "cause", "score", "lead", "evidence", "query"):
+        table.add_column(column, overflow="fold")
+    for rank, cause in enumerate(result.causes, 1):
+        ev = cause.evidence[0]
+        lead = "" if ev.lead_s is None else f"{ev.lead_s:+.0f}s"
+        corr = "" if ev.correlation is None else f", r {ev.correlation:.2f}"
+        numbers = f"{ev.signal}: {ev.before:.4g} -> {ev.after:.4g} (shift {ev.z:.1f} sd{corr})"
+        if cause.detail:
+            numbers += f"; {cause.detail}"
+        table.add_row(str(rank), cause.name, f"{cause.score:.2f}", lead, numbers, ev.query)
+    console.print(table)
+    if result.skipped:
+        console.print("no data for: " + ", ".join(result.skipped))
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     import inferwatch

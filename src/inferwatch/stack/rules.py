@@ -124,18 +124,23 @@ def service_recordings(profile: Profile) -> list[RecordingRule]:
     return rules
 
 
-def host_recordings(profile: Profile, node_job: str = "node") -> list[RecordingRule]:
-    # The node-mixin formulas (node_exporter's own mixin), per instance. ``node_job`` is the
-    # scrape job of node_exporter: "node" here, "node-exporter" in kube-prometheus-stack.
-    w = profile.rate_window
+# The node-mixin formulas (node_exporter's own mixin), per instance. ``node_job`` is the
+# scrape job of node_exporter: "node" here, "node-exporter" in kube-prometheus-stack.
+def cpu_utilisation_expr(window: str, node_job: str = "node") -> str:
+    return ('1 - avg without (cpu) (sum without (mode) (rate(node_cpu_seconds_total'
+            f'{{job="{node_job}", mode=~"idle|iowait|steal"}}[{window}])))')
+
+
+def memory_utilisation_expr(node_job: str = "node") -> str:
     sel = f'job="{node_job}"'
+    return (f"1 - (node_memory_MemAvailable_bytes{{{sel}}}"
+            f" / node_memory_MemTotal_bytes{{{sel}}})")
+
+
+def host_recordings(profile: Profile, node_job: str = "node") -> list[RecordingRule]:
     return [
-        RecordingRule(cpu_record(profile),
-                      '1 - avg without (cpu) (sum without (mode) (rate(node_cpu_seconds_total'
-                      f'{{{sel}, mode=~"idle|iowait|steal"}}[{w}])))'),
-        RecordingRule(MEMORY_RECORD,
-                      f"1 - (node_memory_MemAvailable_bytes{{{sel}}}"
-                      f" / node_memory_MemTotal_bytes{{{sel}}})"),
+        RecordingRule(cpu_record(profile), cpu_utilisation_expr(profile.rate_window, node_job)),
+        RecordingRule(MEMORY_RECORD, memory_utilisation_expr(node_job)),
     ]
 
 

@@ -74,6 +74,7 @@ class StackOptions:
     replicas: int = 1  # services behind file_sd, and a global Prometheus, when more than 1
     replica_ports: Sequence[int] = ()  # of replicas 2..N; free ones are picked when empty
     workers: int = 1  # service worker processes per replica; the admin API (chaos) needs 1
+    serve_args: Sequence[str] = ()  # more `inferwatch serve` options, e.g. --queue-capacity
 
     @property
     def service_ports(self) -> list[int]:
@@ -109,6 +110,7 @@ def components(opts: StackOptions) -> list[Component]:
             serve += ["--model", model]
         if opts.resnet18_weights:
             serve += ["--resnet18-weights", str(opts.resnet18_weights)]
+        serve += list(opts.serve_args)
         services.append(Component(opts.service_name(index), serve, f"{url(port)}/ping",
                                   url(port)))
     parts = [
