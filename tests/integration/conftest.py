@@ -20,12 +20,8 @@ if MISSING:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     opts = StackOptions(run_dir=tmp_path_factory.mktemp("stack"), profile=FAST,
                         ports=StackPorts.free(), traffic_rate=0)
-    running = Stack(opts)
-    running.start()
-    try:
+    with Stack(opts) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")

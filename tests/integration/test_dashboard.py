@@ -41,9 +41,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack with steady demo traffic and some client mistakes, so error panels have data."""
     opts = StackOptions(run_dir=tmp_path_factory.mktemp("stack"), profile=FAST,
                         ports=StackPorts.free(), traffic_rate=20)
-    running = Stack(opts)
-    running.start()
-    try:
+    with Stack(opts) as running:
         service = url(opts.ports.service)
         unknown = run_load_sync(LoadPlan(url=service, rate=50, count=30, model="no-such-model"))
         assert unknown.statuses == {404: 30}
@@ -62,8 +60,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             prom.close()
             yield running
             chaos.clear()
-    finally:
-        running.stop()
 
 
 def wait_for_samples(prom: PrometheusAPI) -> None:

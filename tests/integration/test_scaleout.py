@@ -22,13 +22,9 @@ SERIES_BUDGET = 500  # per replica serving digits: docs/deploy.md, "Cardinality 
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(StackOptions(run_dir=tmp_path_factory.mktemp("replicas"), profile=FAST,
-                               ports=StackPorts.free(), replicas=REPLICAS))
-    stack.start()
-    try:
+    with Stack(StackOptions(run_dir=tmp_path_factory.mktemp("replicas"), profile=FAST,
+                            ports=StackPorts.free(), replicas=REPLICAS)) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,8 @@ N, M = 300, 200
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     opts = StackOptions(run_dir=tmp_path_factory.mktemp("workers"), profile=FAST,
                         ports=StackPorts.free(), workers=2)
-    running = Stack(opts)
-    running.start()
-    try:
+    with Stack(opts) as running:
         yield running
-    finally:
-        running.stop()
     assert not list((opts.run_dir / "workers").iterdir())  # the supervisor cleans up
 
 

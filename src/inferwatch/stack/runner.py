@@ -258,6 +258,13 @@ class Stack:
                  "processes": [asdict(p) for p in self.processes]}
         self.state_path.write_text(json.dumps(state, indent=2))
 
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self, timeout: float = 10.0) -> None:
         stop_processes(self.processes, timeout)
         for proc in self._popen.values():
