@@ -183,6 +183,7 @@ class Stack:
         self.opts = opts
         self.processes: list[RunningProcess] = []
         self._popen: dict[int, subprocess.Popen[bytes]] = {}
+        self._components: dict[str, Component] = {}
 
     @property
     def state_path(self) -> Path:
@@ -214,19 +215,9 @@ class Stack:
 
     def start_components(self, parts: Sequence[Component], timeout: float = 90.0) -> None:
         """Start ``parts`` in order and wait until each answers its ready URL."""
-        logs = self.opts.run_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
             for part in parts:
-                log_path = logs / f"{part.name}.log"
-                with log_path.open("ab") as log:
-                    proc = subprocess.Popen(part.argv, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=env,
-                                            start_new_session=True)
-                self._popen[proc.pid] = proc
-                self.processes.append(
-                    RunningProcess(part.name, proc.pid, part.argv, str(log_path), part.url))
+                self.processes.append(self._spawn(part))
                 self._write_state()
             deadline = time.monotonic() + timeout
             for part, running in zip(parts, self.processes[-len(parts):], strict=True):
@@ -235,6 +226,53 @@ class Stack:
         except BaseException:
             self.stop()
             raise
+
+    def _spawn(self, part: Component) -> RunningProcess:
+        logs = self.opts.run_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{part.name}.log"
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(part.argv, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                    start_new_session=True)
+        self._popen[proc.pid] = proc
+        self._components[part.name] = part
+        return RunningProcess(part.name, proc.pid, part.argv, str(log_path), part.url)
+
+    def stop_component(self, name: str, kill: bool = False, timeout: float = 30.0) -> None:
+        """Stop one component: SIGTERM (a clean shutdown; Prometheus closes its TSDB) or,
+        with ``kill``, SIGKILL (a crash). It keeps its place for :meth:`start_component`."""
+        running = self.process(name)
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(running.pid, signal.SIGKILL)
+        else:
+            stop_processes([running], timeout)
+        proc = self._popen.pop(running.pid, None)
+        if proc is not None:
+            proc.wait(timeout)
+
+    def start_component(self, name: str, timeout: float = 90.0) -> None:
+        """Start a stopped component again with the same argv: the same port, data directory
+        and log file (appended to). Returns once it answers its ready URL."""
+        index = next(i for i, p in enumerate(self.processes) if p.name == name)
+        if _alive(self.processes[index]):
+            raise StackError(f"{name} is still running (pid {self.processes[index].pid})")
+        part = self._components[name]
+        running = self._spawn(part)
+        self.processes[index] = running
+        self._write_state()
+        if part.ready_url:
+            try:
+                self._wait_ready(part, running, time.monotonic() + timeout)
+            except StackError:
+                stop_processes([running])
+                raise
+
+    def restart(self, name: str, kill: bool = False, timeout: float = 90.0) -> None:
+        self.stop_component(name, kill=kill)
+        self.start_component(name, timeout)
 
     def _wait_ready(self, part: Component, running: RunningProcess, deadline: float) -> None:
         assert part.ready_url is not None
