@@ -3,32 +3,36 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from inferwatch.stack.inbox import read_inbox
 
 
-def find_notification(inbox: Path, alertname: str, status: str, after: float
-                      ) -> dict[str, Any] | None:
+def find_notification(inbox: Path, alertname: str, status: str, after: float,
+                      labels: Mapping[str, str] | None = None) -> dict[str, Any] | None:
     """The first notification received after ``after`` whose alerts include ``alertname``
-    in ``status`` ("firing" or "resolved")."""
+    in ``status`` ("firing" or "resolved"), with ``labels`` when given (e.g. a job)."""
+    want = {"alertname": alertname, **(labels or {})}
     for record in read_inbox(inbox):
         if record["received_at"] < after:
             continue
         for alert in record["notification"].get("alerts", []):
-            if alert.get("labels", {}).get("alertname") == alertname and \
-                    alert.get("status") == status:
+            have = alert.get("labels", {})
+            if alert.get("status") == status and all(have.get(k) == v for k, v in want.items()):
                 return record
     return None
 
 
 def wait_for_notification(inbox: Path, alertname: str, status: str, after: float,
-                          timeout: float) -> dict[str, Any]:
+                          timeout: float, labels: Mapping[str, str] | None = None
+                          ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = find_notification(inbox, alertname, status, after)
+        found = find_notification(inbox, alertname, status, after, labels)
         if found is not None:
             return found
         time.sleep(0.1)
-    raise TimeoutError(f"no {status} {alertname} notification within {timeout:g}s")
+    where = f" {dict(labels)}" if labels else ""
+    raise TimeoutError(f"no {status} {alertname}{where} notification within {timeout:g}s")

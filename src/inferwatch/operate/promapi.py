@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,15 @@ class PrometheusAPI:
 
     def query_range(self, expr: str, start: float, end: float, step: float) -> Any:
         return self._get("/api/v1/query_range", query=expr, start=start, end=end, step=step)
+
+    def raw_samples(self, selector: str, start: float, end: float
+                    ) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+        """The samples of ``selector`` stored in [``start``, ``end``] with their scrape
+        timestamps, not evaluated at steps: ``[(labels, [(t, value), ...]), ...]``."""
+        window_ms = max(1, math.ceil((end - start) * 1000))
+        data = self._get("/api/v1/query", query=f"{selector}[{window_ms}ms]", time=end)
+        return [(r["metric"], [(float(t), float(v)) for t, v in r["values"]])
+                for r in data["result"]]
 
     def label_values(self, label: str, match: str | None = None) -> list[str]:
         """Values of ``label``, on series matching ``match`` when given."""
