@@ -145,8 +145,10 @@ def test_alert_raised_while_alertmanager_down_is_delivered_after_it_returns(
     stack.stop_component("alertmanager")
     stack.stop_component("node_exporter", kill=True)
     wait_until(lambda: firing(prom, "TargetDown", "node"), 60, "TargetDown{job=node} firing")
-    # Prometheus does not queue what it failed to send: it resends every firing alert each
-    # --rules.alert.resend-delay (1 s in the fast profile). Let a few of those fail.
+    # Prometheus does not queue what it failed to send: at each evaluation it resends a firing
+    # alert whose last send is more than --rules.alert.resend-delay old (1 s in the fast
+    # profile, as is the evaluation interval: so every 2 s). Let a few of those fail; one of
+    # the next ones is what reaches Alertmanager once it is back.
     errors = send_errors()
     wait_until(lambda: send_errors() >= errors + 3, 60, "three failed sends to Alertmanager")
     stack.start_component("alertmanager")  # the same --storage.path

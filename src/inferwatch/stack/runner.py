@@ -247,8 +247,7 @@ class Stack:
         if kill:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(running.pid, signal.SIGKILL)
-        else:
-            stop_processes([running], timeout)
+        stop_processes([running], timeout)  # after SIGKILL: only waits until it is gone
         proc = self._popen.pop(running.pid, None)
         if proc is not None:
             proc.wait(timeout)
