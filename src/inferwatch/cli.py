@@ -78,7 +78,10 @@ def serve(
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
         queue_capacity=queue_capacity, max_body_bytes=max_body_bytes, quality=quality,
     )
-    uvicorn_options = {"loop": _best("uvloop", "auto"), "http": _best("httptools", "auto")}
+    # The service never reads client addresses, so it trusts no X-Forwarded-* header and skips
+    # uvicorn's middleware for them; no Server header tells scanners what runs here.
+    uvicorn_options = {"loop": _best("uvloop", "auto"), "http": _best("httptools", "auto"),
+                       "proxy_headers": False, "server_header": False}
     if workers > 1:
         raise typer.Exit(_serve_workers(config, host, port, workers, worker_dir, admin_port,
                                         log_level, uvicorn_options))
