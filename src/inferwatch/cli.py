@@ -100,12 +100,11 @@ def serve(
 ) -> None:
     """Run the inference service (TorchServe and Open Inference Protocol v2 routes)."""
     import asyncio
-    import os
 
     import uvicorn
 
-    from inferwatch.secrets import SecretFileError, read_secret_file
-    from inferwatch.serve.admin import ADMIN_HOST, create_admin_app
+    from inferwatch.secrets import SecretFileError
+    from inferwatch.serve.admin import ADMIN_HOST, admin_token, create_admin_app
     from inferwatch.serve.app import ServeConfig, create_app
 
     logging.basicConfig(level=log_level.upper(),
@@ -122,12 +121,9 @@ def serve(
     if worker_dir is not None:
         raise _fail("--worker-dir needs --workers > 1")
     try:
-        token = (read_secret_file(admin_token_file, "--admin-token-file") if admin_token_file
-                 else os.environ.get("INFERWATCH_ADMIN_TOKEN"))
-        if admin_port is not None and not token:
-            raise ValueError("--admin-port needs --admin-token-file or INFERWATCH_ADMIN_TOKEN")
+        token = admin_token(admin_port, admin_token_file)
         asgi = create_app(config)
-        admin = create_admin_app(asgi.service.faults, token) if admin_port and token else None
+        admin = create_admin_app(asgi.service.faults, token) if token else None
     except (ValueError, ImportError, OSError, SecretFileError) as exc:
         raise _fail(str(exc)) from None
     main = uvicorn.Server(uvicorn.Config(
