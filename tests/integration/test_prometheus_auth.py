@@ -3,6 +3,7 @@ requests, and every inferwatch client of it (readiness, self-scrape, PrometheusA
 dashboard page, doctor) gets through with the credentials."""
 
 import json
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,6 +34,16 @@ def credentials(stack: Stack) -> tuple[str, str]:
     auth = prometheus_auth(stack.opts)
     assert auth is not None
     return auth.credentials()
+
+
+def test_every_secret_in_the_run_dir_is_0600(guarded: Stack) -> None:
+    d = guarded.opts.run_dir
+    for name in ("admin-token", "prometheus-password", "web-config.yml"):
+        assert stat.S_IMODE((d / name).stat().st_mode) == 0o600, name
+    password = credentials(guarded)[1]
+    for path in d.rglob("*"):  # configs, state, logs: only the password file holds it
+        if path.is_file() and path.name != "prometheus-password":
+            assert password.encode() not in path.read_bytes(), path
 
 
 def test_anonymous_and_wrong_passwords_get_401(guarded: Stack) -> None:
