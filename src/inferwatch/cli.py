@@ -22,11 +22,48 @@ app = typer.Typer(help="Monitor real-time AI inference services with Prometheus.
 console = Console()
 
 RunDir = Annotated[Path, typer.Option("--run-dir", help="Directory for config, data and logs.")]
+PrometheusUser = Annotated[str | None, typer.Option(
+    help="Prometheus basic-auth user; the password from --prometheus-password-file or "
+         "$INFERWATCH_PROMETHEUS_PASSWORD (default: the stack's, with --run-dir).")]
+PrometheusPasswordFile = Annotated[Path | None, typer.Option(
+    help="File (mode 0600) holding the Prometheus password, with --prometheus-user.")]
 
 
 def _fail(message: str) -> typer.Exit:
     console.print(f"[bold red]error:[/] {message}")
     return typer.Exit(2)
+
+
+def _prometheus_credentials(user: str | None, password_file: Path | None,
+                            state: dict[str, Any] | None = None) -> tuple[str, str] | None:
+    """Credentials for Prometheus: from the options, else from a stack's ``state``."""
+    import os
+
+    from inferwatch.secrets import SecretFileError, read_secret_file
+    from inferwatch.stack.webconfig import PASSWORD_ENV
+
+    if user is None:
+        if password_file is not None:
+            raise _fail("--prometheus-password-file needs --prometheus-user")
+        saved = (state or {}).get("prometheus_auth")
+        if not saved:
+            return None
+        user, password_file = saved["username"], Path(saved["password_file"])
+    try:
+        if password_file is not None:
+            return user, read_secret_file(password_file, "--prometheus-password-file")
+    except SecretFileError as exc:
+        raise _fail(str(exc)) from None
+    password = os.environ.get(PASSWORD_ENV)
+    if not password:
+        raise _fail(f"--prometheus-user needs --prometheus-password-file or {PASSWORD_ENV}")
+    return user, password
+
+
+def _stack_url(state: dict[str, Any], component: str) -> str:
+    from inferwatch.stack.config import url
+
+    return url(state["ports"][component], state.get("host", HOST))
 
 
 @app.command()
@@ -63,12 +100,11 @@ def serve(
 ) -> None:
     """Run the inference service (TorchServe and Open Inference Protocol v2 routes)."""
     import asyncio
-    import os
 
     import uvicorn
 
-    from inferwatch.secrets import SecretFileError, read_secret_file
-    from inferwatch.serve.admin import ADMIN_HOST, create_admin_app
+    from inferwatch.secrets import SecretFileError
+    from inferwatch.serve.admin import ADMIN_HOST, admin_token, create_admin_app
     from inferwatch.serve.app import ServeConfig, create_app
 
     logging.basicConfig(level=log_level.upper(),
@@ -78,19 +114,19 @@ def serve(
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
         queue_capacity=queue_capacity, max_body_bytes=max_body_bytes, quality=quality,
     )
-    uvicorn_options = {"loop": _best("uvloop", "auto"), "http": _best("httptools", "auto")}
+    # The service never reads client addresses, so it trusts no X-Forwarded-* header and skips
+    # uvicorn's middleware for them; no Server header tells scanners what runs here.
+    uvicorn_options = {"loop": _best("uvloop", "auto"), "http": _best("httptools", "auto"),
+                       "proxy_headers": False, "server_header": False}
     if workers > 1:
         raise typer.Exit(_serve_workers(config, host, port, workers, worker_dir, admin_port,
                                         log_level, uvicorn_options))
     if worker_dir is not None:
         raise _fail("--worker-dir needs --workers > 1")
     try:
-        token = (read_secret_file(admin_token_file, "--admin-token-file") if admin_token_file
-                 else os.environ.get("INFERWATCH_ADMIN_TOKEN"))
-        if admin_port is not None and not token:
-            raise ValueError("--admin-port needs --admin-token-file or INFERWATCH_ADMIN_TOKEN")
+        token = admin_token(admin_port, admin_token_file)
         asgi = create_app(config)
-        admin = create_admin_app(asgi.service.faults, token) if admin_port and token else None
+        admin = create_admin_app(asgi.service.faults, token) if token else None
     except (ValueError, ImportError, OSError, SecretFileError) as exc:
         raise _fail(str(exc)) from None
     main = uvicorn.Server(uvicorn.Config(
@@ -231,12 +267,34 @@ def up(
                     "global Prometheus receives remote_write (see docs/deploy.md).")] = 1,
     global_prometheus_port: Annotated[int, typer.Option(
         help="The global Prometheus, with --replicas above 1.")] = 9190,
+    bind: Annotated[str, typer.Option(
+        help="Listen address of every component but the admin API (always 127.0.0.1). "
+             "Beyond loopback, add --prometheus-auth and read docs/security.md.")] = HOST,
+    prometheus_auth: Annotated[str | None, typer.Option(
+        metavar="USER",
+        help="Require HTTP basic auth on Prometheus for USER; the password from "
+             "--prometheus-password-file or $INFERWATCH_PROMETHEUS_PASSWORD, else a random "
+             "one written to RUN_DIR/prometheus-password (mode 0600).")] = None,
+    prometheus_password_file: Annotated[Path | None, typer.Option(
+        help="File (mode 0600) holding the Prometheus password, with --prometheus-auth.")
+    ] = None,
 ) -> None:
     """Start the service, Prometheus, Alertmanager, node_exporter, a Pushgateway, an alert
     inbox and the dashboard page."""
+    from inferwatch.secrets import SecretFileError
     from inferwatch.stack.alerting import AlertingConfigError, receivers_from_env
-    from inferwatch.stack.runner import Stack, StackError, StackOptions, profile_named
+    from inferwatch.stack.runner import (
+        Stack,
+        StackError,
+        StackOptions,
+        exposure_warnings,
+        profile_named,
+    )
+    from inferwatch.stack.runner import prometheus_auth as stack_auth
+    from inferwatch.stack.webconfig import WebConfigError, given_password
 
+    if prometheus_password_file is not None and prometheus_auth is None:
+        raise _fail("--prometheus-password-file needs --prometheus-auth USER")
     try:
         opts = StackOptions(
             run_dir=run_dir.resolve(), profile=profile_named("fast" if fast else profile),
@@ -247,13 +305,21 @@ def up(
                          global_prometheus=global_prometheus_port),
             models=tuple(model or ["digits"]), traffic_rate=traffic,
             resnet18_weights=resnet18_weights, receivers=receivers_from_env(),
-            workers=workers, replicas=replicas,
+            workers=workers, replicas=replicas, bind=bind, prometheus_user=prometheus_auth,
+            prometheus_password=given_password(prometheus_password_file)
+            if prometheus_auth else None,
         )
+        for warning in exposure_warnings(opts):
+            console.print(f"[bold yellow]warning:[/] {warning}")
         stack = Stack(opts)
         with console.status("starting the stack..."):
             stack.start()
-    except (StackError, AlertingConfigError) as exc:
+    except (StackError, AlertingConfigError, WebConfigError, SecretFileError) as exc:
         raise _fail(str(exc)) from None
+    auth = stack_auth(opts)
+    if auth is not None:
+        console.print(f"Prometheus requires basic auth: user {auth.username}, password in "
+                      f"{auth.password_file}")
     if detach:
         _print_stack(opts.run_dir)
         console.print(f"Detached. Stop with: inferwatch down --run-dir {run_dir}")
@@ -309,16 +375,16 @@ def _print_stack(run_dir: Path) -> None:
     console.print(f"config, data and logs: {run_dir}")
     ports = info.get("ports")
     if ports:
-        console.print(f"Prometheus UI: http://{HOST}:{ports['prometheus']}/graph\n"
-                      f"service metrics: http://{HOST}:{ports['service']}/metrics\n"
-                      f"Alertmanager UI: http://{HOST}:{ports['alertmanager']}/#/alerts")
+        console.print(f"Prometheus UI: {_stack_url(info, 'prometheus')}/graph\n"
+                      f"service metrics: {_stack_url(info, 'service')}/metrics\n"
+                      f"Alertmanager UI: {_stack_url(info, 'alertmanager')}/#/alerts")
         if "pushgateway" in ports:
-            console.print(f"Pushgateway (batch jobs): http://{HOST}:{ports['pushgateway']}")
+            console.print(f"Pushgateway (batch jobs): {_stack_url(info, 'pushgateway')}")
         if info.get("replicas", 1) > 1:
             console.print(f"global Prometheus (remote_write receiver): "
-                          f"http://{HOST}:{ports['global_prometheus']}/graph")
+                          f"{_stack_url(info, 'global_prometheus')}/graph")
         if "dashboard" in ports:
-            console.print(f"[bold]dashboard: http://{HOST}:{ports['dashboard']}/[/]")
+            console.print(f"[bold]dashboard: {_stack_url(info, 'dashboard')}/[/]")
 
 
 @app.command()
@@ -366,6 +432,8 @@ def load(
     feedback: Annotated[bool, typer.Option(
         help="Send each held-out digit's true label to POST /feedback after its answer.")
     ] = False,
+    prometheus_user: PrometheusUser = None,
+    prometheus_password_file: PrometheusPasswordFile = None,
 ) -> None:
     """Send open-loop, constant-rate traffic; report client percentiles next to Prometheus'."""
     from inferwatch.operate.load import (
@@ -386,7 +454,8 @@ def load(
     if quiet:
         run_load_sync(plan)
         return
-    prom = PrometheusAPI(prometheus) if prometheus else None
+    prom = PrometheusAPI(prometheus, auth=_prometheus_credentials(
+        prometheus_user, prometheus_password_file)) if prometheus else None
     before = _first_count(prom, model, scrape_interval) if prom else None
     result = run_with_progress(plan, console)
     figures = report(result, console, prom, model=model, scrape_interval=scrape_interval,
@@ -431,6 +500,8 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port.")] = 9096,
     profile: Annotated[str, typer.Option(help="Timing profile: sets the rate window.")] =
         "default",
+    prometheus_user: PrometheusUser = None,
+    prometheus_password_file: PrometheusPasswordFile = None,
 ) -> None:
     """Serve the built-in dashboard page: the Grafana dashboard's panels, without Grafana."""
     import uvicorn
@@ -439,8 +510,10 @@ def dashboard(
     from inferwatch.stack.runner import StackError, profile_named
 
     try:
-        config = DashboardConfig(prometheus=prometheus, alertmanager=alertmanager or None,
-                                 profile=profile_named(profile))
+        config = DashboardConfig(
+            prometheus=prometheus, alertmanager=alertmanager or None,
+            profile=profile_named(profile),
+            prometheus_auth=_prometheus_credentials(prometheus_user, prometheus_password_file))
     except StackError as exc:
         raise _fail(str(exc)) from None
     uvicorn.run(create_dashboard_app(config), host=host, port=port, log_level="warning",
@@ -721,6 +794,8 @@ def doctor(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")
                        ] = False,
+    prometheus_user: PrometheusUser = None,
+    prometheus_password_file: PrometheusPasswordFile = None,
 ) -> None:
     """Check a running stack: Prometheus, targets, rules, Alertmanager, receivers, datasources,
     TSDB disk and clock. Exits 1 when something is wrong, with a fix for each problem."""
@@ -728,15 +803,18 @@ def doctor(
     from inferwatch.operate.doctor import as_json as findings_json
     from inferwatch.stack.runner import read_state_info
 
+    state = None
     if prometheus is None:
-        ports = read_state_info(run_dir).get("ports")
-        if not ports:
+        state = read_state_info(run_dir)
+        if not state.get("ports"):
             raise _fail(f"no stack in {run_dir}: pass --prometheus URL")
-        prometheus = f"http://{HOST}:{ports['prometheus']}"
-        alertmanager = alertmanager or f"http://{HOST}:{ports['alertmanager']}"
+        prometheus = _stack_url(state, "prometheus")
+        alertmanager = alertmanager or _stack_url(state, "alertmanager")
         if grafana_provisioning is None and (run_dir / "grafana" / "provisioning").is_dir():
             grafana_provisioning = run_dir / "grafana" / "provisioning"
-    findings = Doctor(prometheus, alertmanager, grafana_provisioning, containers).run()
+    auth = _prometheus_credentials(prometheus_user, prometheus_password_file, state)
+    findings = Doctor(prometheus, alertmanager, grafana_provisioning, containers,
+                      auth=auth).run()
     if as_json:
         print(json.dumps(findings_json(findings)))
     else:
@@ -763,6 +841,8 @@ def diagnose(
         help="latency, errors or accuracy (default: the one that changed most).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the diagnosis as JSON.")
                        ] = False,
+    prometheus_user: PrometheusUser = None,
+    prometheus_password_file: PrometheusPasswordFile = None,
 ) -> None:
     """Rank the likely causes of the current symptom (latency up, errors up, accuracy down)
     with the numbers, the queries and how far each signal led the symptom."""
@@ -778,12 +858,14 @@ def diagnose(
         seconds = parse_duration(since)
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    state = None
     if prometheus is None:
-        ports = read_state_info(run_dir).get("ports")
-        if not ports:
+        state = read_state_info(run_dir)
+        if not state.get("ports"):
             raise _fail(f"no stack in {run_dir}: pass --prometheus URL")
-        prometheus = f"http://{HOST}:{ports['prometheus']}"
-    prom = PrometheusAPI(prometheus)
+        prometheus = _stack_url(state, "prometheus")
+    prom = PrometheusAPI(prometheus, auth=_prometheus_credentials(
+        prometheus_user, prometheus_password_file, state))
     try:
         result = Diagnoser(prom, model, seconds, symptom=symptom).run()
     except PrometheusError as exc:

@@ -7,6 +7,7 @@ Dockerfile: parsed by BuildKit's own parser (the `dockerfile` package) and linte
 
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = shutil.which("docker-compose")
 if COMPOSE is None:
     raise RuntimeError("the Compose tests need docker-compose: run `make deps`")
-PASSWORD = "test-only-password"
+PASSWORD = secrets.token_urlsafe(16)  # never a literal: see test_no_default_passwords
 
 
 def run(*argv: str, cwd: Path | None = None, env: dict[str, str] | None = None

@@ -1,11 +1,13 @@
 import asyncio
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from inferwatch.models.digits import digit_png
-from inferwatch.serve.admin import create_admin_app
+from inferwatch.secrets import SecretFileError, write_secret_file
+from inferwatch.serve.admin import ADMIN_HOST, TOKEN_ENV, admin_token, create_admin_app
 from inferwatch.serve.faults import FaultError, Faults
 
 TOKEN = "t" * 32
@@ -28,6 +30,34 @@ def test_admin_needs_the_token() -> None:
     assert call(app, "GET", "/admin/faults").status_code == 200
     with pytest.raises(ValueError):
         create_admin_app(Faults(), "short")
+
+
+def test_admin_is_off_without_a_port_whatever_token_is_set(tmp_path: Path) -> None:
+    token_file = write_secret_file(tmp_path / "token", TOKEN)
+    assert admin_token(None, token_file, {TOKEN_ENV: TOKEN}) is None
+    assert admin_token(9097, token_file, {}) == TOKEN
+    assert admin_token(9097, None, {TOKEN_ENV: TOKEN}) == TOKEN
+    with pytest.raises(ValueError, match=TOKEN_ENV):
+        admin_token(9097, None, {})
+
+
+def test_a_token_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    token_file = write_secret_file(tmp_path / "token", TOKEN)
+    for mode in (0o644, 0o640, 0o604):
+        token_file.chmod(mode)
+        with pytest.raises(SecretFileError, match="chmod 600"):
+            admin_token(9097, token_file, {})
+
+
+def test_admin_listens_on_loopback_only_and_not_on_the_service_app() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from inferwatch.serve.app import ServeConfig, create_app
+
+    assert ADMIN_HOST == "127.0.0.1"
+    service = create_app(ServeConfig(), CollectorRegistry())
+    assert call(service, "GET", "/admin/faults").status_code == 404
+    assert call(service, "POST", "/admin/kill").status_code in (404, 405)
 
 
 def test_fault_requests_are_validated_and_clearable() -> None:

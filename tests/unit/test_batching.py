@@ -73,3 +73,56 @@ def test_model_exception_reaches_every_caller_and_batcher_survives() -> None:
         await b.stop()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("call_seconds, on_loop_after_first", [(0.0, True), (0.01, False)])
+def test_only_quick_model_calls_run_on_the_event_loop(
+    call_seconds: float, on_loop_after_first: bool
+) -> None:
+    threads: list[int] = []
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        threads.append(threading.get_ident())
+        if call_seconds:
+            threading.Event().wait(call_seconds)
+        return x
+
+    async def run() -> int:
+        b = MicroBatcher(predict, max_batch_size=1, max_wait=0, inline_below=0.005)
+        b.start()
+        try:
+            for i in range(4):
+                await b.submit(np.full((1, 2), i, dtype=np.float32))
+        finally:
+            await b.stop()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(run())
+    assert threads[0] != loop_thread  # the first call's cost is unknown: the batch thread
+    assert all((t == loop_thread) is on_loop_after_first for t in threads[1:])
+
+
+def test_compute_delay_keeps_the_event_loop_free() -> None:
+    async def run() -> tuple[float, int]:
+        b = MicroBatcher(lambda x: x, max_batch_size=1, max_wait=0, inline_below=1.0,
+                         compute_delay=lambda: 0.05)
+        b.start()
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.001)
+                ticks += 1
+
+        ticker = asyncio.get_running_loop().create_task(tick())
+        try:
+            result = await b.submit(np.zeros((1, 2), dtype=np.float32))
+        finally:
+            ticker.cancel()
+            await b.stop()
+        return result.compute_seconds, ticks
+
+    compute, ticks = asyncio.run(run())
+    assert compute >= 0.05  # the injected delay counts as compute time
+    assert ticks > 5  # and the loop kept running meanwhile

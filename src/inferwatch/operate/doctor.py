@@ -33,8 +33,8 @@ class Doctor:
 
     def __init__(self, prometheus: str, alertmanager: str | None = None,
                  grafana_provisioning: Path | None = None, in_containers: bool = False,
-                 timeout: float = 5.0) -> None:
-        self.prom = PrometheusAPI(prometheus, timeout=timeout)
+                 timeout: float = 5.0, auth: tuple[str, str] | None = None) -> None:
+        self.prom = PrometheusAPI(prometheus, timeout=timeout, auth=auth)
         self.alertmanager = alertmanager.rstrip("/") if alertmanager else None
         self.grafana_provisioning = grafana_provisioning
         self.in_containers = in_containers

@@ -26,11 +26,14 @@ class PrometheusAPI:
     >>> prom = PrometheusAPI("http://127.0.0.1:9090")  # doctest: +SKIP
     >>> prom.scalar("sum(inference_requests_total)")  # doctest: +SKIP
     120.0
+
+    ``auth`` is ``(user, password)`` for a Prometheus behind basic auth (``web.config.file``).
     """
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = 10.0,
+                 auth: tuple[str, str] | None = None) -> None:
         self.url = url.rstrip("/")
-        self._client = httpx.Client(base_url=self.url, timeout=timeout)
+        self._client = httpx.Client(base_url=self.url, timeout=timeout, auth=auth)
 
     def close(self) -> None:
         self._client.close()

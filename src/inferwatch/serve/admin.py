@@ -7,7 +7,8 @@ import hmac
 import json
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -16,10 +17,26 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from inferwatch.secrets import read_secret_file
 from inferwatch.serve.faults import FaultError, Faults
 
 ADMIN_HOST = "127.0.0.1"
 MIN_TOKEN_LENGTH = 16
+TOKEN_ENV = "INFERWATCH_ADMIN_TOKEN"
+
+
+def admin_token(admin_port: int | None, token_file: Path | None,
+                env: Mapping[str, str] | None = None) -> str | None:
+    """The token of the admin API, or None when it is off: without a port it is off whatever
+    token is configured. A token file others may read is refused (``SecretFileError``)."""
+    if admin_port is None:
+        return None
+    env = os.environ if env is None else env
+    token = read_secret_file(token_file, "--admin-token-file") if token_file else env.get(
+        TOKEN_ENV)
+    if not token:
+        raise ValueError(f"--admin-port needs --admin-token-file or {TOKEN_ENV}")
+    return token
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -34,9 +34,13 @@ class _Pending:
 class MicroBatcher:
     """Collects samples for up to ``max_wait`` seconds or ``max_batch_size`` samples.
 
-    The model runs in one worker thread, so the event loop keeps accepting requests while a
-    batch computes. ``capacity`` bounds the samples waiting; beyond it ``submit`` raises
-    :class:`QueueFullError` at once instead of letting latency grow without bound.
+    A slow model runs in one worker thread, so the event loop keeps accepting requests while a
+    batch computes. A model whose last batch took under ``inline_below`` seconds runs on the
+    event loop instead: handing a batch to a thread and back costs tens of microseconds of CPU
+    and GIL hand-offs, more than a small model's whole call (``bench/batching.py``). The first
+    batch, and every batch after a slow one, goes to the thread. ``capacity`` bounds the
+    samples waiting; beyond it ``submit`` raises :class:`QueueFullError` at once instead of
+    letting latency grow without bound.
     """
 
     def __init__(
@@ -48,6 +52,8 @@ class MicroBatcher:
         capacity: int = 1024,
         on_batch: Callable[[int], None] | None = None,
         queue_delay: Callable[[], float] | None = None,
+        compute_delay: Callable[[], float] | None = None,
+        inline_below: float = 0.0,
         on_depth: Callable[[int], None] | None = None,
         name: str = "model",
     ) -> None:
@@ -59,6 +65,9 @@ class MicroBatcher:
         self.capacity = capacity
         self._on_batch = on_batch
         self._queue_delay = queue_delay  # fault injection: holds batches in the queue
+        self._compute_delay = compute_delay  # fault injection: a slower model call
+        self.inline_below = inline_below
+        self._last_compute = float("inf")  # unknown until the first batch: the thread
         self.on_depth = on_depth  # called with the depth after every change, when set
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._waiting = 0  # samples queued, not yet taken into a batch
@@ -116,6 +125,12 @@ class MicroBatcher:
             size += len(item.samples)
         return batch
 
+    def _timed_predict(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        """The model's output and the wall time of the call: not CPU time, since a GPU model
+        spends its call waiting for the device, which must not happen on the event loop."""
+        start = time.perf_counter()
+        return self._predict(batch), time.perf_counter() - start
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -129,10 +144,17 @@ class MicroBatcher:
             if self._queue_delay is not None and (delay := self._queue_delay()):
                 await asyncio.sleep(delay)
             started = time.perf_counter()
+            if self._compute_delay is not None and (delay := self._compute_delay()):
+                await asyncio.sleep(delay)
             stacked = np.concatenate([p.samples for p in live])
             try:
-                probs = await loop.run_in_executor(self._executor, self._predict, stacked)
+                if self._last_compute < self.inline_below:
+                    probs, self._last_compute = self._timed_predict(stacked)
+                else:
+                    probs, self._last_compute = await loop.run_in_executor(
+                        self._executor, self._timed_predict, stacked)
             except Exception as exc:
+                self._last_compute = float("inf")
                 for p in live:
                     if not p.future.done():
                         p.future.set_exception(exc)

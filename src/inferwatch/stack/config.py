@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -16,7 +17,33 @@ from inferwatch.stack.rules import render_rule_file
 from inferwatch.stack.ruletests import render_rule_tests
 from inferwatch.stack.slo import SLO, load_slos
 
-HOST = "127.0.0.1"
+if TYPE_CHECKING:
+    from inferwatch.stack.webconfig import BasicAuth
+
+HOST = "127.0.0.1"  # the default bind address of every component, and always the admin API's
+
+
+def connect_host(bind: str) -> str:
+    """Where a client on this machine reaches a listener bound to ``bind``."""
+    if bind in ("", "0.0.0.0"):
+        return HOST
+    if bind == "::":
+        return "::1"
+    return bind
+
+
+def is_loopback(bind: str) -> bool:
+    if bind == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def address(port: int, host: str = HOST) -> str:
+    """``host:port``, with IPv6 addresses in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def free_ports(n: int) -> list[int]:
@@ -50,24 +77,27 @@ class StackPorts:
         """Ports the kernel has free right now (for tests and parallel stacks)."""
         return cls(*free_ports(len(fields(cls))))
 
-    def busy(self, skip: Collection[str] = ()) -> list[tuple[str, int]]:
-        """The (component, port) pairs that something already listens on."""
+    def busy(self, skip: Collection[str] = (), bind: str = HOST) -> list[tuple[str, int]]:
+        """The (component, port) pairs that something already listens on; every component
+        binds ``bind``, except the admin API: 127.0.0.1."""
         taken = []
         for f in fields(self):
             if f.name in skip:
                 continue
             port = getattr(self, f.name)
-            with socket.socket() as s:
+            host = HOST if f.name == "admin" else bind
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family) as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
-                    s.bind((HOST, port))
+                    s.bind((host, port))
                 except OSError:
                     taken.append((f.name, port))
         return taken
 
 
-def url(port: int) -> str:
-    return f"http://{HOST}:{port}"
+def url(port: int, host: str = HOST) -> str:
+    return f"http://{address(port, host)}"
 
 
 @dataclass(frozen=True)
@@ -109,13 +139,19 @@ def known_server_job(name: str, target: str | None = None) -> dict[str, Any]:
 
 
 def render_prometheus_config(profile: Profile, ports: StackPorts,
-                             known_servers: Mapping[str, str | None] | None = None
+                             known_servers: Mapping[str, str | None] | None = None,
+                             host: str = HOST, auth: BasicAuth | None = None,
                              ) -> dict[str, Any]:
     """``known_servers`` adds a scrape job per ``{name: "host:port" or None}``, see
-    ``KNOWN_SERVERS``."""
+    ``KNOWN_SERVERS``; ``host`` is where the stack's components are reached; ``auth`` is
+    the basic auth Prometheus itself requires, so its scrape of itself sends it."""
 
     def job(name: str, port: int) -> dict[str, Any]:
-        return {"job_name": name, "static_configs": [{"targets": [f"{HOST}:{port}"]}]}
+        return {"job_name": name, "static_configs": [{"targets": [address(port, host)]}]}
+
+    own = job("prometheus", ports.prometheus)
+    if auth is not None:
+        own["basic_auth"] = auth.client_config()
 
     return {
         "global": {
@@ -125,13 +161,13 @@ def render_prometheus_config(profile: Profile, ports: StackPorts,
         },
         "rule_files": ["rules/*.yml"],
         "alerting": {"alertmanagers": [
-            {"static_configs": [{"targets": [f"{HOST}:{ports.alertmanager}"]}]}
+            {"static_configs": [{"targets": [address(ports.alertmanager, host)]}]}
         ]},
         "scrape_configs": [
             job("inference", ports.service),
             job("node", ports.node_exporter),
             job("alertmanager", ports.alertmanager),
-            job("prometheus", ports.prometheus),
+            own,
             # Pushed series carry the job and instance of the batch job that pushed them.
             {**job("pushgateway", ports.pushgateway), "honor_labels": True},
             *(known_server_job(name, target) for name, target in (known_servers or {}).items()),
@@ -166,18 +202,20 @@ def write_stack_config(directory: Path, profile: Profile, ports: StackPorts,
                        receivers: Receivers | None = None,
                        slos: Sequence[SLO] | None = None,
                        known_servers: Mapping[str, str | None] | None = None,
+                       host: str = HOST, auth: BasicAuth | None = None,
                        ) -> dict[str, Path]:
     """Write every configuration file of the stack under ``directory``.
 
     The inbox webhook always receives; ``receivers`` adds email and Slack.
     """
-    inbox = (f"{url(ports.inbox)}/alerts",)
+    inbox = (f"{url(ports.inbox, host)}/alerts",)
     receivers = replace(receivers or Receivers(), webhook_urls=(
         *inbox, *(receivers.webhook_urls if receivers else ())))
     slos = load_slos() if slos is None else slos
     paths = {
         "prometheus": write_yaml(directory / "prometheus.yml",
-                                 render_prometheus_config(profile, ports, known_servers)),
+                                 render_prometheus_config(profile, ports, known_servers,
+                                                          host, auth)),
         "rules": write_yaml(directory / "rules" / "inferwatch.yml",
                             render_rule_file(profile, slos)),
         "alertmanager": write_yaml(directory / "alertmanager.yml",

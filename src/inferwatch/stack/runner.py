@@ -1,6 +1,7 @@
 """Start and stop the local stack: real Prometheus, Alertmanager and node_exporter binaries,
 the inference service, the alert inbox, the dashboard page and demo traffic, each a child
-process on 127.0.0.1.
+process listening on 127.0.0.1 unless told another bind address (the admin API: always
+127.0.0.1).
 """
 
 from __future__ import annotations
@@ -23,9 +24,24 @@ import httpx
 
 from inferwatch.secrets import write_secret_file
 from inferwatch.stack.alerting import Receivers
-from inferwatch.stack.config import HOST, StackPorts, free_ports, url, write_stack_config
+from inferwatch.stack.config import (
+    HOST,
+    StackPorts,
+    address,
+    connect_host,
+    free_ports,
+    is_loopback,
+    write_stack_config,
+)
+from inferwatch.stack.config import url as _url
 from inferwatch.stack.profiles import PROFILES, Profile
 from inferwatch.stack.scaleout import GLOBAL_CONFIG, write_scaleout_config
+from inferwatch.stack.webconfig import (
+    BasicAuth,
+    WebConfigError,
+    check_web_config,
+    write_web_config,
+)
 
 APT_PACKAGES = "prometheus prometheus-alertmanager prometheus-node-exporter prometheus-pushgateway"
 
@@ -60,6 +76,7 @@ class Component:
     argv: list[str]
     ready_url: str | None
     url: str | None = None
+    auth: BasicAuth | None = None  # what the ready URL requires
 
 
 @dataclass
@@ -75,6 +92,10 @@ class StackOptions:
     replica_ports: Sequence[int] = ()  # of replicas 2..N; free ones are picked when empty
     workers: int = 1  # service worker processes per replica; the admin API (chaos) needs 1
     serve_args: Sequence[str] = ()  # more `inferwatch serve` options, e.g. --queue-capacity
+    bind: str = HOST  # every component's listen address, except the admin API's
+    prometheus_user: str | None = None  # basic auth on Prometheus when set
+    # From a 0600 file or the environment; a random one when None. Never a default.
+    prometheus_password: str | None = field(default=None, repr=False)
 
     @property
     def service_ports(self) -> list[int]:
@@ -88,18 +109,56 @@ def admin_token_path(run_dir: Path) -> Path:
     return run_dir / "admin-token"
 
 
-def _prometheus(d: Path, config: Path, data: str, port: int, *extra: str) -> list[str]:
-    return [find_binary("prometheus"), f"--config.file={config}",
-            f"--storage.tsdb.path={d / 'data' / data}", f"--web.listen-address={HOST}:{port}",
-            "--web.enable-lifecycle", *extra]
+def web_config_path(run_dir: Path) -> Path:
+    return run_dir / "web-config.yml"
+
+
+def prometheus_auth(opts: StackOptions) -> BasicAuth | None:
+    """The credentials Prometheus requires; the password file lives in the run directory."""
+    if opts.prometheus_user is None:
+        return None
+    return BasicAuth(opts.prometheus_user, opts.run_dir / "prometheus-password")
+
+
+def exposure_warnings(opts: StackOptions) -> list[str]:
+    """What a bind address beyond loopback exposes, for the operator to read before it is
+    too late."""
+    if is_loopback(opts.bind):
+        return []
+    warnings = [f"binding {opts.bind}: the service, node_exporter, Alertmanager, the "
+                "Pushgateway, the alert inbox and the dashboard page answer anyone who can "
+                "reach this address, without authentication (see docs/security.md)"]
+    if opts.prometheus_user is None:
+        warnings.insert(0, f"binding {opts.bind} without --prometheus-auth: anyone who can "
+                           "reach it can query Prometheus and reload or shut it down")
+    return warnings
+
+
+def _prometheus(opts: StackOptions, config: Path, data: str, port: int,
+                *extra: str) -> list[str]:
+    argv = [find_binary("prometheus"), f"--config.file={config}",
+            f"--storage.tsdb.path={opts.run_dir / 'data' / data}",
+            f"--web.listen-address={address(port, opts.bind)}", "--web.enable-lifecycle", *extra]
+    if opts.prometheus_user is not None:
+        argv.append(f"--web.config.file={web_config_path(opts.run_dir)}")
+    return argv
 
 
 def components(opts: StackOptions) -> list[Component]:
-    d, p = opts.run_dir, opts.ports
+    d, p, bind = opts.run_dir, opts.ports, opts.bind
+    host = connect_host(bind)
+
+    def url(port: int) -> str:
+        return _url(port, host)
+
+    def listen(port: int) -> str:
+        return f"--web.listen-address={address(port, bind)}"
+
+    auth = prometheus_auth(opts)
     python = [sys.executable, "-m", "inferwatch"]
     services = []
     for index, port in enumerate(opts.service_ports):
-        serve = [*python, "serve", "--host", HOST, "--port", str(port)]
+        serve = [*python, "serve", "--host", bind, "--port", str(port)]
         if opts.workers > 1:
             workers = "workers" if opts.replicas == 1 else f"workers-{index}"
             serve += ["--workers", str(opts.workers), "--worker-dir", str(d / workers)]
@@ -115,20 +174,19 @@ def components(opts: StackOptions) -> list[Component]:
                                   url(port)))
     parts = [
         *services,
-        Component("inbox", [*python, "inbox", "--host", HOST, "--port", str(p.inbox),
+        Component("inbox", [*python, "inbox", "--host", bind, "--port", str(p.inbox),
                             "--file", str(d / "inbox.jsonl")],
                   f"{url(p.inbox)}/alerts", f"{url(p.inbox)}/alerts"),
-        Component("node_exporter", [find_binary("node_exporter"),
-                                    f"--web.listen-address={HOST}:{p.node_exporter}"],
+        Component("node_exporter", [find_binary("node_exporter"), listen(p.node_exporter)],
                   f"{url(p.node_exporter)}/metrics", url(p.node_exporter)),
         Component("pushgateway", [
-            find_binary("pushgateway"), f"--web.listen-address={HOST}:{p.pushgateway}",
+            find_binary("pushgateway"), listen(p.pushgateway),
             f"--persistence.file={d / 'data' / 'pushgateway.db'}",
         ], f"{url(p.pushgateway)}/-/ready", url(p.pushgateway)),
         Component("alertmanager", [
             find_binary("alertmanager"), f"--config.file={d / 'alertmanager.yml'}",
             f"--storage.path={d / 'data' / 'alertmanager'}",
-            f"--web.listen-address={HOST}:{p.alertmanager}",
+            listen(p.alertmanager),
             "--cluster.listen-address=",  # no gossip: a single local instance
         ], f"{url(p.alertmanager)}/-/ready", url(p.alertmanager)),
     ]
@@ -136,21 +194,23 @@ def components(opts: StackOptions) -> list[Component]:
     if opts.replicas > 1:
         # Started before the replica set's Prometheus, whose remote_write it receives.
         parts.append(Component("prometheus-global", _prometheus(
-            d, d / GLOBAL_CONFIG, "prometheus-global", p.global_prometheus,
+            opts, d / GLOBAL_CONFIG, "prometheus-global", p.global_prometheus,
             "--web.enable-remote-write-receiver",
-        ), f"{url(p.global_prometheus)}/-/ready", url(p.global_prometheus)))
+        ), f"{url(p.global_prometheus)}/-/ready", url(p.global_prometheus), auth))
         # Both stop together: waiting a minute (the default) to flush to a receiver that is
         # gone would only delay the stop.
         prometheus_flags.append(
             f"--storage.remote.flush-deadline={opts.profile.remote_write_deadline}")
     parts += [
         Component("prometheus", _prometheus(
-            d, d / "prometheus.yml", "prometheus", p.prometheus, *prometheus_flags,
-        ), f"{url(p.prometheus)}/-/ready", url(p.prometheus)),
+            opts, d / "prometheus.yml", "prometheus", p.prometheus, *prometheus_flags,
+        ), f"{url(p.prometheus)}/-/ready", url(p.prometheus), auth),
         Component("dashboard", [
             *python, "dashboard", "--prometheus", url(p.prometheus),
-            "--alertmanager", url(p.alertmanager), "--host", HOST, "--port", str(p.dashboard),
+            "--alertmanager", url(p.alertmanager), "--host", bind, "--port", str(p.dashboard),
             "--profile", opts.profile.name,
+            *(["--prometheus-user", auth.username,
+               "--prometheus-password-file", str(auth.password_file)] if auth else []),
         ], f"{url(p.dashboard)}/-/ready", url(p.dashboard)),
     ]
     if opts.traffic_rate > 0:
@@ -198,20 +258,36 @@ class Stack:
             raise StackError("replicas must be at least 1")
         if len(self.opts.replica_ports) != self.opts.replicas - 1:
             self.opts.replica_ports = free_ports(self.opts.replicas - 1)
-        busy = self.opts.ports.busy(skip=() if self.opts.replicas > 1 else ("global_prometheus",))
+        busy = self.opts.ports.busy(
+            skip=() if self.opts.replicas > 1 else ("global_prometheus",), bind=self.opts.bind)
         if busy:
             raise StackError("port(s) already in use: " + ", ".join(
                 f"{port} ({name})" for name, port in busy
             ) + ". Stop what listens there or choose other ports (see `inferwatch up --help`).")
         parts = components(self.opts)
-        write_stack_config(self.opts.run_dir, self.opts.profile, self.opts.ports,
-                           self.opts.receivers)
-        if self.opts.replicas > 1:
-            write_scaleout_config(self.opts.run_dir, self.opts.profile, self.opts.ports,
-                                  self.opts.service_ports)
-        # A fresh token per stack: chaos needs it, and it never leaves the run directory.
-        write_secret_file(admin_token_path(self.opts.run_dir), secrets.token_urlsafe(32))
+        self.write_config()
         self.start_components(parts, timeout)
+
+    def write_config(self) -> None:
+        """Configuration and secrets of the run directory; a web config promtool refuses
+        stops the start here, with promtool's message."""
+        opts, host = self.opts, connect_host(self.opts.bind)
+        auth = prometheus_auth(opts)
+        write_stack_config(opts.run_dir, opts.profile, opts.ports, opts.receivers,
+                           host=host, auth=auth)
+        if opts.replicas > 1:
+            write_scaleout_config(opts.run_dir, opts.profile, opts.ports, opts.service_ports,
+                                  host=host, auth=auth)
+        # A fresh token per stack: chaos needs it, and it never leaves the run directory.
+        write_secret_file(admin_token_path(opts.run_dir), secrets.token_urlsafe(32))
+        if auth is not None:
+            password = opts.prometheus_password or secrets.token_urlsafe(24)
+            write_secret_file(auth.password_file, password)
+            write_web_config(web_config_path(opts.run_dir), auth.username, password)
+            try:
+                check_web_config(web_config_path(opts.run_dir))
+            except WebConfigError as exc:
+                raise StackError(str(exc)) from None
 
     def start_components(self, parts: Sequence[Component], timeout: float = 90.0) -> None:
         """Start ``parts`` in order and wait until each answers its ready URL."""
@@ -282,7 +358,8 @@ class Stack:
                 raise StackError(f"{part.name} exited with {proc.returncode}; "
                                  f"log {running.log}:\n{tail}")
             try:
-                if httpx.get(part.ready_url, timeout=1.0).status_code == 200:
+                auth = part.auth.credentials() if part.auth else None
+                if httpx.get(part.ready_url, timeout=1.0, auth=auth).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -290,8 +367,12 @@ class Stack:
         raise StackError(f"{part.name} not ready at {part.ready_url}; log: {running.log}")
 
     def _write_state(self) -> None:
+        auth = prometheus_auth(self.opts)
         state = {"profile": self.opts.profile.name, "ports": asdict(self.opts.ports),
-                 "replicas": self.opts.replicas,
+                 "replicas": self.opts.replicas, "bind": self.opts.bind,
+                 "host": connect_host(self.opts.bind),
+                 "prometheus_auth": auth and {"username": auth.username,
+                                              "password_file": str(auth.password_file)},
                  "processes": [asdict(p) for p in self.processes]}
         self.state_path.write_text(json.dumps(state, indent=2))
 

@@ -15,8 +15,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from inferwatch.stack.config import HOST, StackPorts, render_prometheus_config, url, write_yaml
+from inferwatch.stack.config import (
+    HOST,
+    StackPorts,
+    address,
+    render_prometheus_config,
+    url,
+    write_yaml,
+)
 from inferwatch.stack.profiles import Profile
+from inferwatch.stack.webconfig import BasicAuth
 
 __all__ = [
     "GLOBAL_CONFIG",
@@ -37,8 +45,10 @@ def external_labels(cluster: str, replica_set: str) -> dict[str, str]:
 
 
 def render_replica_prometheus_config(profile: Profile, ports: StackPorts, cluster: str,
-                                     replica_set: str) -> dict[str, Any]:
-    config = render_prometheus_config(profile, ports)
+                                     replica_set: str, host: str = HOST,
+                                     auth: BasicAuth | None = None) -> dict[str, Any]:
+    """``auth``: both Prometheus servers require it, so remote_write sends it too."""
+    config = render_prometheus_config(profile, ports, host=host, auth=auth)
     config["global"]["external_labels"] = external_labels(cluster, replica_set)
     for job in config["scrape_configs"]:
         if job["job_name"] == "inference":
@@ -48,8 +58,9 @@ def render_replica_prometheus_config(profile: Profile, ports: StackPorts, cluste
                                        "refresh_interval": profile.scrape_interval}]
     config["remote_write"] = [{
         "name": "global",
-        "url": f"{url(ports.global_prometheus)}/api/v1/write",
+        "url": f"{url(ports.global_prometheus, host)}/api/v1/write",
         "queue_config": {"batch_send_deadline": profile.remote_write_deadline},
+        **({"basic_auth": auth.client_config()} if auth else {}),
     }]
     return config
 
@@ -60,10 +71,10 @@ def render_global_prometheus_config(profile: Profile) -> dict[str, Any]:
             "scrape_configs": []}
 
 
-def write_targets(path: Path, service_ports: Sequence[int]) -> Path:
+def write_targets(path: Path, service_ports: Sequence[int], host: str = HOST) -> Path:
     """The ``file_sd`` target list; written to a temporary file and renamed, so Prometheus
     never reads half a file."""
-    targets = [{"targets": [f"{HOST}:{port}" for port in service_ports]}]
+    targets = [{"targets": [address(port, host) for port in service_ports]}]
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".json.tmp")
     partial.write_text(json.dumps(targets, indent=2) + "\n")
@@ -73,13 +84,14 @@ def write_targets(path: Path, service_ports: Sequence[int]) -> Path:
 
 def write_scaleout_config(directory: Path, profile: Profile, ports: StackPorts,
                           service_ports: Sequence[int], cluster: str = "local",
-                          replica_set: str = "inferwatch") -> dict[str, Path]:
+                          replica_set: str = "inferwatch", host: str = HOST,
+                          auth: BasicAuth | None = None) -> dict[str, Path]:
     """Replace the stack's ``prometheus.yml`` with the replica set's, and write the targets
     and the global Prometheus' configuration beside it."""
     return {
         "prometheus": write_yaml(directory / "prometheus.yml", render_replica_prometheus_config(
-            profile, ports, cluster, replica_set)),
-        "targets": write_targets(directory / TARGETS_FILE, service_ports),
+            profile, ports, cluster, replica_set, host, auth)),
+        "targets": write_targets(directory / TARGETS_FILE, service_ports, host),
         "global_prometheus": write_yaml(directory / GLOBAL_CONFIG,
                                         render_global_prometheus_config(profile)),
     }

@@ -39,6 +39,8 @@ class DashboardConfig:
     profile: Profile = DEFAULT
     dashboard: Dashboard = field(default=DASHBOARD)
     timeout: float = 10.0
+    # (user, password) sent to Prometheus; never to the page.
+    prometheus_auth: tuple[str, str] | None = field(default=None, repr=False)
 
 
 def describe(config: DashboardConfig) -> dict[str, Any]:
@@ -101,11 +103,12 @@ def create_dashboard_app(config: DashboardConfig,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            for name, base in (("prometheus", config.prometheus),
-                               ("alertmanager", config.alertmanager)):
+            for name, base, auth in (("prometheus", config.prometheus, config.prometheus_auth),
+                                     ("alertmanager", config.alertmanager, None)):
                 if base:
                     clients[name] = await stack.enter_async_context(httpx.AsyncClient(
-                        base_url=base.rstrip("/"), timeout=config.timeout, transport=transport))
+                        base_url=base.rstrip("/"), timeout=config.timeout, transport=transport,
+                        auth=auth))
             yield
 
     async def upstream(name: str, path: str, params: dict[str, Any]) -> httpx.Response:

@@ -1,0 +1,89 @@
+"""Prometheus behind basic auth, started by the stack's runner: it refuses anonymous
+requests, and every inferwatch client of it (readiness, self-scrape, PrometheusAPI, the
+dashboard page, doctor) gets through with the credentials."""
+
+import json
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from inferwatch.operate.promapi import PrometheusAPI, PrometheusError
+from inferwatch.stack.config import StackPorts, url
+from inferwatch.stack.profiles import FAST
+from inferwatch.stack.runner import Stack, StackOptions, components, prometheus_auth
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    opts = StackOptions(run_dir=tmp_path_factory.mktemp("auth"), profile=FAST,
+                        ports=StackPorts.free(), prometheus_user="ops")
+    stack = Stack(opts)
+    stack.write_config()
+    # Its readiness check only passes with the credentials.
+    stack.start_components([c for c in components(opts) if c.name in ("prometheus",
+                                                                       "dashboard")])
+    yield stack
+    stack.stop()
+
+
+def credentials(stack: Stack) -> tuple[str, str]:
+    auth = prometheus_auth(stack.opts)
+    assert auth is not None
+    return auth.credentials()
+
+
+def test_every_secret_in_the_run_dir_is_0600(guarded: Stack) -> None:
+    d = guarded.opts.run_dir
+    for name in ("admin-token", "prometheus-password", "web-config.yml"):
+        assert stat.S_IMODE((d / name).stat().st_mode) == 0o600, name
+    password = credentials(guarded)[1]
+    for path in d.rglob("*"):  # configs, state, logs: only the password file holds it
+        if path.is_file() and path.name != "prometheus-password":
+            assert password.encode() not in path.read_bytes(), path
+
+
+def test_anonymous_and_wrong_passwords_get_401(guarded: Stack) -> None:
+    base = url(guarded.opts.ports.prometheus)
+    user, password = credentials(guarded)
+    assert httpx.get(f"{base}/api/v1/query", params={"query": "up"}).status_code == 401
+    assert httpx.get(f"{base}/-/ready").status_code == 401
+    assert httpx.get(f"{base}/api/v1/query", params={"query": "up"},
+                     auth=(user, password + "x")).status_code == 401
+    assert httpx.get(f"{base}/api/v1/query", params={"query": "up"},
+                     auth=(user, password)).status_code == 200
+
+
+def test_client_with_credentials_queries_and_prometheus_scrapes_itself(guarded: Stack) -> None:
+    anonymous = PrometheusAPI(url(guarded.opts.ports.prometheus))
+    with pytest.raises(PrometheusError, match="401"):
+        anonymous.query("up")
+    anonymous.close()
+    prom = PrometheusAPI(url(guarded.opts.ports.prometheus), auth=credentials(guarded))
+    try:
+        assert prom.ready()
+        prom.wait_for_scrape("prometheus", after=0)  # the self-scrape's password_file works
+        assert prom.scalar('up{job="prometheus"}') == 1.0
+    finally:
+        prom.close()
+
+
+def test_dashboard_page_queries_with_the_credentials(guarded: Stack) -> None:
+    response = httpx.get(f"{url(guarded.opts.ports.dashboard)}/api/variables", timeout=10)
+    assert response.status_code == 200, response.text
+    assert credentials(guarded)[1] not in httpx.get(
+        f"{url(guarded.opts.ports.dashboard)}/api/dashboard").text
+
+
+def test_doctor_reads_the_credentials_from_the_run_dir(guarded: Stack) -> None:
+    def prometheus_finding(*args: str) -> dict[str, str]:
+        out = subprocess.run([sys.executable, "-m", "inferwatch", "doctor", "--json", *args],
+                             capture_output=True, text=True, timeout=120, check=False).stdout
+        return next(f for f in json.loads(out) if f["check"] == "prometheus")
+
+    assert prometheus_finding("--run-dir", str(guarded.opts.run_dir))["status"] == "ok"
+    anonymous = prometheus_finding("--prometheus", url(guarded.opts.ports.prometheus))
+    assert anonymous["status"] == "fail"
