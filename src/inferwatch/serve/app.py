@@ -9,6 +9,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -50,6 +51,7 @@ log = logging.getLogger("inferwatch.serve")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _TOP_K = 5
+_MAX_DIMS = 32  # numpy allows 64; no model takes more than a handful
 
 
 @dataclass
@@ -412,18 +414,21 @@ def _v2_samples(model: ServedModel, payload: Any) -> tuple[np.ndarray, str | Non
         raise InferenceError("invalid_json", 'expected {"inputs": [{"shape": ..., "data": ...}]}')
     tensor = payload["inputs"][0]
     shape, data = tensor.get("shape"), tensor.get("data")
-    if not isinstance(shape, list) or not all(isinstance(s, int) and s > 0 for s in shape):
-        raise InferenceError("invalid_shape", "inputs[0].shape must be a list of positive ints")
+    if not isinstance(shape, list) or not 0 < len(shape) <= _MAX_DIMS or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+        raise InferenceError("invalid_shape", f"inputs[0].shape must be a list of 1 to "
+                                              f"{_MAX_DIMS} positive ints")
     if tensor.get("datatype", "FP32") not in ("FP32", "FP64", "INT32", "INT64", "UINT8"):
         raise InferenceError("invalid_shape", f"unsupported datatype {tensor.get('datatype')!r}")
     try:
         values = np.asarray(data, dtype=np.float32)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # an int beyond float32 overflows
         raise InferenceError("invalid_shape", "inputs[0].data must hold numbers") from None
-    if values.size != int(np.prod(shape)):
-        raise InferenceError("invalid_shape",
-                             f"inputs[0].data has {values.size} values, shape {shape} needs "
-                             f"{int(np.prod(shape))}")
+    # math.prod, not np.prod: int64 wraps, and [2**32, 2**32] would "need" 0 values.
+    needed = math.prod(shape)
+    if values.size != needed:
+        raise InferenceError("invalid_shape", f"inputs[0].data has {values.size} values, "
+                                              f"shape {shape} needs {needed}")
     try:
         samples = model.from_tensor(values.reshape(shape))
     except InputError as exc:
