@@ -377,7 +377,8 @@ def create_app(
         return Response(encoder(service.scrape_registry),
                         headers={"Content-Type": content_type})
 
-    document = openapi_document(list(service.deployments))
+    document = openapi_document({name: d.model.card.version
+                                 for name, d in service.deployments.items()})
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
