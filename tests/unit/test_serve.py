@@ -115,7 +115,7 @@ BAD_REQUESTS = [
      "application/json", 422, "invalid_shape"),
     ("/v2/models/digits/versions/9/infer", b"{}", "application/json", 404, "unknown_model"),
     # Once 500s: an int64 product that wraps to 0, a bool taken for an int, more dimensions
-    # than numpy allows, an integer beyond float32.
+    # than numpy allows, an integer beyond float64.
     ("/v2/models/digits/infer", b'{"inputs": [{"shape": [4294967296, 4294967296], "data": []}]}',
      "application/json", 422, "invalid_shape"),
     ("/v2/models/digits/infer", b'{"inputs": [{"shape": [true, 64], "data": [' +

@@ -4,18 +4,24 @@ alike get no 5xx, every 4xx carries a JSON reason, and every inference request i
 import asyncio
 import base64
 import io
+import math
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from prometheus_client import CollectorRegistry
 from schemathesis.python.asgi import shutdown_lifespans
 
 from inferwatch.metrics.middleware import model_from_path
-from inferwatch.serve.app import ServeConfig, ServiceApp, create_app
+from inferwatch.models import load_model
+from inferwatch.serve.app import ServeConfig, ServiceApp, _v2_samples, create_app
+from inferwatch.serve.errors import InferenceError
 from inferwatch.serve.openapi import openapi_document
 
 EXAMPLES = 100  # per operation and mode
@@ -59,6 +65,7 @@ MODES: dict[str, tuple[schemathesis.GenerationMode,
     "coherent": (schemathesis.GenerationMode.POSITIVE, coherent),
 }
 DOCUMENT = openapi_document({"digits": "1"})
+DIGITS = load_model("digits")
 CASES = [
     (method, path, mode)
     for path, item in DOCUMENT["paths"].items() for method, operation in item.items()
@@ -138,3 +145,42 @@ def test_undocumented_methods_get_405_with_a_reason_and_allow(service: ServiceAp
                     assert set(r.headers["allow"].split(", ")) >= {m.upper() for m in item}
 
     asyncio.run(main())  # no request reaches a model: the app's lifespan is not needed
+
+
+SCALARS = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=3)
+           | st.integers(min_value=2**1024))  # beyond float64: OverflowError
+SHAPES = (st.lists(st.integers(min_value=-1) | st.sampled_from([1, 8, 64, 2**32, 2**63])
+                   | st.booleans(), max_size=4)
+          | st.builds(lambda ones, tail: [1] * ones + tail, st.integers(0, 80),
+                      st.lists(st.sampled_from([2, 8, 64]), max_size=2))
+          | SCALARS)
+
+
+# One kind of value per tensor: a mixed list fails on its first odd value, hiding the rest.
+VALUES = [st.integers(), st.floats(), st.integers(min_value=2**1024), st.booleans(), SCALARS,
+          st.lists(st.floats(), max_size=3)]
+
+
+@st.composite
+def tensors(draw: st.DrawFn) -> tuple[Any, Any]:
+    shape = draw(SHAPES)
+    value = draw(st.sampled_from(VALUES))
+    size = math.prod(shape) if isinstance(shape, list) and all(
+        isinstance(s, int) for s in shape) else -1
+    if 0 <= size <= 256 and draw(st.booleans()):  # as many values as the shape says
+        return shape, draw(st.lists(value, min_size=size, max_size=size))
+    return shape, draw(st.lists(value, max_size=130) | SCALARS)
+
+
+@settings(max_examples=1000, deadline=None, database=None, derandomize=True)
+@given(tensors())
+def test_any_json_tensor_gives_samples_or_a_4xx_reason(tensor: tuple[Any, Any]) -> None:
+    """The OIP v2 tensor parser, where the schema-driven fuzzing above rarely reaches: odd
+    shapes (bools, huge or many dimensions) and data (huge ints, nesting, non-numbers)."""
+    shape, data = tensor
+    try:
+        samples, _ = _v2_samples(DIGITS, {"inputs": [{"shape": shape, "data": data}]})
+    except InferenceError as exc:
+        assert 400 <= exc.status < 500 and str(exc)
+    else:
+        assert samples.shape[1:] == (8, 8) and np.isfinite(samples).all()

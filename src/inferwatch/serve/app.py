@@ -424,7 +424,7 @@ def _v2_samples(model: ServedModel, payload: Any) -> tuple[np.ndarray, str | Non
     try:
         with np.errstate(over="ignore"):  # a float beyond float32 becomes inf, refused below
             values = np.asarray(data, dtype=np.float32)
-    except (TypeError, ValueError, OverflowError):  # an int beyond float32 overflows
+    except (TypeError, ValueError, OverflowError):  # an int beyond float64 overflows
         raise InferenceError("invalid_shape", "inputs[0].data must hold numbers") from None
     # math.prod, not np.prod: int64 wraps, and [2**32, 2**32] would "need" 0 values.
     needed = math.prod(shape)
