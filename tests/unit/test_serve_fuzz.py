@@ -98,6 +98,7 @@ def check(case: schemathesis.Case, service: ServiceApp) -> int:
     registry = service.service.registry
     requests = total(registry, "inference_requests_total")
     errors = total(registry, "inference_errors_total")
+    rejected = total(registry, "inference_feedback_rejected_total")
     response = case.call()
     status = response.status_code
     assert status < 500, f"{case.method} {case.formatted_path}: {status} {response.text[:500]}"
@@ -109,6 +110,8 @@ def check(case: schemathesis.Case, service: ServiceApp) -> int:
     inference = model_from_path(case.formatted_path) is not None
     assert total(registry, "inference_requests_total") - requests == inference
     assert total(registry, "inference_errors_total") == errors
+    refused = case.formatted_path == "/feedback" and status >= 400
+    assert total(registry, "inference_feedback_rejected_total") - rejected == refused
     return status
 
 
