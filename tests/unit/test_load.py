@@ -52,6 +52,7 @@ class FakeService:
     arrivals: list[Arrival] = field(default_factory=list)
     sleep: dict[int, float] = field(default_factory=dict)
     fail_every: int = 0
+    shed_every: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
     _next: int = 0
@@ -69,6 +70,9 @@ class FakeService:
                 await asyncio.sleep(self.sleep[index])
             if self.fail_every and index % self.fail_every == self.fail_every - 1:
                 return JSONResponse({"error": "injected"}, status_code=500)
+            if self.shed_every and index % self.shed_every == self.shed_every - 1:
+                return JSONResponse({"error": "overloaded"}, status_code=503,
+                                    headers={"Retry-After": "1"})
             return JSONResponse({"label": "0"})
         finally:
             self.in_flight -= 1
@@ -135,6 +139,16 @@ def test_counts_statuses(service: FakeService) -> None:
     assert result.statuses == {200: 15, 500: 5}
     assert result.ok == 15 and result.errors == 5
     assert len(result.latencies_ok) == 15
+    assert result.retry_after == 0
+
+
+def test_counts_shed_responses_with_retry_after(service: FakeService) -> None:
+    service.shed_every = 2
+    result = run_load_sync(LoadPlan(service.url, rate=200, count=20), payloads=payloads())
+    assert result.statuses == {200: 10, 503: 10} and result.retry_after == 10
+    out = io.StringIO()
+    assert report(result, Console(file=out, width=120))["retry_after"] == 10
+    assert "with Retry-After" in out.getvalue()
 
 
 def test_open_loop_keeps_sending_while_the_server_stalls(service: FakeService) -> None:

@@ -114,6 +114,16 @@ BAD_REQUESTS = [
      b'{"inputs": [{"shape": [1, 2], "datatype": "FP32", "data": ["a", "b"]}]}',
      "application/json", 422, "invalid_shape"),
     ("/v2/models/digits/versions/9/infer", b"{}", "application/json", 404, "unknown_model"),
+    # Once 500s: an int64 product that wraps to 0, a bool taken for an int, more dimensions
+    # than numpy allows, an integer beyond float64.
+    ("/v2/models/digits/infer", b'{"inputs": [{"shape": [4294967296, 4294967296], "data": []}]}',
+     "application/json", 422, "invalid_shape"),
+    ("/v2/models/digits/infer", b'{"inputs": [{"shape": [true, 64], "data": [' +
+     b",".join([b"1"] * 64) + b"]}]}", "application/json", 422, "invalid_shape"),
+    ("/v2/models/digits/infer", b'{"inputs": [{"shape": [' + b"1, " * 70 + b'64], "data": [' +
+     b",".join([b"1"] * 64) + b"]}]}", "application/json", 422, "invalid_shape"),
+    ("/v2/models/digits/infer", b'{"inputs": [{"shape": [1, 2], "data": [1, 1' + b"0" * 400 +
+     b"]}]}", "application/json", 422, "invalid_shape"),
 ]
 
 

@@ -137,6 +137,8 @@ class LoadResult:
     achieved_rate: float = 0.0
     late: int = 0
     """Requests that waited for a free slot under ``max_in_flight``."""
+    retry_after: int = 0
+    """Non-2xx responses that carried a ``Retry-After`` header: shed, to be retried later."""
     feedback: dict[str, int] = field(default_factory=dict)
     """With ``LoadPlan.feedback``: the service's verdicts ("correct", "incorrect") and
     refusals ("HTTP 404", ...)."""
@@ -206,9 +208,10 @@ async def run_load(plan: LoadPlan, progress: ProgressCallback | None = None,
     latencies: list[float] = []
     slots = asyncio.Semaphore(plan.max_in_flight)
     last_done = 0.0
+    retry_after = 0
 
     async def one(session: aiohttp.ClientSession, i: int, scheduled: float) -> None:
-        nonlocal last_done
+        nonlocal last_done, retry_after
         url, body, headers, label = requests[i % len(requests)]
         try:
             async with session.post(url, data=body, headers=headers) as response:
@@ -220,6 +223,8 @@ async def run_load(plan: LoadPlan, progress: ProgressCallback | None = None,
                 if plan.feedback:
                     verdict = await _send_feedback(session, base, response, answer, label)
                     feedback[verdict] = feedback.get(verdict, 0) + 1
+            elif "Retry-After" in response.headers:
+                retry_after += 1
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             name = type(exc).__name__
             transport_errors[name] = transport_errors.get(name, 0) + 1
@@ -269,6 +274,7 @@ async def run_load(plan: LoadPlan, progress: ProgressCallback | None = None,
         ended_at=ended_at,
         achieved_rate=achieved,
         late=late,
+        retry_after=retry_after,
         feedback=dict(sorted(feedback.items())),
     )
 
@@ -387,6 +393,7 @@ def report(
         "ok": result.ok,
         "errors": result.errors,
         "late": result.late,
+        "retry_after": result.retry_after,
         "statuses": {str(k): v for k, v in result.statuses.items()},
         "transport_errors": dict(result.transport_errors),
         "achieved_rate": result.achieved_rate,
@@ -412,6 +419,8 @@ def report(
     ]
     rows += [(f"HTTP {status}", str(n), "") for status, n in result.statuses.items()
              if not 200 <= status < 300]
+    if result.retry_after:
+        rows.append(("with Retry-After", str(result.retry_after), ""))
     rows += [(name, str(n), "") for name, n in result.transport_errors.items()]
     if result.late:
         rows.append(("sent late (max in flight)", str(result.late), ""))

@@ -9,6 +9,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -53,6 +54,7 @@ _TOP_K = 5
 # A model call under this runs on the event loop, not the batch thread (see MicroBatcher): the
 # digits model's calls take 10-60 us, resnet18's tens of milliseconds.
 INLINE_COMPUTE_SECONDS = 0.0005
+_MAX_DIMS = 32  # numpy allows 64; no model takes more than a handful
 
 
 @dataclass
@@ -377,7 +379,8 @@ def create_app(
         return Response(encoder(service.scrape_registry),
                         headers={"Content-Type": content_type})
 
-    document = openapi_document(list(service.deployments))
+    document = openapi_document({name: d.model.card.version
+                                 for name, d in service.deployments.items()})
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
@@ -414,18 +417,22 @@ def _v2_samples(model: ServedModel, payload: Any) -> tuple[np.ndarray, str | Non
         raise InferenceError("invalid_json", 'expected {"inputs": [{"shape": ..., "data": ...}]}')
     tensor = payload["inputs"][0]
     shape, data = tensor.get("shape"), tensor.get("data")
-    if not isinstance(shape, list) or not all(isinstance(s, int) and s > 0 for s in shape):
-        raise InferenceError("invalid_shape", "inputs[0].shape must be a list of positive ints")
+    if not isinstance(shape, list) or not 0 < len(shape) <= _MAX_DIMS or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+        raise InferenceError("invalid_shape", f"inputs[0].shape must be a list of 1 to "
+                                              f"{_MAX_DIMS} positive ints")
     if tensor.get("datatype", "FP32") not in ("FP32", "FP64", "INT32", "INT64", "UINT8"):
         raise InferenceError("invalid_shape", f"unsupported datatype {tensor.get('datatype')!r}")
     try:
-        values = np.asarray(data, dtype=np.float32)
-    except (TypeError, ValueError):
+        with np.errstate(over="ignore"):  # a float beyond float32 becomes inf, refused below
+            values = np.asarray(data, dtype=np.float32)
+    except (TypeError, ValueError, OverflowError):  # an int beyond float64 overflows
         raise InferenceError("invalid_shape", "inputs[0].data must hold numbers") from None
-    if values.size != int(np.prod(shape)):
-        raise InferenceError("invalid_shape",
-                             f"inputs[0].data has {values.size} values, shape {shape} needs "
-                             f"{int(np.prod(shape))}")
+    # math.prod, not np.prod: int64 wraps, and [2**32, 2**32] would "need" 0 values.
+    needed = math.prod(shape)
+    if values.size != needed:
+        raise InferenceError("invalid_shape", f"inputs[0].data has {values.size} values, "
+                                              f"shape {shape} needs {needed}")
     try:
         samples = model.from_tensor(values.reshape(shape))
     except InputError as exc:

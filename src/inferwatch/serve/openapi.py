@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import inferwatch
@@ -16,39 +17,61 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def openapi_document(models: list[str]) -> dict[str, Any]:
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(code): _ERROR for code in codes}
+
+
+def openapi_document(models: Mapping[str, str]) -> dict[str, Any]:
+    """The document for the served ``models`` (name -> version)."""
     model_param = {"name": "model", "in": "path", "required": True,
-                   "schema": {"type": "string", "enum": models}}
-    errors = {str(code): _ERROR for code in (400, 404, 413, 415, 422, 503)}
+                   "schema": {"type": "string", "enum": list(models)}}
+    version_param = {"name": "version", "in": "path", "required": True,
+                     "schema": {"type": "string", "enum": sorted(set(models.values()))}}
+    request_id = {"name": "X-Request-ID", "in": "header", "required": False,
+                  "description": "Kept as the answer's id when it matches ^[A-Za-z0-9._-]{1,64}$",
+                  "schema": {"type": "string"}}
+    inference_errors = _errors(400, 404, 413, 422, 503)
+    infer = {
+        "summary": "Open Inference Protocol v2 inference",
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/InferRequest"}}}},
+        "responses": {"200": _json({"$ref": "#/components/schemas/InferResponse"}),
+                      **inference_errors},
+    }
+    binary = {"schema": {"type": "string", "format": "binary"}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "inferwatch serve", "version": inferwatch.__version__},
         "paths": {
             "/predictions/{model}": {"post": {
                 "summary": "Classify one image (TorchServe-compatible)",
-                "parameters": [model_param],
+                "parameters": [model_param, request_id],
                 "requestBody": {"required": True, "content": {
-                    "image/png": {"schema": {"type": "string", "format": "binary"}},
-                    "application/octet-stream": {"schema": {"type": "string",
-                                                            "format": "binary"}},
+                    "image/png": binary,
+                    "image/jpeg": binary,
+                    "application/octet-stream": binary,
                     "application/json": {"schema": {
                         "type": "object", "required": ["image_base64"],
                         "properties": {"image_base64": {"type": "string",
                                                         "format": "byte"}}}},
                 }},
                 "responses": {"200": _json({"type": "object", "additionalProperties": {
-                    "type": "number"}}, "Top-5 labels with probabilities"), **errors},
+                    "type": "number"}}, "Top-5 labels with probabilities"), **inference_errors},
             }},
-            "/v2/models/{model}/infer": {"post": {
-                "summary": "Open Inference Protocol v2 inference",
-                "parameters": [model_param],
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/InferRequest"}}}},
-                "responses": {"200": _json({"type": "object"}), **errors},
-            }},
+            "/v2/models/{model}/infer": {"post": {**infer, "parameters": [model_param]}},
+            "/v2/models/{model}/versions/{version}/infer": {"post": {
+                **infer, "parameters": [model_param, version_param]}},
             "/v2/models/{model}": {"get": {
                 "summary": "Model metadata", "parameters": [model_param],
-                "responses": {"200": _json({"type": "object"}), "404": _ERROR},
+                "responses": {"200": _json({"type": "object"}), **_errors(404)},
+            }},
+            "/feedback": {"post": {
+                "summary": "The true label of an earlier answer, by its request id",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Feedback"}}}},
+                "responses": {"200": _json({"type": "object", "required": [
+                    "request_id", "model", "correct", "top5_correct"]}),
+                              **_errors(400, 404, 409, 413, 422)},
             }},
             "/v2/health/ready": {"get": {"summary": "Readiness",
                                          "responses": {"200": _json({"type": "object"})}}},
@@ -61,6 +84,8 @@ def openapi_document(models: list[str]) -> dict[str, Any]:
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
                 "200": {"description": "Exposition format",
                         "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/openapi.json": {"get": {"summary": "This document",
+                                      "responses": {"200": _json({"type": "object"})}}},
         },
         "components": {"schemas": {
             "Error": {"type": "object", "required": ["code", "error", "message"],
@@ -72,11 +97,25 @@ def openapi_document(models: list[str]) -> dict[str, Any]:
                     "type": "object", "required": ["name", "shape", "datatype", "data"],
                     "properties": {
                         "name": {"type": "string"},
-                        "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+                        "shape": {"type": "array", "minItems": 1, "maxItems": 32,
+                                  "items": {"type": "integer", "minimum": 1},
+                                  "description": "[n, *input shape] or [n, input size]; "
+                                                 "digits: [n, 8, 8] or [n, 64]"},
                         "datatype": {"type": "string", "enum": ["FP32", "FP64", "INT32",
                                                                 "INT64", "UINT8"]},
-                        "data": {"type": "array", "items": {"type": "number"}},
+                        "data": {"type": "array", "items": {"type": "number"},
+                                 "description": "Row-major values, as many as shape holds"},
                     }}},
+            }},
+            "InferResponse": {"type": "object",
+                              "required": ["model_name", "model_version", "id", "outputs"],
+                              "properties": {"outputs": {"type": "array", "items": {
+                                  "type": "object",
+                                  "required": ["name", "datatype", "shape", "data"]}}}},
+            "Feedback": {"type": "object", "required": ["request_id", "label"], "properties": {
+                "request_id": {"type": "string", "description": "X-Request-ID or id answered"},
+                "label": {"oneOf": [{"type": "string"}, {"type": "integer", "minimum": 0}],
+                          "description": "A label of the model, or its index"},
             }},
         }},
     }
