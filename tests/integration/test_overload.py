@@ -3,17 +3,15 @@ it stays up, its memory stays bounded, every shed request gets 503 with Retry-Af
 client's counts of answers and of shed requests equal the server's exactly."""
 
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from processes import Samples, process, scrape
 
 from inferwatch.operate.load import LoadPlan, LoadResult, run_load_sync
 from inferwatch.stack.config import free_ports
@@ -29,20 +27,11 @@ QUEUE_CAPACITY = 4
 OVERLOAD_SECONDS = 30
 RSS_GROWTH_LIMIT = 64 << 20
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
 def rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for {pid}")
-
-
-def scrape(url: str) -> Samples:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def total(samples: Samples, name: str, **labels: str) -> float:
@@ -53,39 +42,17 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port, admin_port = free_ports(2)
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "inferwatch", "serve", "--port", str(port),
-             "--admin-port", str(admin_port), "--max-batch-size", "1",
-             "--queue-capacity", str(QUEUE_CAPACITY), "--log-level", "warning"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "INFERWATCH_ADMIN_TOKEN": TOKEN})
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+    argv = [sys.executable, "-m", "inferwatch", "serve", "--port", str(port),
+            "--admin-port", str(admin_port), "--max-batch-size", "1",
+            "--queue-capacity", str(QUEUE_CAPACITY), "--log-level", "warning"]
+    with process(argv, f"{url}/ping", tmp_path / "serve.log",
+                 env={**os.environ, "INFERWATCH_ADMIN_TOKEN": TOKEN}) as proc:
         slow = httpx.post(f"http://127.0.0.1:{admin_port}/admin/faults/latency",
                           json={"stage": "compute", "seconds": COMPUTE_SECONDS},
                           headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
         assert slow.status_code == 200, slow.text
         yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
 
 
 def served_per_second(result: LoadResult) -> float:
@@ -102,7 +69,7 @@ def test_twice_capacity_for_30s_sheds_with_retry_after_and_loses_nothing(
     capacity = served_per_second(probe)
     rate = 2 * capacity
     rss_before = rss(proc.pid)
-    before = scrape(url)
+    before = scrape(f"{url}/metrics")
 
     peak = rss_before
     stop = threading.Event()
@@ -120,7 +87,7 @@ def test_twice_capacity_for_30s_sheds_with_retry_after_and_loses_nothing(
     finally:
         stop.set()
         watcher.join()
-    after = scrape(url)
+    after = scrape(f"{url}/metrics")
     peak = max(peak, rss(proc.pid))
 
     print(f"capacity {capacity:.0f}/s; sent {result.sent} at {result.achieved_rate:.0f}/s: "

@@ -4,18 +4,14 @@ restarted under load, and MLServer (a third-party Open Inference Protocol v2 ser
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from processes import Samples, process, scrape
 
 from inferwatch.models.digits import heldout_digits
 from inferwatch.operate.load import LoadPlan, Payload, run_load_sync
@@ -29,35 +25,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextmanager
-def process(argv: list[str], ready_url: str, log: Path, timeout: float = 90,
-            **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``argv``, wait until ``ready_url`` answers 200, stop it at the end."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert proc.poll() is None, f"{argv[:3]} exited:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"{ready_url} not ready:\n{log.read_text()[-3000:]}"
-            try:
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
 def serve(port: int) -> list[str]:
     return [sys.executable, "-m", "inferwatch", "serve", "--port", str(port)]
 
@@ -67,13 +34,7 @@ def proxy_argv(upstream: str, port: int, *extra: str) -> list[str]:
             "--port", str(port), *extra]
 
 
-def samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(url, timeout=5).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def sample(values: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+def sample(values: Samples, name: str,
            **labels: str) -> float:
     return values.get((name, tuple(sorted(labels.items()))), 0.0)
 
@@ -102,7 +63,7 @@ def test_upstream_killed_mid_load_gives_502_with_reason_then_recovers(tmp_path: 
             after = run_load_sync(LoadPlan(url=url, rate=200, count=200))
         assert after.ok == 200, after.statuses
 
-        values = samples(f"{url}/metrics")
+        values = scrape(f"{url}/metrics")
         sent = during.sent + 1 + after.sent
         assert sample(values, "inference_requests_total", **digits) == sent
         assert sample(values, "inference_responses_total", code="200",
@@ -172,12 +133,12 @@ def test_mlserver_counts_match_exactly(tmp_path: Path) -> None:
         result = run_load_sync(LoadPlan(url=url, rate=100, count=n), payloads=payloads)
         assert result.ok == n, (result.statuses, result.transport_errors)
 
-        ours = samples(f"{url}/metrics")
+        ours = scrape(f"{url}/metrics")
         labels = {"model": "digits", "version": "1"}  # the version MLServer reported
         assert sample(ours, "inference_requests_total", **labels) == n + 1
         assert sample(ours, "inference_responses_total", code="200", **labels) == n + 1
         assert sample(ours, "inference_stage_seconds_count", stage="compute", **labels) == n + 1
-        native = samples(f"http://127.0.0.1:{metrics_port}/metrics")
+        native = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
         successes = [v for (name, lab), v in native.items()
                      if name == "model_infer_request_success_total" and ("model", "digits") in lab]
         assert successes == [n + 1]
