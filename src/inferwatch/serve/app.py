@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from inferwatch.metrics import InferenceMetrics, MetricsMiddleware
 from inferwatch.metrics.gpu import GPUCollector
@@ -62,6 +63,9 @@ class ServeConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     latency_buckets: Sequence[float] | None = None
     quality: bool = True  # confidence, class mix, drift and feedback accuracy
+    # False: no middleware, no instrument call per request, no /metrics; only to measure
+    # what the instrumentation costs (bench/overhead.py). Turns quality tracking off too.
+    metrics: bool = True
 
 
 @dataclass
@@ -86,7 +90,7 @@ class InferenceService:
         kwargs = {"latency_buckets": config.latency_buckets} if config.latency_buckets else {}
         self.metrics = InferenceMetrics(
             {m.card.name: m.card.version for m in loaded}, registry=self.registry, **kwargs
-        )
+        ) if config.metrics else None
         self.faults = Faults()
         self.quality_metrics = QualityMetrics(self.registry)
         self.feedback = FeedbackStore()
@@ -98,18 +102,21 @@ class InferenceService:
                 max_batch_size=config.max_batch_size or model.max_batch_size,
                 max_wait=config.max_wait_ms / 1000.0,
                 capacity=config.queue_capacity,
-                on_batch=functools.partial(self.metrics.observe_batch, card.name),
+                on_batch=functools.partial(self.metrics.observe_batch, card.name)
+                if self.metrics else None,
                 queue_delay=functools.partial(self.faults.delay, "queue"),
                 name=card.name,
             )
-            batcher.on_depth = self.metrics.watch_queue(card.name, batcher.depth,
-                                                        batcher.capacity)
-            self.metrics.set_model_loaded(card.name, runtime=card.runtime,
-                                          load_seconds=card.load_seconds,
-                                          accuracy=card.heldout_accuracy)
+            if self.metrics is not None:
+                batcher.on_depth = self.metrics.watch_queue(card.name, batcher.depth,
+                                                            batcher.capacity)
+                self.metrics.set_model_loaded(card.name, runtime=card.runtime,
+                                              load_seconds=card.load_seconds,
+                                              accuracy=card.heldout_accuracy)
             quality = QualityMonitor(
                 self.quality_metrics, card.name, card.version, card.labels,
-                model.quality_reference, model.features) if config.quality else None
+                model.quality_reference, model.features
+            ) if config.quality and config.metrics else None
             self.deployments[card.name] = _Deployment(model, batcher, quality)
             log.info("model %s version %s loaded in %.2fs (%s)%s", card.name, card.version,
                      card.load_seconds, card.runtime,
@@ -171,10 +178,11 @@ class InferenceService:
         except QueueFullError as exc:
             raise InferenceError("overloaded", f"server overloaded: {exc}",
                                  {"Retry-After": "1"}) from None
-        observe = self.metrics.observe_stage
-        observe(name, "preprocess", preprocess_seconds)
-        observe(name, "queue", result.queue_seconds)
-        observe(name, "compute", result.compute_seconds)
+        if self.metrics is not None:
+            observe = self.metrics.observe_stage
+            observe(name, "preprocess", preprocess_seconds)
+            observe(name, "queue", result.queue_seconds)
+            observe(name, "compute", result.compute_seconds)
         if d.quality is not None:
             d.quality.observe(result.probabilities, samples)  # folded in the background
         return result.probabilities
@@ -248,13 +256,17 @@ def _input_error(exc: InputError) -> InferenceError:
     return InferenceError(exc.reason, str(exc))
 
 
-class ServiceApp(MetricsMiddleware):
+class ServiceApp:
     """The ASGI app of the service: its routes behind the metrics middleware it exports."""
 
     def __init__(self, starlette: Starlette, service: InferenceService) -> None:
-        super().__init__(starlette, service.metrics)
         self.starlette = starlette
         self.service = service
+        self.asgi: ASGIApp = starlette if service.metrics is None else \
+            MetricsMiddleware(starlette, service.metrics)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.asgi(scope, receive, send)
 
 
 def create_app(
@@ -263,7 +275,8 @@ def create_app(
 ) -> ServiceApp:
     """The service as an ASGI app, wrapped in the metrics middleware it exports.
 
-    ``/metrics`` exposes ``scrape_registry`` when given, else ``registry``.
+    ``/metrics`` exposes ``scrape_registry`` when given, else ``registry``; with
+    ``config.metrics`` False there is neither the middleware nor ``/metrics``.
     """
     disable_created_metrics()  # `_created` series double the exposition for no query we run
     service = InferenceService(config or ServeConfig(), registry, scrape_registry)
@@ -298,7 +311,8 @@ def create_app(
         service.remember(name, request_id, top)
         response = JSONResponse({labels[i]: round(float(probs[0][i]), 6) for i in top},
                                 headers={"X-Request-ID": request_id})
-        service.metrics.observe_stage(name, "postprocess", time.perf_counter() - post)
+        if service.metrics is not None:
+            service.metrics.observe_stage(name, "postprocess", time.perf_counter() - post)
         return response
 
     async def v2_infer(request: Request) -> Response:
@@ -330,7 +344,8 @@ def create_app(
                  "data": [int(i) for i in probs.argmax(axis=1)]},
             ],
         })
-        service.metrics.observe_stage(name, "postprocess", time.perf_counter() - post)
+        if service.metrics is not None:
+            service.metrics.observe_stage(name, "postprocess", time.perf_counter() - post)
         return response
 
     async def feedback(request: Request) -> Response:
@@ -397,7 +412,7 @@ def create_app(
             Route("/v2/health/live", ready, methods=["GET"]),
             Route("/models", models, methods=["GET"]),
             Route("/ping", ping, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
+            *([Route("/metrics", metrics, methods=["GET"])] if service.metrics else []),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         exception_handlers={InferenceError: handle_inference_error, HTTPException: http_error},
