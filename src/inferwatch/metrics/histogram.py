@@ -41,8 +41,11 @@ class DeferredHistogram(Histogram):
             self._fold()
             super().observe(amount, exemplar)
             return
-        self._raise_if_not_observable()
-        pending = self._pending
+        try:
+            pending = self._pending
+        except AttributeError:  # a labelled parent: only its children are observable
+            self._raise_if_not_observable()
+            raise
         pending.append(amount)  # atomic: safe from any thread without a lock
         if len(pending) >= _FOLD_AT:
             self._fold()

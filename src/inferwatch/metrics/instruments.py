@@ -233,6 +233,14 @@ class InferenceMetrics:
         if child is not None:
             child.observe(seconds)
 
+    def observe_stages(self, model: str, timings: Iterable[tuple[str, float]]) -> None:
+        """``observe_stage`` for several stages of one request, the model looked up once."""
+        stages = self._children(model).stages
+        for stage, seconds in timings:
+            child = stages.get(stage)
+            if child is not None:
+                child.observe(seconds)
+
     def observe_first_byte(self, model: str | None, seconds: float) -> None:
         """Time to first byte of a streamed response; unknown models get no series."""
         s = self._children(model)

@@ -179,10 +179,9 @@ class InferenceService:
             raise InferenceError("overloaded", f"server overloaded: {exc}",
                                  {"Retry-After": "1"}) from None
         if self.metrics is not None:
-            observe = self.metrics.observe_stage
-            observe(name, "preprocess", preprocess_seconds)
-            observe(name, "queue", result.queue_seconds)
-            observe(name, "compute", result.compute_seconds)
+            self.metrics.observe_stages(name, (("preprocess", preprocess_seconds),
+                                               ("queue", result.queue_seconds),
+                                               ("compute", result.compute_seconds)))
         if d.quality is not None:
             d.quality.observe(result.probabilities, samples)  # folded in the background
         return result.probabilities
