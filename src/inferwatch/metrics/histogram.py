@@ -5,10 +5,19 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
-from prometheus_client import Histogram
+from prometheus_client import Histogram, metrics
 from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
+
+from inferwatch.metrics.exposition import (
+    HistogramSeries,
+    cumulative,
+    families_text,
+    histogram_text,
+)
 
 _FOLD_AT = 4096  # pending observations; bounds memory between scrapes
 
@@ -67,3 +76,19 @@ class DeferredHistogram(Histogram):
     def _child_samples(self) -> Iterable[Sample]:
         self._fold()
         return super()._child_samples()
+
+    def exposition(self, openmetrics: bool) -> str:
+        """This family's text, for :func:`inferwatch.metrics.exposition.render_exposition`."""
+        if metrics._use_created or self._unit:  # lines only the stock encoder writes
+            return families_text(self.collect(), openmetrics)
+        children: list[tuple[Any, Any]] = [((), self)]
+        if self._labelnames:
+            with self._lock:
+                children = list(self._metrics.items())
+        series: list[HistogramSeries] = []
+        for values, child in children:
+            child._fold()
+            series.append((dict(zip(self._labelnames, values, strict=True)),
+                           cumulative(b.get() for b in child._buckets), child._sum.get()))
+        bounds = [floatToGoString(b) for b in self._upper_bounds]
+        return histogram_text(self._name, self._documentation, bounds, series, openmetrics)

@@ -25,7 +25,6 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -34,6 +33,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from inferwatch.metrics import InferenceMetrics, MetricsMiddleware
+from inferwatch.metrics.exposition import render_exposition
 from inferwatch.metrics.gpu import GPUCollector
 from inferwatch.metrics.quality import (
     FeedbackStore,
@@ -385,9 +385,9 @@ def create_app(
         return JSONResponse({"ready": True})
 
     async def metrics(request: Request) -> Response:
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encoder(service.scrape_registry),
-                        headers={"Content-Type": content_type})
+        body, content_type = render_exposition(service.scrape_registry,
+                                               request.headers.get("accept", ""))
+        return Response(body, headers={"Content-Type": content_type})
 
     document = openapi_document(list(service.deployments))
 
