@@ -6,7 +6,8 @@
 Runs `inferwatch serve` with both models in this process (uvicorn in a thread) with a
 recorder beside its metrics that keeps every raw latency per model and also fills a histogram
 with the seed's buckets; a real Prometheus scrapes it every second. Each model gets open-loop
-load in turn (digits at --rate, resnet18 with random weights on the CPU at --resnet18-rate),
+load in turn (digits at --rate, resnet18 with random weights on the CPU at --resnet18-rate,
+one torch thread unless INFERWATCH_TORCH_THREADS says otherwise),
 and for each the true quantiles of its raw latencies are printed next to Prometheus'
 estimates over that phase's window from our default buckets and from the seed's buckets, with
 the relative error of each.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import os
 import tempfile
 import threading
 import time
@@ -72,6 +74,9 @@ def load(plan: LoadPlan) -> LoadResult:
 
 
 def main() -> None:
+    # Two intra-op threads fighting other processes for 2 cores queue requests for seconds;
+    # one thread gives the model's own latency profile.
+    os.environ.setdefault("INFERWATCH_TORCH_THREADS", "1")
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=20)
