@@ -9,8 +9,8 @@ with the seed's buckets; a real Prometheus scrapes it every second. Each model g
 load in turn (digits at --rate, resnet18 with random weights on the CPU at --resnet18-rate,
 one torch thread unless INFERWATCH_TORCH_THREADS says otherwise),
 and for each the true quantiles of its raw latencies are printed next to Prometheus'
-estimates over that phase's window from our default buckets and from the seed's buckets, with
-the relative error of each.
+estimates over that phase's window from our default buckets, the seed's buckets and a finer
+candidate layout, with the relative error of each.
 """
 
 from __future__ import annotations
@@ -30,13 +30,18 @@ import uvicorn
 from PIL import Image
 from prometheus_client import CollectorRegistry, Histogram
 
-from inferwatch.metrics import SEED_LATENCY_BUCKETS
+from inferwatch.metrics import DEFAULT_LATENCY_BUCKETS, SEED_LATENCY_BUCKETS, log_buckets
 from inferwatch.operate.load import LoadPlan, LoadResult, Payload, run_load
 from inferwatch.operate.promapi import PrometheusAPI
 from inferwatch.serve.app import ServeConfig, create_app
 from inferwatch.stack.config import StackPorts, render_prometheus_config, url, write_yaml
 from inferwatch.stack.profiles import FAST
 from inferwatch.stack.runner import Component, Stack, StackOptions, find_binary
+
+# A candidate layout: neighbours at most 1/8 apart (26 per decade against the default's 20).
+FINE_LATENCY_BUCKETS = log_buckets(0.0001, 10.0, (
+    1.0, 1.125, 1.25, 1.375, 1.5, 1.625, 1.75, 1.875, 2.0, 2.25, 2.5, 2.75, 3.0, 3.25, 3.5,
+    3.75, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0, 7.5, 8.0, 9.0))
 
 
 class Recorder:
@@ -46,6 +51,8 @@ class Recorder:
         self.raw: dict[str, list[float]] = {}
         self.seed = Histogram("bench_seed_latency_seconds", "Seed buckets, same samples.",
                               ["model"], buckets=SEED_LATENCY_BUCKETS, registry=registry)
+        self.fine = Histogram("bench_fine_latency_seconds", "Finer buckets, same samples.",
+                              ["model"], buckets=FINE_LATENCY_BUCKETS, registry=registry)
         original = metrics.observe_request
 
         def observe(model: Any, status: int, seconds: float, reason: Any = None) -> None:
@@ -53,6 +60,7 @@ class Recorder:
             if status < 400:
                 self.raw.setdefault(model, []).append(seconds)
                 self.seed.labels(model).observe(seconds)
+                self.fine.labels(model).observe(seconds)
 
         metrics.observe_request = observe
 
@@ -128,25 +136,30 @@ def main() -> None:
             print(f"\n{model}: {len(raw)} successful requests at {rate:g}/s for {seconds:g}s "
                   f"(client ok={result.ok}, errors={result.errors})")
             print(f"{'quantile':>8} {'true (ms)':>10} {'default (ms)':>13} {'error':>7} "
-                  f"{'seed (ms)':>10} {'error':>9}")
+                  f"{'seed (ms)':>10} {'error':>9} {'fine (ms)':>10} {'error':>7}")
             for q in (0.5, 0.95, 0.99):
                 true = float(np.quantile(raw, q))
-                ours, seed = (prom.scalar(
+                ours, seed, fine = (prom.scalar(
                     f"histogram_quantile({q}, sum by (le) (increase({name}_bucket"
                     f'{{model="{model}"}}[{window}] @ {end:.3f})))')
-                    for name in ("inference_latency_seconds", "bench_seed_latency_seconds"))
-                assert ours is not None and seed is not None
+                    for name in ("inference_latency_seconds", "bench_seed_latency_seconds",
+                                 "bench_fine_latency_seconds"))
+                assert ours is not None and seed is not None and fine is not None
                 print(f"{q:>8} {true * 1e3:>10.3f} {ours * 1e3:>13.3f} {ours / true - 1:>+7.1%} "
-                      f"{seed * 1e3:>10.3f} {seed / true - 1:>+9.1%}")
-                summary.append((model, q, ours / true - 1, seed / true - 1))
+                      f"{seed * 1e3:>10.3f} {seed / true - 1:>+9.1%} "
+                      f"{fine * 1e3:>10.3f} {fine / true - 1:>+7.1%}")
+                summary.append((model, q, ours / true - 1, seed / true - 1, fine / true - 1))
     finally:
         stack.stop()
         server.should_exit = True
         thread.join(5)
-    print("\nrelative error of Prometheus' estimate, default buckets vs seed buckets:")
-    for model, q, ours_error, seed_error in summary:
+    print(f"\nrelative error of Prometheus' estimate: default buckets "
+          f"({len(DEFAULT_LATENCY_BUCKETS)}), seed ({len(SEED_LATENCY_BUCKETS)}), "
+          f"fine ({len(FINE_LATENCY_BUCKETS)}):")
+    for model, q, ours_error, seed_error, fine_error in summary:
         if q >= 0.95:
-            print(f"{model:>9} p{q * 100:g}: default {ours_error:+.1%}, seed {seed_error:+.1%}")
+            print(f"{model:>9} p{q * 100:g}: default {ours_error:+.1%}, seed {seed_error:+.1%}, "
+                  f"fine {fine_error:+.1%}")
 
 
 if __name__ == "__main__":
