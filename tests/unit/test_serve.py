@@ -215,3 +215,13 @@ def test_no_metrics_serves_predictions_without_instruments_or_metrics_route() ->
         assert not [m.name for m in reg.collect() if m.name.startswith("inference_") and m.samples]
 
     run_with_client(test, ServeConfig(metrics=False))
+
+
+def test_serve_help_offers_no_metrics_for_benchmarking() -> None:
+    from typer.testing import CliRunner
+
+    from inferwatch.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "--no-metrics" in result.output and "benchmarking" in result.output
