@@ -84,6 +84,10 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 4 << 20,
     quality: Annotated[bool, typer.Option(
         help="Track confidence, class mix, drift and feedback accuracy.")] = True,
+    metrics: Annotated[bool, typer.Option(
+        help="Count and time requests and serve /metrics. --no-metrics is for benchmarking "
+             "only: it measures what the instrumentation costs (quality tracking goes too).")
+    ] = True,
     admin_port: Annotated[int | None, typer.Option(
         help="Enable the fault-injection admin API on 127.0.0.1:PORT (needs a token).")
     ] = None,
@@ -113,6 +117,7 @@ def serve(
         models=tuple(model or ["digits"]), resnet18_weights=resnet18_weights,
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
         queue_capacity=queue_capacity, max_body_bytes=max_body_bytes, quality=quality,
+        metrics=metrics,
     )
     # The service never reads client addresses, so it trusts no X-Forwarded-* header and skips
     # uvicorn's middleware for them; no Server header tells scanners what runs here.

@@ -212,3 +212,26 @@ def test_quality_off_keeps_the_quality_series_empty() -> None:
                                     {"model": "digits", "version": "1"}) is None
 
     run_with_client(test, ServeConfig(quality=False))
+
+
+def test_no_metrics_serves_predictions_without_instruments_or_metrics_route() -> None:
+    png = digit_png(heldout_digits().images[0])
+
+    async def test(c: Client, reg: CollectorRegistry) -> None:
+        r = await c.post("/predictions/digits", content=png, headers={"content-type": "image/png"})
+        assert r.status_code == 200 and len(r.json()) == 5
+        assert (await c.get("/metrics")).status_code == 404
+        assert count(reg, "inference_requests_total") == 0
+        assert not [m.name for m in reg.collect() if m.name.startswith("inference_") and m.samples]
+
+    run_with_client(test, ServeConfig(metrics=False))
+
+
+def test_serve_help_offers_no_metrics_for_benchmarking() -> None:
+    from typer.testing import CliRunner
+
+    from inferwatch.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "--no-metrics" in result.output and "benchmarking" in result.output

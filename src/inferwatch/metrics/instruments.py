@@ -18,6 +18,7 @@ from inferwatch.metrics.buckets import (
     DEFAULT_LATENCY_BUCKETS,
     DEFAULT_STAGE_BUCKETS,
 )
+from inferwatch.metrics.histogram import DeferredHistogram
 
 UNKNOWN_MODEL = "_unknown"
 """Label value that every model name outside the known set is folded into."""
@@ -89,6 +90,9 @@ class InferenceMetrics:
     ) -> None:
         kw: dict[str, Any] = {"registry": registry}
         labels = ("model", "version")
+        self.shared = bool(getattr(values.ValueClass, "_multiprocess", False))
+        # Another process reads shared values, and could not fold a deferred queue.
+        histogram = Histogram if self.shared else DeferredHistogram
         self.requests = Counter(
             "inference_requests", "Inference requests received.", labels, **kw
         )
@@ -105,22 +109,22 @@ class InferenceMetrics:
             "inference_error_reasons", "Failed inference requests by reason, client or server.",
             (*labels, "reason"), **kw,
         )
-        self.latency = Histogram(
+        self.latency = histogram(
             "inference_latency_seconds",
             "End-to-end time of successful inference requests.",
             labels, buckets=latency_buckets, **kw,
         )
-        self.stage_latency = Histogram(
+        self.stage_latency = histogram(
             "inference_stage_seconds",
             "Time spent per request in each stage: queue, preprocess, compute, postprocess.",
             (*labels, "stage"), buckets=stage_buckets, **kw,
         )
-        self.first_byte = Histogram(
+        self.first_byte = histogram(
             "inference_time_to_first_byte_seconds",
             "Time to the first byte of a streamed response (the first token of an LLM).",
             labels, buckets=latency_buckets, **kw,
         )
-        self.batch_size = Histogram(
+        self.batch_size = histogram(
             "inference_batch_size", "Samples per executed model batch.",
             labels, buckets=batch_size_buckets, **kw,
         )
@@ -152,7 +156,6 @@ class InferenceMetrics:
             "inference_model_heldout_accuracy_ratio",
             "Accuracy of the model on held-out data, measured at load time.", labels, **highest,
         )
-        self.shared = bool(getattr(values.ValueClass, "_multiprocess", False))
         self._lock = threading.Lock()
         self._versions: dict[str, str] = {}
         self._series: dict[str, _ModelSeries] = {}
@@ -229,6 +232,14 @@ class InferenceMetrics:
         child = self._children(model).stages.get(stage)
         if child is not None:
             child.observe(seconds)
+
+    def observe_stages(self, model: str, timings: Iterable[tuple[str, float]]) -> None:
+        """``observe_stage`` for several stages of one request, the model looked up once."""
+        stages = self._children(model).stages
+        for stage, seconds in timings:
+            child = stages.get(stage)
+            if child is not None:
+                child.observe(seconds)
 
     def observe_first_byte(self, model: str | None, seconds: float) -> None:
         """Time to first byte of a streamed response; unknown models get no series."""

@@ -24,8 +24,17 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from inferwatch.metrics.exposition import (
+    HistogramSeries,
+    cumulative,
+    families_text,
+    histogram_text,
+)
+
 CONFIDENCE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(2, 21))
 INTENSITY_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+_CONFIDENCE_LE = [*map(floatToGoString, CONFIDENCE_BUCKETS), "+Inf"]
+_INTENSITY_LE = [*map(floatToGoString, INTENSITY_BUCKETS), "+Inf"]
 MAX_CLASS_SERIES = 100  # a model with more classes gets no per-class series
 PSI_EPSILON = 1e-4  # keeps ln(p/q) finite when a bin is empty on one side
 
@@ -105,6 +114,23 @@ class _QualityCollector(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterable[Metric]:
+        return self._families(None)
+
+    def exposition(self, openmetrics: bool) -> str:
+        """The text of :meth:`collect`, histograms written by :func:`histogram_text`."""
+        series: dict[str, list[HistogramSeries]] = {"confidence": [], "intensity": []}
+        confidence, predictions, intensity, drift, window = self._families(series)
+        return "".join([
+            histogram_text(confidence.name, confidence.documentation, _CONFIDENCE_LE,
+                           series["confidence"], openmetrics),
+            families_text([predictions], openmetrics),
+            histogram_text(intensity.name, intensity.documentation, _INTENSITY_LE,
+                           series["intensity"], openmetrics),
+            families_text([drift, window], openmetrics),
+        ])
+
+    def _families(self, series: dict[str, list[HistogramSeries]] | None) -> list[Metric]:
+        """With ``series``, the histograms' values go there instead of into their family."""
         labels = ["model", "version"]
         confidence = HistogramMetricFamily(
             "inference_prediction_confidence", "Probability of the top-1 class per sample.",
@@ -126,8 +152,17 @@ class _QualityCollector(Collector):
         for m in self.metrics.monitors:
             with m._lock:
                 key = [m.model, m.version]
-                _histogram(confidence, key, CONFIDENCE_BUCKETS, m._confidence, m._confidence_sum)
-                _histogram(intensity, key, INTENSITY_BUCKETS, m._intensity, m._intensity_sum)
+                if series is None:
+                    _histogram(confidence, key, CONFIDENCE_BUCKETS, m._confidence,
+                               m._confidence_sum)
+                    _histogram(intensity, key, INTENSITY_BUCKETS, m._intensity,
+                               m._intensity_sum)
+                else:
+                    names = {"model": m.model, "version": m.version}
+                    series["confidence"].append(
+                        (names, cumulative(m._confidence.tolist()), m._confidence_sum))
+                    series["intensity"].append(
+                        (names, cumulative(m._intensity.tolist()), m._intensity_sum))
                 if len(m.labels) <= MAX_CLASS_SERIES:
                     for label, n in zip(m.labels, m._classes, strict=True):
                         predictions.add_metric([*key, label], float(n))

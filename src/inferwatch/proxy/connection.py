@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import httptools
-from prometheus_client.exposition import choose_encoder
 
+from inferwatch.metrics.exposition import render_exposition
 from inferwatch.proxy.exchange import Exchange
 from inferwatch.proxy.routes import BAD_REQUEST, Route, classify, split_target
 from inferwatch.proxy.upstream import UpstreamPool
@@ -268,8 +268,9 @@ class ClientConnection(asyncio.Protocol):
         elif kind == "seed":
             self._forward_seed(ex)
         elif kind == "metrics":
-            encoder, content_type = choose_encoder(_header(ex.headers, b"accept"))
-            ex.respond(200, None, "", encoder(proxy.registry), content_type.encode())
+            body, content_type = render_exposition(proxy.registry,
+                                                   _header(ex.headers, b"accept"))
+            ex.respond(200, None, "", body, content_type.encode())
         elif kind == "too_large":
             ex.respond(413, "body_too_large",
                        f"request body exceeds {proxy.config.max_body_bytes} bytes")

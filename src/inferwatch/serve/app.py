@@ -26,14 +26,15 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from inferwatch.metrics import InferenceMetrics, MetricsMiddleware
+from inferwatch.metrics.exposition import render_exposition
 from inferwatch.metrics.gpu import GPUCollector
 from inferwatch.metrics.quality import (
     FeedbackStore,
@@ -67,6 +68,9 @@ class ServeConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     latency_buckets: Sequence[float] | None = None
     quality: bool = True  # confidence, class mix, drift and feedback accuracy
+    # False: no middleware, no instrument call per request, no /metrics; only to measure
+    # what the instrumentation costs (bench/overhead.py). Turns quality tracking off too.
+    metrics: bool = True
 
 
 @dataclass
@@ -91,7 +95,7 @@ class InferenceService:
         kwargs = {"latency_buckets": config.latency_buckets} if config.latency_buckets else {}
         self.metrics = InferenceMetrics(
             {m.card.name: m.card.version for m in loaded}, registry=self.registry, **kwargs
-        )
+        ) if config.metrics else None
         self.faults = Faults()
         self.quality_metrics = QualityMetrics(self.registry)
         self.feedback = FeedbackStore()
@@ -103,20 +107,23 @@ class InferenceService:
                 max_batch_size=config.max_batch_size or model.max_batch_size,
                 max_wait=config.max_wait_ms / 1000.0,
                 capacity=config.queue_capacity,
-                on_batch=functools.partial(self.metrics.observe_batch, card.name),
+                on_batch=functools.partial(self.metrics.observe_batch, card.name)
+                if self.metrics else None,
                 queue_delay=functools.partial(self.faults.delay, "queue"),
                 compute_delay=functools.partial(self.faults.delay, "compute"),
                 inline_below=INLINE_COMPUTE_SECONDS,
                 name=card.name,
             )
-            batcher.on_depth = self.metrics.watch_queue(card.name, batcher.depth,
-                                                        batcher.capacity)
-            self.metrics.set_model_loaded(card.name, runtime=card.runtime,
-                                          load_seconds=card.load_seconds,
-                                          accuracy=card.heldout_accuracy)
+            if self.metrics is not None:
+                batcher.on_depth = self.metrics.watch_queue(card.name, batcher.depth,
+                                                            batcher.capacity)
+                self.metrics.set_model_loaded(card.name, runtime=card.runtime,
+                                              load_seconds=card.load_seconds,
+                                              accuracy=card.heldout_accuracy)
             quality = QualityMonitor(
                 self.quality_metrics, card.name, card.version, card.labels,
-                model.quality_reference, model.features) if config.quality else None
+                model.quality_reference, model.features
+            ) if config.quality and config.metrics else None
             self.deployments[card.name] = _Deployment(model, batcher, quality)
             log.info("model %s version %s loaded in %.2fs (%s)%s", card.name, card.version,
                      card.load_seconds, card.runtime,
@@ -175,10 +182,10 @@ class InferenceService:
         except QueueFullError as exc:
             raise InferenceError("overloaded", f"server overloaded: {exc}",
                                  {"Retry-After": "1"}) from None
-        observe = self.metrics.observe_stage
-        observe(name, "preprocess", preprocess_seconds)
-        observe(name, "queue", result.queue_seconds)
-        observe(name, "compute", result.compute_seconds)
+        if self.metrics is not None:
+            self.metrics.observe_stages(name, (("preprocess", preprocess_seconds),
+                                               ("queue", result.queue_seconds),
+                                               ("compute", result.compute_seconds)))
         if d.quality is not None:
             d.quality.observe(result.probabilities, samples)  # folded in the background
         return result.probabilities
@@ -252,13 +259,17 @@ def _input_error(exc: InputError) -> InferenceError:
     return InferenceError(exc.reason, str(exc))
 
 
-class ServiceApp(MetricsMiddleware):
+class ServiceApp:
     """The ASGI app of the service: its routes behind the metrics middleware it exports."""
 
     def __init__(self, starlette: Starlette, service: InferenceService) -> None:
-        super().__init__(starlette, service.metrics)
         self.starlette = starlette
         self.service = service
+        self.asgi: ASGIApp = starlette if service.metrics is None else \
+            MetricsMiddleware(starlette, service.metrics)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.asgi(scope, receive, send)
 
 
 def create_app(
@@ -267,7 +278,8 @@ def create_app(
 ) -> ServiceApp:
     """The service as an ASGI app, wrapped in the metrics middleware it exports.
 
-    ``/metrics`` exposes ``scrape_registry`` when given, else ``registry``.
+    ``/metrics`` exposes ``scrape_registry`` when given, else ``registry``; with
+    ``config.metrics`` False there is neither the middleware nor ``/metrics``.
     """
     disable_created_metrics()  # `_created` series double the exposition for no query we run
     service = InferenceService(config or ServeConfig(), registry, scrape_registry)
@@ -302,7 +314,8 @@ def create_app(
         service.remember(name, request_id, top)
         response = JSONResponse({labels[i]: round(float(probs[0][i]), 6) for i in top},
                                 headers={"X-Request-ID": request_id})
-        service.metrics.observe_stage(name, "postprocess", time.perf_counter() - post)
+        if service.metrics is not None:
+            service.metrics.observe_stage(name, "postprocess", time.perf_counter() - post)
         return response
 
     async def v2_infer(request: Request) -> Response:
@@ -334,7 +347,8 @@ def create_app(
                  "data": [int(i) for i in probs.argmax(axis=1)]},
             ],
         })
-        service.metrics.observe_stage(name, "postprocess", time.perf_counter() - post)
+        if service.metrics is not None:
+            service.metrics.observe_stage(name, "postprocess", time.perf_counter() - post)
         return response
 
     async def feedback(request: Request) -> Response:
@@ -375,9 +389,9 @@ def create_app(
         return JSONResponse({"ready": True})
 
     async def metrics(request: Request) -> Response:
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encoder(service.scrape_registry),
-                        headers={"Content-Type": content_type})
+        body, content_type = render_exposition(service.scrape_registry,
+                                               request.headers.get("accept", ""))
+        return Response(body, headers={"Content-Type": content_type})
 
     document = openapi_document({name: d.model.card.version
                                  for name, d in service.deployments.items()})
@@ -402,7 +416,7 @@ def create_app(
             Route("/v2/health/live", ready, methods=["GET"]),
             Route("/models", models, methods=["GET"]),
             Route("/ping", ping, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
+            *([Route("/metrics", metrics, methods=["GET"])] if service.metrics else []),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         exception_handlers={InferenceError: handle_inference_error, HTTPException: http_error},
