@@ -1,6 +1,7 @@
 """What the instrumentation costs: `inferwatch serve` with metrics on vs off, side by side.
 
     python bench/overhead.py [--rounds 7] [--seconds 4] [--connections 32]
+                             [--model digits|resnet18]
 
 Four services run throughout, each its own process on its own port:
 - ``on``: the default (`inferwatch serve`: metrics and quality tracking),
@@ -9,6 +10,8 @@ Four services run throughout, each its own process on its own port:
 - ``noq-stock``: as ``on-noq`` with prometheus_client's stock ``Histogram`` in place of
   ``DeferredHistogram``, to see what that change bought in the running service.
 
+``--model resnet18`` serves resnet18 instead (one torch thread, images on the TorchServe route):
+what the same instrumentation costs beside a model call of tens of milliseconds.
 Each round drives every service in turn, the order rotating between rounds, with wrk
 (closed loop, --connections connections posting one OIP v2 digit, --seconds): requests/s,
 and the CPU seconds the service spent per request (user + system from /proc, every thread).
@@ -52,11 +55,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(flags: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+def start(flags: list[str], model: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     launcher = [__file__, STOCK] if STOCK in flags else ["-m", "inferwatch"]
     proc = subprocess.Popen([sys.executable, *launcher, "serve", "--port", str(port),
-                             *(f for f in flags if f != STOCK), "--log-level", "warning"])
+                             "--model", model, *(f for f in flags if f != STOCK),
+                             "--log-level", "warning"])
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -131,17 +135,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=4)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--model", choices=("digits", "resnet18"), default="digits")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install -y wrk")
-    payload = build_payloads("v2")[0]
-    script = Path(tempfile.mkdtemp(prefix="iw-bench-overhead-")) / "post.lua"
+    os.environ.setdefault("INFERWATCH_TORCH_THREADS", "1")  # four services share two cores
+    payload = build_payloads("v2" if args.model == "digits" else "predictions", args.model)[0]
+    tmp = Path(tempfile.mkdtemp(prefix="iw-bench-overhead-"))
+    (tmp / "body").write_bytes(payload.body)  # a PNG for resnet18: read as bytes, not text
+    script = tmp / "post.lua"
     script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = '
-                      f'"{payload.content_type}"\nwrk.body = [[{payload.body.decode()}]]\n')
+                      f'"{payload.content_type}"\nlocal f = io.open("{tmp / "body"}", "rb")\n'
+                      'wrk.body = f:read("*all")\nf:close()\n')
 
     metric_updates()
     names = list(SERVICES)
-    services = {name: start(flags) for name, flags in SERVICES.items()}
+    services = {name: start(flags, args.model) for name, flags in SERVICES.items()}
     rps: dict[str, list[float]] = {n: [] for n in names}
     wrk_cpu: dict[str, list[float]] = {n: [] for n in names}
     try:
@@ -163,7 +172,8 @@ def main() -> None:
             proc.terminate()
             proc.wait(10)
 
-    print(f"\nmedians of {args.rounds} rounds (wrk -c{args.connections}, {args.seconds:g} s):")
+    print(f"\n{args.model}: medians of {args.rounds} rounds (wrk -c{args.connections}, "
+          f"{args.seconds:g} s):")
     print(f"{'service':>9} {'req/s':>7} {'ratio':>6} {'per-round':>9} {'CPU/req':>9} "
           f"{'ratio':>6} {'per-round':>9}")
     off_rps, off_cpu = statistics.median(rps["off"]), statistics.median(wrk_cpu["off"])
