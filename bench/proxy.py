@@ -11,8 +11,9 @@ own process and they are measured one after another, with the same two tools:
 - throughput: wrk, closed loop, --connections connections posting one OIP v2 digit for
   --seconds; the proxy's CPU time per request is read from /proc, which does not depend on
   how the two cores were shared between wrk, the upstream and the proxy;
-- latency: `inferwatch load`, open loop at --rate for --seconds (all 360 held-out digits);
-  the added p50/p99 is the proxy's minus direct's;
+- latency: open loop at --rate per target for --seconds, the four targets' requests
+  interleaved in one run (direct, proxy, seed-style, nginx, direct, ...), so that every
+  target meets the same machine: the added p50/p99 is the proxy's minus direct's;
 - sequential latency: one request at a time on one connection, 2 ms apart, 500 times.
 All processes run throughout; each round measures every target in turn, and the table shows
 the median of --rounds rounds, so that a drift of the shared machine hits all targets alike.
@@ -24,6 +25,7 @@ nginx runs one worker (like the other proxies, one process) with upstream keep-a
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import shutil
@@ -39,9 +41,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
-from inferwatch.operate.load import LoadPlan, build_payloads, run_load_sync
+from inferwatch.operate.load import build_payloads
 
 NULL_BODY = (b'{"model_name":"digits","model_version":"1","outputs":[{"name":"label",'
              b'"datatype":"INT64","shape":[1],"data":[0]}]}')
@@ -123,6 +126,44 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> tuple[float
                 if line.startswith("Requests/sec:"))
     bad = [line.strip() for line in out.splitlines() if "Non-2xx" in line or "Socket" in line]
     return rate, "; ".join(bad)
+
+
+async def interleaved_latency(urls: dict[str, str], path: str, body: bytes, rate: float,
+                              seconds: float) -> dict[str, list[float]]:
+    """Open loop at ``rate`` per target, the targets taking turns request by request: each
+    target's latencies, from the scheduled send time (so a late send counts)."""
+    names = list(urls)
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    headers = {"Content-Type": "application/json"}
+    sessions = {name: aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+                for name in names}
+
+    async def one(name: str, scheduled: float) -> None:
+        async with sessions[name].post(urls[name] + path, data=body, headers=headers) as r:
+            await r.read()
+            if r.status != 200:
+                raise RuntimeError(f"{name}: HTTP {r.status}")
+        latencies[name].append(time.perf_counter() - scheduled)
+
+    tasks = []
+    try:
+        interval = 1.0 / (rate * len(names))
+        t0 = time.perf_counter()
+        for i in range(int(rate * seconds) * len(names)):
+            scheduled = t0 + i * interval
+            while (delay := scheduled - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(names[i % len(names)], scheduled)))
+        await asyncio.gather(*tasks)
+    finally:
+        for session in sessions.values():
+            await session.close()
+    return latencies
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def sequential_p50(url: str, path: str, body: bytes, count: int = 500) -> float:
@@ -245,8 +286,9 @@ def main() -> None:
         for url, _ in targets.values():
             warm(url, body)
         print(f"upstream {described} on {upstream}; per round and target: wrk -t1 "
-              f"-c{args.connections} -d{args.seconds:g}s, then `inferwatch load` at "
-              f"{args.rate:g} req/s for {args.seconds:g}s", flush=True)
+              f"-c{args.connections} -d{args.seconds:g}s and the sequential run; then all "
+              f"targets open loop, interleaved, {args.rate:g} req/s each for {args.seconds:g}s",
+              flush=True)
         results: dict[str, dict[str, list[float]]] = {
             name: {"rps": [], "p50": [], "p99": [], "seq": []} for name in targets}
         for round_ in range(args.rounds):
@@ -258,20 +300,21 @@ def main() -> None:
                 if pid:
                     cpu = (cpu_seconds(pid) - cpu0) / (rate * elapsed) * 1e6
                     results[name].setdefault("cpu_us", []).append(cpu)
-                time.sleep(0.5)
-                load = run_load_sync(LoadPlan(url=url, rate=args.rate, duration=args.seconds,
-                                              route="v2"))
-                p50, p99 = load.quantile(0.5), load.quantile(0.99)
-                if load.ok != load.sent or p50 is None or p99 is None:
-                    sys.exit(f"{name}: {load.ok}/{load.sent} ok, {load.statuses}")
                 results[name]["rps"].append(rate)
-                results[name]["p50"].append(p50)
-                results[name]["p99"].append(p99)
-                seq = sequential_p50(url, path, body)
-                results[name]["seq"].append(seq)
-                print(f"  round {round_ + 1} {name:10} {rate:7.0f} req/s  p50 {p50 * 1e3:.3f} ms"
-                      f"  p99 {p99 * 1e3:.3f} ms  sequential p50 {seq * 1e3:.3f} ms"
-                      + (f"  {bad}" if bad else ""), flush=True)
+                results[name]["seq"].append(sequential_p50(url, path, body))
+                if bad:
+                    print(f"  round {round_ + 1} {name}: {bad}", flush=True)
+            time.sleep(0.5)
+            latencies = asyncio.run(interleaved_latency(
+                {name: url for name, (url, _) in targets.items()}, path, body, args.rate,
+                args.seconds))
+            for name, values in latencies.items():
+                r = results[name]
+                r["p50"].append(quantile(values, 0.5))
+                r["p99"].append(quantile(values, 0.99))
+                print(f"  round {round_ + 1} {name:10} {r['rps'][-1]:7.0f} req/s  p50 "
+                      f"{r['p50'][-1] * 1e3:.3f} ms  p99 {r['p99'][-1] * 1e3:.3f} ms  "
+                      f"sequential p50 {r['seq'][-1] * 1e3:.3f} ms", flush=True)
     report(results, described, args)
     shutil.rmtree(tmp, ignore_errors=True)
 
