@@ -7,6 +7,7 @@ import base64
 import binascii
 import contextlib
 import functools
+import gc
 import json
 import logging
 import math
@@ -270,6 +271,19 @@ class ServiceApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.asgi(scope, receive, send)
+
+
+def freeze_startup_heap() -> None:
+    """Move everything alive after start-up (modules, the models) out of the collector's sight.
+
+    Under load every full collection walked the ~120,000 objects that imports and models
+    leave behind, about 25 ms each, three a second (32 requests in flight are promoted to
+    the old generation at every second-generation pass): 10 us per request of `serve`'s
+    90-120 (bench/overhead.py). For the serving process only, once the app is built: frozen
+    objects are never collected, so nothing that becomes garbage later may be among them.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(
