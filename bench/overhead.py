@@ -10,7 +10,8 @@ Four services run throughout, each its own process on its own port:
 - ``noq-stock``: as ``on-noq`` with prometheus_client's stock ``Histogram`` in place of
   ``DeferredHistogram``, to see what that change bought in the running service.
 
-``--model resnet18`` serves resnet18 instead (one torch thread, images on the TorchServe route):
+``--model resnet18`` serves resnet18 instead (one torch thread, a 224x224 PNG on the TorchServe
+route):
 what the same instrumentation costs beside a model call of tens of milliseconds.
 Each round drives every service in turn, the order rotating between rounds, with wrk
 (closed loop, --connections connections posting one OIP v2 digit, --seconds): requests/s,
@@ -40,6 +41,7 @@ from unittest import mock
 
 import httpx
 from prometheus_client import CollectorRegistry, Histogram
+from quantiles import resnet18_payloads  # bench/, next to this script
 
 from inferwatch.metrics import InferenceMetrics, model_from_path
 from inferwatch.operate.load import build_payloads
@@ -140,7 +142,8 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install -y wrk")
     os.environ.setdefault("INFERWATCH_TORCH_THREADS", "1")  # four services share two cores
-    payload = build_payloads("v2" if args.model == "digits" else "predictions", args.model)[0]
+    payload = (build_payloads("v2")[0] if args.model == "digits"
+               else resnet18_payloads(1)[0])  # the 8x8 digits are below resnet18's minimum
     tmp = Path(tempfile.mkdtemp(prefix="iw-bench-overhead-"))
     (tmp / "body").write_bytes(payload.body)  # a PNG for resnet18: read as bytes, not text
     script = tmp / "post.lua"
