@@ -22,13 +22,14 @@ Prints series (sample lines), bytes and the median and p95 milliseconds of each.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
-import subprocess
 import sys
 import time
 
 import httpx
 import numpy as np
+from harness import free_port, running  # bench/, next to this script
 from prometheus_client.exposition import choose_encoder
 
 from inferwatch.metrics.exposition import render_exposition
@@ -118,25 +119,6 @@ def serve(n: int, port: int) -> None:
                 loop="uvloop", http="httptools")
 
 
-def start(n: int) -> tuple[subprocess.Popen[bytes], str]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(n), str(port)])
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/ping").status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"service with {n} models did not start")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="1,10,100")
@@ -152,12 +134,18 @@ def main() -> None:
     in_process = {n: ModelTraffic(n) for n in counts}
     for t in in_process.values():
         t.requests(200)
-    services = {n: start(n) for n in counts}
     render_ms: dict[int, list[float]] = {n: [] for n in counts}
     stock_ms: dict[int, list[float]] = {n: [] for n in counts}
     get_ms: dict[int, list[float]] = {n: [] for n in counts}
     sizes: dict[int, tuple[int, int, int]] = {}
-    try:
+    with contextlib.ExitStack() as stack:
+        services = {}
+        for n in counts:
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            argv = [sys.executable, __file__, "--serve", str(n), str(port)]
+            services[n] = (stack.enter_context(running(argv, f"{base}/ping", timeout=120)),
+                           base)
         clients = {n: httpx.Client(base_url=base, headers={"Accept": ACCEPT})
                    for n, (_, base) in services.items()}
         for n in counts:  # warm-up, and what each exposes
@@ -181,10 +169,6 @@ def main() -> None:
                     response = clients[n].get("/metrics")
                     get_ms[n].append((time.perf_counter() - start_time) * 1e3)
                     assert response.status_code == 200
-    finally:
-        for proc, _ in services.values():
-            proc.terminate()
-            proc.wait(10)
 
     print(f"{args.rounds} rounds x {args.scrapes} scrapes per model count, OpenMetrics "
           "(Prometheus' Accept header)")

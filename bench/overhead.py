@@ -27,21 +27,20 @@ so this/off; from CPU: off's CPU per request / this one's).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import timeit
 from pathlib import Path
 from unittest import mock
 
-import httpx
+from harness import cpu_seconds, free_port, running  # bench/, next to this script
 from prometheus_client import CollectorRegistry, Histogram
-from quantiles import resnet18_payloads  # bench/, next to this script
+from quantiles import resnet18_payloads
 
 from inferwatch.metrics import InferenceMetrics, model_from_path
 from inferwatch.operate.load import build_payloads
@@ -51,34 +50,10 @@ SERVICES = {"on": [], "on-noq": ["--no-quality"], "off": ["--no-metrics"],
 STOCK = "--stock-histogram"  # bench only: prometheus_client's Histogram, as before
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(flags: list[str], model: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+def service_argv(flags: list[str], model: str, port: int) -> list[str]:
     launcher = [__file__, STOCK] if STOCK in flags else ["-m", "inferwatch"]
-    proc = subprocess.Popen([sys.executable, *launcher, "serve", "--port", str(port),
-                             "--model", model, *(f for f in flags if f != STOCK),
-                             "--log-level", "warning"])
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/ping").status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"service {flags} did not start")
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return [sys.executable, *launcher, "serve", "--port", str(port), "--model", model,
+            *(f for f in flags if f != STOCK), "--log-level", "warning"]
 
 
 def wrk(pid: int, url: str, script: Path, connections: int,
@@ -153,10 +128,16 @@ def main() -> None:
 
     metric_updates()
     names = list(SERVICES)
-    services = {name: start(flags, args.model) for name, flags in SERVICES.items()}
     rps: dict[str, list[float]] = {n: [] for n in names}
     wrk_cpu: dict[str, list[float]] = {n: [] for n in names}
-    try:
+    with contextlib.ExitStack() as stack:
+        services = {}
+        for name, flags in SERVICES.items():
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            proc = stack.enter_context(running(service_argv(flags, args.model, port),
+                                               f"{base}/ping"))
+            services[name] = (proc, base)
         for proc, base in services.values():  # warm-up
             wrk(proc.pid, base + payload.path, script, args.connections, 2)
         for r in range(args.rounds):
@@ -170,10 +151,6 @@ def main() -> None:
             print(f"round {r + 1} ({', '.join(order)}): " + "; ".join(
                 f"{n} {rps[n][-1]:.0f} req/s {wrk_cpu[n][-1] * 1e6:.0f} us/req" for n in names),
                 flush=True)
-    finally:
-        for proc, _ in services.values():
-            proc.terminate()
-            proc.wait(10)
 
     print(f"\n{args.model}: medians of {args.rounds} rounds (wrk -c{args.connections}, "
           f"{args.seconds:g} s):")

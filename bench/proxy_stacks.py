@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from proxy import NGINX_CONF, cpu_seconds, free_port, running, wrk
+from harness import cpu_seconds, free_port, running
+from proxy import NGINX_CONF, wrk
 
 from inferwatch.operate.load import build_payloads
 

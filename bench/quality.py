@@ -22,40 +22,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
+import contextlib
 import statistics
 import subprocess
 import sys
 import time
 
 import aiohttp
-import httpx
+from harness import cpu_seconds, free_port, running  # bench/, next to this script
 
 from inferwatch.operate.load import LoadPlan, build_payloads, run_load_sync
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(quality: bool) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    flag = "--quality" if quality else "--no-quality"
-    proc = subprocess.Popen([sys.executable, "-m", "inferwatch", "serve", "--port", str(port),
-                             flag, "--log-level", "warning"])
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/ping").status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("service did not start")
 
 
 async def drive(base: str, seconds: float, concurrency: int) -> float:
@@ -81,12 +57,6 @@ async def drive(base: str, seconds: float, concurrency: int) -> float:
     return done / (time.perf_counter() - start)
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def cpu_per_request(proc: subprocess.Popen[bytes], base: str, rate: float,
                     seconds: float) -> float:
     before = cpu_seconds(proc.pid)
@@ -102,9 +72,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--cpu-rate", type=float, default=800)
     args = parser.parse_args()
-    services = {"on": start(True), "off": start(False)}
     rates: dict[str, list[float]] = {"on": [], "off": []}
-    try:
+    with contextlib.ExitStack() as stack:
+        services = {}
+        for name, flag in (("on", "--quality"), ("off", "--no-quality")):
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            argv = [sys.executable, "-m", "inferwatch", "serve", "--port", str(port), flag,
+                    "--log-level", "warning"]
+            services[name] = (stack.enter_context(running(argv, f"{base}/ping")), base)
         for name in ("on", "off"):  # warm-up
             asyncio.run(drive(services[name][1], 2, args.concurrency))
         cpu: dict[str, list[float]] = {"on": [], "off": []}
@@ -125,10 +101,6 @@ def main() -> None:
             on, off = rates["on"][-1], rates["off"][-1]
             print(f"round {r + 1}: quality on {on:.0f} req/s, "
                   f"off {off:.0f} req/s, ratio {on / off:.3f}")
-    finally:
-        for proc, _ in services.values():
-            proc.terminate()
-            proc.wait(10)
     on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
     ratios = [a / b for a, b in zip(rates["on"], rates["off"], strict=True)]
     print(f"median: on {on:.0f} req/s, off {off:.0f} req/s; "

@@ -1,0 +1,67 @@
+"""What the benchmarks share: free ports, servers run as processes for the length of a
+``with`` block, and the CPU time a process spent, read from /proc."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running(argv: list[str], ready: str, log: Path | None = None,
+            timeout: float = 60) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` until the block ends, once ``ready`` answers 200; its output goes to
+    ``log`` when given."""
+    with log.open("ab") if log else open(os.devnull, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out if log else None,
+                                stderr=subprocess.STDOUT if log else None,
+                                stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text()[-2000:] if log else ""
+                raise RuntimeError(f"{' '.join(argv[:4])} did not start\n{tail}")
+            try:
+                if httpx.get(ready, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid``, all its threads, and its children (nginx's
+    worker)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    total = 0.0
+    for p in pids:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
