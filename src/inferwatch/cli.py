@@ -66,6 +66,16 @@ def _stack_url(state: dict[str, Any], component: str) -> str:
     return url(state["ports"][component], state.get("host", HOST))
 
 
+def _stack_state(run_dir: Path) -> dict[str, Any]:
+    """The state of the stack in ``run_dir``, for commands given no --prometheus URL."""
+    from inferwatch.stack.runner import read_state_info
+
+    state = read_state_info(run_dir)
+    if not state.get("ports"):
+        raise _fail(f"no stack in {run_dir}: pass --prometheus URL")
+    return state
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Bind address.")] = HOST,
@@ -807,13 +817,10 @@ def doctor(
     TSDB disk and clock. Exits 1 when something is wrong, with a fix for each problem."""
     from inferwatch.operate.doctor import Doctor, failed
     from inferwatch.operate.doctor import as_json as findings_json
-    from inferwatch.stack.runner import read_state_info
 
     state = None
     if prometheus is None:
-        state = read_state_info(run_dir)
-        if not state.get("ports"):
-            raise _fail(f"no stack in {run_dir}: pass --prometheus URL")
+        state = _stack_state(run_dir)
         prometheus = _stack_url(state, "prometheus")
         alertmanager = alertmanager or _stack_url(state, "alertmanager")
         if grafana_provisioning is None and (run_dir / "grafana" / "provisioning").is_dir():
@@ -856,7 +863,6 @@ def diagnose(
     from inferwatch.operate.diagnose import as_json as diagnosis_json
     from inferwatch.operate.promapi import PrometheusAPI, PrometheusError
     from inferwatch.stack.profiles import parse_duration
-    from inferwatch.stack.runner import read_state_info
 
     if symptom not in (None, "latency", "errors", "accuracy"):
         raise _fail("--symptom must be latency, errors or accuracy")
@@ -866,9 +872,7 @@ def diagnose(
         raise _fail(str(exc)) from None
     state = None
     if prometheus is None:
-        state = read_state_info(run_dir)
-        if not state.get("ports"):
-            raise _fail(f"no stack in {run_dir}: pass --prometheus URL")
+        state = _stack_state(run_dir)
         prometheus = _stack_url(state, "prometheus")
     prom = PrometheusAPI(prometheus, auth=_prometheus_credentials(
         prometheus_user, prometheus_password_file, state))
