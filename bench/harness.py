@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -21,14 +21,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextmanager
+@contextlib.contextmanager
 def running(argv: list[str], ready: str, log: Path | None = None,
             timeout: float = 60) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``argv`` until the block ends, once ``ready`` answers 200; its output goes to
     ``log`` when given."""
-    with log.open("ab") if log else open(os.devnull, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out if log else None,
-                                stderr=subprocess.STDOUT if log else None,
+    with log.open("ab") if log else contextlib.nullcontext() as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT if log else None,
                                 stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout

@@ -9,9 +9,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from processes import Samples, scrape
 
 from inferwatch.metrics.workers import slot_pids
 from inferwatch.operate.load import LoadPlan, run_load_sync
@@ -32,20 +31,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     assert not list((opts.run_dir / "workers").iterdir())  # the supervisor cleans up
 
 
-def scrape(service: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(f"{service}/metrics").text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+def total(samples: Samples, name: str) -> float:
     return sum(v for (n, _), v in samples.items() if n == name)
 
 
 def wait_for_total(service: str, name: str, expected: float, timeout: float = 10) -> None:
     """Quality counts reach the shared files within a second (folded, then published)."""
     deadline = time.monotonic() + timeout
-    while (seen := total(scrape(service), name)) != expected:
+    while (seen := total(scrape(f"{service}/metrics"), name)) != expected:
         if time.monotonic() > deadline:
             raise AssertionError(f"{name}: {seen}, expected {expected}")
         time.sleep(0.2)
@@ -68,7 +61,7 @@ def test_exact_counts_across_workers_and_killed_workers(stack: Stack) -> None:
     try:
         first = run_load_sync(LoadPlan(url=service, rate=150, count=N))
         assert first.ok == N, (first.statuses, first.transport_errors)
-        samples = scrape(service)
+        samples = scrape(f"{service}/metrics")
         assert total(samples, "inference_requests_total") == N
         workers = {dict(labels)["worker"] for (name, labels) in samples
                    if name == "process_cpu_seconds_total"}
@@ -88,7 +81,7 @@ def test_exact_counts_across_workers_and_killed_workers(stack: Stack) -> None:
 
         second = run_load_sync(LoadPlan(url=service, rate=150, count=M))
         assert second.ok == M, (second.statuses, second.transport_errors)
-        samples = scrape(service)
+        samples = scrape(f"{service}/metrics")
         assert total(samples, "inference_requests_total") == N + M
         assert total(samples, "inference_latency_seconds_count") == N + M
         assert total(samples, "inferwatch_worker_restarts_total") == 2

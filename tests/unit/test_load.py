@@ -4,7 +4,6 @@ import io
 import json
 import math
 import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -13,9 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 from rich.console import Console
+from servers import serving
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -82,24 +81,9 @@ class FakeService:
 def service() -> Iterator[FakeService]:
     fake = FakeService()
     app = Starlette(routes=[Route("/{path:path}", fake.handle, methods=["POST"])])
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", lifespan="off",
-                            timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "test server did not start"
-        time.sleep(0.01)
-    fake.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
+    with serving(app, start_timeout=10, lifespan="off") as url:
+        fake.url = url
         yield fake
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 _PAYLOADS: dict[str, list[Payload]] = {}

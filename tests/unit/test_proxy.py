@@ -15,6 +15,7 @@ import httpx
 import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry
+from servers import serving
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -26,27 +27,6 @@ from inferwatch.serve.app import ServeConfig, create_app
 
 CHUNKS = 4
 CHUNK_GAP = 0.15
-
-
-@contextmanager
-def serving(app: Any, **config: Any) -> Iterator[str]:
-    """``app`` under uvicorn on a free loopback port, in a thread."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2,
-                                           **config))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 @contextmanager
