@@ -104,7 +104,7 @@ class InferenceService:
         for model in loaded:
             card = model.card
             batcher = MicroBatcher(
-                functools.partial(self._predict, model),
+                model.predict_proba,
                 max_batch_size=config.max_batch_size or model.max_batch_size,
                 max_wait=config.max_wait_ms / 1000.0,
                 capacity=config.queue_capacity,
@@ -130,9 +130,6 @@ class InferenceService:
                      card.load_seconds, card.runtime,
                      f", held-out accuracy {card.heldout_accuracy:.4f}"
                      if card.heldout_accuracy is not None else "")
-
-    def _predict(self, model: ServedModel, batch: np.ndarray) -> np.ndarray:
-        return model.predict_proba(batch)
 
     async def preprocess_faults(self) -> None:
         if self.faults.should_fail():
