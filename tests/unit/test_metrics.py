@@ -1,5 +1,6 @@
 import asyncio
 import itertools
+import unittest.mock
 
 import httpx
 import pytest
@@ -142,3 +143,44 @@ def test_middleware_counts_statuses_and_reasons_from_state() -> None:
     assert value(reg, "inference_error_reasons_total", reason="internal", **labels) == 1
     assert value(reg, "inference_requests_total", model=UNKNOWN_MODEL, version="") == 1
     assert value(reg, "inference_in_flight_requests", **labels) == 0
+
+
+def test_recorder_records_fold_into_the_same_series_as_per_call_observations() -> None:
+    """A RequestRecorder's records, folded at collection, read exactly as the per-call path
+    would have written them."""
+    from inferwatch.metrics.instruments import _SharedRecorder
+
+    timings = [(0.004, 1e-4, 2e-4, 3e-3, 5e-5), (0.02, 2e-3, 1e-3, 0.015, 1e-4),
+               (0.3, 0.01, 0.2, 0.05, 2e-3)] * 700  # past the fold at 4,096 numbers
+    expositions = []
+    for make in ("recorder", "per call"):
+        registry = CollectorRegistry()
+        metrics = InferenceMetrics({"a": "1", "b": "2"}, registry=registry)
+        recorders = {m: metrics.recorder(m) if make == "recorder"
+                     else _SharedRecorder(metrics, m, metrics.in_flight_gauge(m))
+                     for m in ("a", "b")}
+        for i, (total, pre, queue, compute, post) in enumerate(timings):
+            recorder = recorders["ab"[i % 2]]
+            recorder.active += 1
+            recorder.batch(1 + i % 3)
+            # stand-ins for the perf_counter readings: "now" is read inside
+            with unittest.mock.patch("time.perf_counter", return_value=1000.0):
+                recorder.succeeded(1000.0 - total, pre, queue, compute, 1000.0 - post)
+            recorder.active -= 1
+        recorders["a"].active += 1  # one request still in flight
+        metrics.observe_request("b", 503, 0.0, "overloaded")  # failures go per call
+        expositions.append({line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+                            for line in generate_latest(registry).decode().splitlines()
+                            if not line.startswith("#") and "_created" not in line})
+        assert value(registry, "inference_in_flight_requests", model="a", version="1") == 1
+    recorded, per_call = expositions
+    assert recorded == pytest.approx(per_call)  # sums differ only in rounding order
+    assert recorded['inference_requests_total{model="b",version="2"}'] == 1051
+    assert recorded['inference_responses_total{code="200",model="a",version="1"}'] == 1050
+    assert recorded['inference_batch_size_count{model="a",version="1"}'] == 1050
+    assert recorded['inference_stage_seconds_count{model="a",stage="queue",version="1"}'] == 1050
+
+
+def test_recorder_refuses_a_model_it_does_not_know() -> None:
+    with pytest.raises(ValueError, match="unknown model"):
+        InferenceMetrics(["a"], registry=CollectorRegistry()).recorder("b")

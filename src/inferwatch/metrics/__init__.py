@@ -18,6 +18,7 @@ from inferwatch.metrics.instruments import (
     STAGES,
     UNKNOWN_MODEL,
     InferenceMetrics,
+    RequestRecorder,
     RequestTracker,
 )
 from inferwatch.metrics.middleware import REASON_STATE_KEY, MetricsMiddleware, model_from_path
@@ -34,6 +35,7 @@ __all__ = [
     "GPUCollector",
     "InferenceMetrics",
     "MetricsMiddleware",
+    "RequestRecorder",
     "RequestTracker",
     "log_buckets",
     "model_from_path",
