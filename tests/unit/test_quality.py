@@ -91,3 +91,30 @@ def test_feedback_store_replaces_an_answer_given_again_under_the_same_id() -> No
     assert store.lookup("a") != "unknown_request_id"
     store.remember("d", "m", [5])
     assert store.lookup("a") == "unknown_request_id"
+
+
+def test_deferred_answers_are_sorted_at_settle_and_found_before_it() -> None:
+    store = FeedbackStore(capacity=10)
+    store.defer("a", "m", np.array([[0.1, 0.6, 0.3]]))
+    store.defer("b", "wide", np.array([0.05, 0.05, 0.1, 0.2, 0.25, 0.35]))
+    store.defer("c", "m", np.array([[0.7, 0.1, 0.2]]))
+    answer = store.lookup("a")  # a lookup settles what was deferred
+    assert not isinstance(answer, str) and (answer.model, answer.top) == ("m", (1, 2, 0))
+    wide = store.lookup("b")
+    assert not isinstance(wide, str) and wide.top == (5, 4, 3, 2, 1)  # top_k=5 of 6
+    store.remember("a", "m", [0])  # remembered later: replaces the deferred answer
+    again = store.lookup("a")
+    assert not isinstance(again, str) and again.top == (0,)
+    store.mark("c")
+    store.defer("d", "m", np.array([[0.2, 0.3, 0.5]]))
+    assert store.lookup("c") == "duplicate_feedback"
+    assert store._deferred == []  # settled by the lookup
+
+
+def test_deferring_past_capacity_settles_at_once() -> None:
+    store = FeedbackStore(capacity=3)
+    for i in range(7):
+        store.defer(f"id-{i}", "m", np.array([[0.5, 0.5]]))
+        assert len(store._deferred) < 3
+    assert store.lookup("id-6") != "unknown_request_id"
+    assert store.lookup("id-3") == "unknown_request_id"  # the ring holds the last 3
