@@ -14,7 +14,8 @@ def test_concurrent_requests_share_batches_and_get_their_own_rows() -> None:
         return x * 10
 
     async def run() -> list[np.ndarray]:
-        b = MicroBatcher(predict, max_batch_size=8, max_wait=0.05, on_batch=sizes.append)
+        b = MicroBatcher(predict, max_batch_size=8, max_wait=0.05,
+                         on_batch=lambda x, _: sizes.append(len(x)))
         b.start()
         try:
             return await asyncio.gather(

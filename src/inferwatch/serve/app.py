@@ -14,7 +14,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from inferwatch.metrics import InferenceMetrics, MetricsMiddleware
+from inferwatch.metrics import InferenceMetrics, RequestRecorder, model_from_path
 from inferwatch.metrics.exposition import render_exposition
 from inferwatch.metrics.gpu import GPUCollector
 from inferwatch.metrics.quality import (
@@ -44,7 +44,7 @@ from inferwatch.metrics.quality import (
     QualityWorker,
 )
 from inferwatch.models import InputError, ServedModel, decode_image, load_model
-from inferwatch.serve.batching import MicroBatcher, QueueFullError
+from inferwatch.serve.batching import BatchResult, MicroBatcher, QueueFullError
 from inferwatch.serve.errors import InferenceError, error_response, handle_inference_error
 from inferwatch.serve.faults import Faults
 from inferwatch.serve.openapi import openapi_document
@@ -58,6 +58,11 @@ _TOP_K = 5
 INLINE_COMPUTE_SECONDS = 0.0005
 _MAX_DIMS = 32  # numpy allows 64; no model takes more than a handful
 
+# An inference route's protocol: its body to samples (and a request id, if it carries one),
+# and the model's answer to a response.
+Decoder = Callable[[ServedModel, Request, bytes], tuple[np.ndarray, str | None]]
+Responder = Callable[[ServedModel, np.ndarray, str], Response]
+
 
 @dataclass
 class ServeConfig:
@@ -69,7 +74,7 @@ class ServeConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     latency_buckets: Sequence[float] | None = None
     quality: bool = True  # confidence, class mix, drift and feedback accuracy
-    # False: no middleware, no instrument call per request, no /metrics; only to measure
+    # False: no recorder, no instrument call per request, no /metrics; only to measure
     # what the instrumentation costs (bench/overhead.py). Turns quality tracking off too.
     metrics: bool = True
 
@@ -79,6 +84,7 @@ class _Deployment:
     model: ServedModel
     batcher: MicroBatcher
     quality: QualityMonitor | None = None
+    recorder: RequestRecorder | None = None
 
 
 class InferenceService:
@@ -103,13 +109,17 @@ class InferenceService:
         self.deployments: dict[str, _Deployment] = {}
         for model in loaded:
             card = model.card
+            recorder = self.metrics.recorder(card.name) if self.metrics else None
+            quality = QualityMonitor(
+                self.quality_metrics, card.name, card.version, card.labels,
+                model.quality_reference, model.features
+            ) if config.quality and config.metrics else None
             batcher = MicroBatcher(
                 model.predict_proba,
                 max_batch_size=config.max_batch_size or model.max_batch_size,
                 max_wait=config.max_wait_ms / 1000.0,
                 capacity=config.queue_capacity,
-                on_batch=functools.partial(self.metrics.observe_batch, card.name)
-                if self.metrics else None,
+                on_batch=_batch_observer(recorder, quality),
                 queue_delay=functools.partial(self.faults.delay, "queue"),
                 compute_delay=functools.partial(self.faults.delay, "compute"),
                 inline_below=INLINE_COMPUTE_SECONDS,
@@ -121,11 +131,7 @@ class InferenceService:
                 self.metrics.set_model_loaded(card.name, runtime=card.runtime,
                                               load_seconds=card.load_seconds,
                                               accuracy=card.heldout_accuracy)
-            quality = QualityMonitor(
-                self.quality_metrics, card.name, card.version, card.labels,
-                model.quality_reference, model.features
-            ) if config.quality and config.metrics else None
-            self.deployments[card.name] = _Deployment(model, batcher, quality)
+            self.deployments[card.name] = _Deployment(model, batcher, quality, recorder)
             log.info("model %s version %s loaded in %.2fs (%s)%s", card.name, card.version,
                      card.load_seconds, card.runtime,
                      f", held-out accuracy {card.heldout_accuracy:.4f}"
@@ -147,14 +153,15 @@ class InferenceService:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         for d in self.deployments.values():
             d.batcher.start()
-        worker = QualityWorker([d.quality for d in self.deployments.values() if d.quality])
+        worker = QualityWorker([d.quality for d in self.deployments.values() if d.quality],
+                               self.feedback)
         worker.start()
         try:
             yield
         finally:
             for d in self.deployments.values():
                 await d.batcher.stop()
-            worker.stop()
+            await worker.stop()
             self.faults.clear()
 
     def deployment(self, name: str) -> _Deployment:
@@ -168,7 +175,8 @@ class InferenceService:
         return found
 
     async def infer(self, name: str, samples: np.ndarray, preprocess_started: float
-                    ) -> np.ndarray:
+                    ) -> tuple[BatchResult, float]:
+        """The model's answer to ``samples``, and the seconds preprocessing took."""
         d = self.deployments[name]
         samples = self.faults.drift_inputs(samples, d.model.card.input_range)
         preprocess_seconds = time.perf_counter() - preprocess_started
@@ -180,18 +188,12 @@ class InferenceService:
         except QueueFullError as exc:
             raise InferenceError("overloaded", f"server overloaded: {exc}",
                                  {"Retry-After": "1"}) from None
-        if self.metrics is not None:
-            self.metrics.observe_stages(name, (("preprocess", preprocess_seconds),
-                                               ("queue", result.queue_seconds),
-                                               ("compute", result.compute_seconds)))
-        if d.quality is not None:
-            d.quality.observe(result.probabilities, samples)  # folded in the background
-        return result.probabilities
+        return result, preprocess_seconds
 
-    def remember(self, name: str, request_id: str, top: np.ndarray) -> None:
-        """Keep the answer's top classes so labelled feedback can be scored later."""
+    def remember(self, name: str, request_id: str, probabilities: np.ndarray) -> None:
+        """Keep the top classes of a one-sample answer so labelled feedback can be scored."""
         if self.deployments[name].quality is not None:
-            self.feedback.remember(request_id, name, top)
+            self.feedback.defer(request_id, name, probabilities)
 
     def score_feedback(self, request_id: str, label: Any) -> dict[str, Any]:
         answer = self.feedback.lookup(request_id)
@@ -214,6 +216,23 @@ class InferenceService:
         correct, in_top = d.quality.record_feedback(answer.top, truth)
         return {"request_id": request_id, "model": answer.model, "correct": correct,
                 "top5_correct": in_top}
+
+
+def _batch_observer(recorder: RequestRecorder | None, quality: QualityMonitor | None
+                    ) -> Callable[[np.ndarray, np.ndarray], None] | None:
+    """What the batcher calls with each batch's inputs and outputs: the batch size for the
+    metrics, the whole batch for quality tracking (one queued item per batch, not per
+    request)."""
+    if recorder is None:
+        return None
+    if quality is None:
+        return lambda samples, _: recorder.batch(len(samples))
+
+    def observe(samples: np.ndarray, probabilities: np.ndarray) -> None:
+        recorder.batch(len(samples))
+        quality.observe(probabilities, samples)  # folded in the background
+
+    return observe
 
 
 def _default_registry() -> CollectorRegistry:
@@ -258,13 +277,12 @@ def _input_error(exc: InputError) -> InferenceError:
 
 
 class ServiceApp:
-    """The ASGI app of the service: its routes behind the metrics middleware it exports."""
+    """The ASGI app of the service, with the service behind it for tests and workers."""
 
     def __init__(self, starlette: Starlette, service: InferenceService) -> None:
         self.starlette = starlette
         self.service = service
-        self.asgi: ASGIApp = starlette if service.metrics is None else \
-            MetricsMiddleware(starlette, service.metrics)
+        self.asgi: ASGIApp = starlette
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.asgi(scope, receive, send)
@@ -296,12 +314,37 @@ def create_app(
     service = InferenceService(config or ServeConfig(), registry, scrape_registry)
     limit = service.config.max_body_bytes
 
-    async def predictions(request: Request) -> Response:
+    async def answer(request: Request, decode: Decoder, respond: Responder) -> Response:
+        """An inference route: the parts its protocol does not change, timed and counted.
+
+        A success is one record (:class:`RequestRecorder`); a failure is counted by the
+        exception handlers below, from the route's path.
+        """
         name = request.path_params["model"]
         d = service.deployment(name)
-        body = await read_body(request, limit)
-        start = time.perf_counter()
-        await service.preprocess_faults()
+        recorder = d.recorder
+        started = time.perf_counter()
+        if recorder is not None:
+            recorder.active += 1
+        try:
+            body = await read_body(request, limit)
+            start = time.perf_counter()
+            await service.preprocess_faults()
+            samples, request_id = decode(d.model, request, body)
+            result, preprocess = await service.infer(name, samples, start)
+            post = time.perf_counter()
+            await service.postprocess_faults()
+            response = respond(d.model, result.probabilities, request_id or _request_id(request))
+            if recorder is not None:
+                recorder.succeeded(started, preprocess, result.queue_seconds,
+                                   result.compute_seconds, post)
+            return response
+        finally:
+            if recorder is not None:
+                recorder.active -= 1
+
+    def decode_image_request(model: ServedModel, request: Request, body: bytes
+                             ) -> tuple[np.ndarray, None]:
         if request.headers.get("content-type", "").startswith("application/json"):
             payload = parse_json(body)
             encoded = payload.get("image_base64") if isinstance(payload, dict) else None
@@ -313,41 +356,30 @@ def create_app(
             except (binascii.Error, ValueError):
                 raise InferenceError("invalid_image", "image_base64 is not valid base64") from None
         try:
-            sample = d.model.from_image(decode_image(body))
+            return model.from_image(decode_image(body))[None], None
         except InputError as exc:
             raise _input_error(exc) from None
-        probs = await service.infer(name, sample[None], start)
-        post = time.perf_counter()
-        await service.postprocess_faults()
-        labels = d.model.card.labels
-        top = np.argsort(probs[0])[::-1][:_TOP_K]
-        request_id = _request_id(request)
-        service.remember(name, request_id, top)
-        response = JSONResponse({labels[i]: round(float(probs[0][i]), 6) for i in top},
-                                headers={"X-Request-ID": request_id})
-        if service.metrics is not None:
-            service.metrics.observe_stage(name, "postprocess", time.perf_counter() - post)
-        return response
 
-    async def v2_infer(request: Request) -> Response:
-        name = request.path_params["model"]
-        d = service.deployment(name)
+    def top_classes(model: ServedModel, probs: np.ndarray, request_id: str) -> Response:
+        labels = model.card.labels
+        top = np.argsort(probs[0])[::-1][:_TOP_K]
+        service.remember(model.card.name, request_id, probs)
+        return JSONResponse({labels[i]: round(float(probs[0][i]), 6) for i in top},
+                            headers={"X-Request-ID": request_id})
+
+    def decode_v2_request(model: ServedModel, request: Request, body: bytes
+                          ) -> tuple[np.ndarray, str | None]:
         version = request.path_params.get("version")
-        if version is not None and version != d.model.card.version:
+        if version is not None and version != model.card.version:
             raise InferenceError("unknown_model",
-                                 f"model {name} has version {d.model.card.version}")
-        body = await read_body(request, limit)
-        start = time.perf_counter()
-        await service.preprocess_faults()
-        samples, request_id = _v2_samples(d.model, parse_json(body))
-        probs = await service.infer(name, samples, start)
-        post = time.perf_counter()
-        await service.postprocess_faults()
-        card = d.model.card
-        request_id = request_id or _request_id(request)
+                                 f"model {model.card.name} has version {model.card.version}")
+        return _v2_samples(model, parse_json(body))
+
+    def v2_response(model: ServedModel, probs: np.ndarray, request_id: str) -> Response:
+        card = model.card
         if len(probs) == 1:  # feedback scores single-sample answers
-            service.remember(name, request_id, np.argsort(probs[0])[::-1][:_TOP_K])
-        response = JSONResponse({
+            service.remember(card.name, request_id, probs)
+        return JSONResponse({
             "model_name": card.name,
             "model_version": card.version,
             "id": request_id,
@@ -358,9 +390,12 @@ def create_app(
                  "data": [int(i) for i in probs.argmax(axis=1)]},
             ],
         })
-        if service.metrics is not None:
-            service.metrics.observe_stage(name, "postprocess", time.perf_counter() - post)
-        return response
+
+    async def predictions(request: Request) -> Response:
+        return await answer(request, decode_image_request, top_classes)
+
+    async def v2_infer(request: Request) -> Response:
+        return await answer(request, decode_v2_request, v2_response)
 
     async def feedback(request: Request) -> Response:
         try:
@@ -410,11 +445,27 @@ def create_app(
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
 
+    def count_failure(request: Request, status: int, reason: str) -> None:
+        model = model_from_path(request.scope["path"])
+        if service.metrics is not None and model is not None:
+            service.metrics.observe_request(model, status, 0.0, reason)
+
+    async def inference_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, InferenceError)
+        count_failure(request, exc.status, exc.reason)
+        return await handle_inference_error(request, exc)
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code,
                                                                     "bad_request")
+        count_failure(request, exc.status_code, reason)
         return error_response(request, reason, str(exc.detail), exc.status_code, exc.headers)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        """Starlette answers with this, then raises ``exc`` on for the server to log."""
+        count_failure(request, 500, "internal")
+        return error_response(request, "internal", "internal server error", 500)
 
     app = Starlette(
         routes=[
@@ -430,7 +481,8 @@ def create_app(
             *([Route("/metrics", metrics, methods=["GET"])] if service.metrics else []),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
-        exception_handlers={InferenceError: handle_inference_error, HTTPException: http_error},
+        exception_handlers={InferenceError: inference_error, HTTPException: http_error,
+                            Exception: server_error},
         lifespan=service.lifespan,
     )
     return ServiceApp(app, service)

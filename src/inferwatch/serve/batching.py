@@ -40,7 +40,8 @@ class MicroBatcher:
     and GIL hand-offs, more than a small model's whole call (``bench/batching.py``). The first
     batch, and every batch after a slow one, goes to the thread. ``capacity`` bounds the
     samples waiting; beyond it ``submit`` raises :class:`QueueFullError` at once instead of
-    letting latency grow without bound.
+    letting latency grow without bound. ``on_batch`` is called with each batch's inputs and
+    outputs.
     """
 
     def __init__(
@@ -50,7 +51,7 @@ class MicroBatcher:
         max_batch_size: int = 32,
         max_wait: float = 0.002,
         capacity: int = 1024,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
         queue_delay: Callable[[], float] | None = None,
         compute_delay: Callable[[], float] | None = None,
         inline_below: float = 0.0,
@@ -161,7 +162,7 @@ class MicroBatcher:
                 continue
             compute = time.perf_counter() - started
             if self._on_batch is not None:
-                self._on_batch(len(stacked))
+                self._on_batch(stacked, probs)
             offset = 0
             for p in live:
                 n = len(p.samples)
