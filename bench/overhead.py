@@ -1,25 +1,34 @@
 """What the instrumentation costs: `inferwatch serve` with metrics on vs off, side by side.
 
     python bench/overhead.py [--rounds 7] [--seconds 4] [--connections 32]
-                             [--model digits|resnet18]
+                             [--model digits|resnet18] [--max-batch-size N]
+                             [--services on,on-noq,...]
 
-Four services run throughout, each its own process on its own port:
+Five services, each its own process on its own port:
 - ``on``: the default (`inferwatch serve`: metrics and quality tracking),
 - ``on-noq``: metrics without quality tracking (`--no-quality`),
-- ``off``: `--no-metrics` (no middleware, no instrument call per request, no /metrics),
-- ``noq-stock``: as ``on-noq`` with prometheus_client's stock ``Histogram`` in place of
-  ``DeferredHistogram``, to see what that change bought in the running service.
+- ``off``: `--no-metrics` (no recorder, no instrument call per request, no /metrics),
+- ``off-again``: a second ``off`` process, for how far two identical services differ in the
+  same run: the noise floor under every other ratio,
+- ``noq-percall``: as ``on-noq`` with each request's metric calls made as it ends (what a
+  worker process does, see ``RequestRecorder``) instead of one record folded at scrape time,
+  to see what the recorder buys in the running service.
 
 ``--model resnet18`` serves resnet18 instead (one torch thread, a 224x224 PNG on the TorchServe
-route):
-what the same instrumentation costs beside a model call of tens of milliseconds.
-Each round drives every service in turn, the order rotating between rounds, with wrk
-(closed loop, --connections connections posting one OIP v2 digit, --seconds): requests/s,
-and the CPU seconds the service spent per request (user + system from /proc, every thread).
-CPU per request is the robust one: its inverse is the throughput of a dedicated core, and it
-moves little when other processes take the cores that wrk's req/s depends on.
-Before that, in process: the metric calls one request makes, with the DeferredHistogram that
-InferenceMetrics uses and with prometheus_client's stock Histogram in its place.
+route): what the same instrumentation costs beside a model call of tens of milliseconds.
+Every round starts fresh processes (PYTHONHASHSEED=0), since a process keeps its memory
+layout for life and two identical processes can differ by a few percent: over rounds that
+averages out. Each round drives every service in turn, the order rotating between rounds,
+with wrk (closed loop, --connections connections posting one OIP v2 digit, --seconds):
+requests/s, and the CPU seconds the service spent per request (user + system from /proc,
+every thread). CPU per request is the robust one: its inverse is the throughput of a
+dedicated core, and it moves little when other processes take the cores that wrk's req/s
+depends on. With the default batching, how many requests share a model call depends on
+timing, and the digits model's call is a third of a request's CPU: ``--max-batch-size 1``
+holds every service to one call per request, which isolates what the instrumentation costs.
+Before that, in process: what one request's accounting costs, as the per-call path
+(``MetricsMiddleware``'s calls, with prometheus_client's stock Histogram and with the
+DeferredHistogram) and as a ``RequestRecorder`` record, its fold included.
 Prints every round, then the medians and the ratios to ``off`` (throughput: higher is better,
 so this/off; from CPU: off's CPU per request / this one's).
 """
@@ -42,18 +51,23 @@ from harness import cpu_seconds, free_port, running  # bench/, next to this scri
 from prometheus_client import CollectorRegistry, Histogram
 from quantiles import resnet18_payloads
 
-from inferwatch.metrics import InferenceMetrics, model_from_path
+from inferwatch.metrics import InferenceMetrics, RequestRecorder, model_from_path
+from inferwatch.metrics.instruments import _SharedRecorder
 from inferwatch.operate.load import build_payloads
 
 SERVICES = {"on": [], "on-noq": ["--no-quality"], "off": ["--no-metrics"],
-            "noq-stock": ["--stock-histogram", "--no-quality"]}
-STOCK = "--stock-histogram"  # bench only: prometheus_client's Histogram, as before
+            "off-again": ["--no-metrics"], "noq-percall": ["--per-call", "--no-quality"]}
+PER_CALL = "--per-call"  # bench only: every request's metric calls made as it ends
+
+
+def per_call_recorder(self: InferenceMetrics, model: str) -> RequestRecorder:
+    return _SharedRecorder(self, model, self.in_flight_gauge(model))
 
 
 def service_argv(flags: list[str], model: str, port: int) -> list[str]:
-    launcher = [__file__, STOCK] if STOCK in flags else ["-m", "inferwatch"]
+    launcher = [__file__, PER_CALL] if PER_CALL in flags else ["-m", "inferwatch"]
     return [sys.executable, *launcher, "serve", "--port", str(port), "--model", model,
-            *(f for f in flags if f != STOCK), "--log-level", "warning"]
+            *(f for f in flags if f != PER_CALL), "--log-level", "warning"]
 
 
 def wrk(pid: int, url: str, script: Path, connections: int,
@@ -71,14 +85,14 @@ def wrk(pid: int, url: str, script: Path, connections: int,
 
 
 def metric_updates(rounds: int = 7, number: int = 20_000) -> None:
-    """In process: the metric calls one request makes, DeferredHistogram vs the stock one."""
+    """In process: one request's accounting, per call (stock and deferred histograms) and as
+    a recorder's record."""
     with mock.patch("inferwatch.metrics.instruments.DeferredHistogram", Histogram):
-        variants = {"stock Histogram": InferenceMetrics({"digits": "1"},
-                                                        registry=CollectorRegistry())}
-    variants["DeferredHistogram"] = InferenceMetrics({"digits": "1"},
-                                                     registry=CollectorRegistry())
+        stock = InferenceMetrics({"digits": "1"}, registry=CollectorRegistry())
+    deferred = InferenceMetrics({"digits": "1"}, registry=CollectorRegistry())
+    recorder = InferenceMetrics({"digits": "1"}, registry=CollectorRegistry()).recorder("digits")
 
-    def request(metrics: InferenceMetrics) -> None:
+    def per_call(metrics: InferenceMetrics) -> None:
         model = model_from_path("/v2/models/digits/infer")
         gauge = metrics.in_flight_gauge(model)
         gauge.inc()
@@ -89,23 +103,31 @@ def metric_updates(rounds: int = 7, number: int = 20_000) -> None:
         gauge.dec()
         metrics.observe_request(model, 200, 4e-4)
 
+    def record() -> None:
+        recorder.active += 1
+        recorder.batch(1)
+        recorder.succeeded(0.0, 1e-4, 5e-5, 2e-4, 0.0)
+        recorder.active -= 1
+
+    variants = {"per call, stock Histogram": lambda: per_call(stock),
+                "per call, DeferredHistogram": lambda: per_call(deferred),
+                "RequestRecorder": record}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
-        for name, metrics in variants.items():
-            times[name].append(timeit.timeit(lambda m=metrics: request(m), number=number)
-                               / number)
-    stock = statistics.median(times["stock Histogram"])
-    print("metric updates of one request, in process (median of "
+        for name, fn in variants.items():
+            times[name].append(timeit.timeit(fn, number=number) / number)
+    first = statistics.median(times["per call, stock Histogram"])
+    print("one request's accounting, in process (median of "
           f"{rounds} x {number}): " + ", ".join(
-              f"{name} {statistics.median(t) * 1e6:.2f} us ({statistics.median(t) / stock:.2f}x)"
+              f"{name} {statistics.median(t) * 1e6:.2f} us ({statistics.median(t) / first:.2f}x)"
               for name, t in times.items()))
 
 
 def main() -> None:
-    if sys.argv[1:2] == [STOCK]:
+    if sys.argv[1:2] == [PER_CALL]:
         from inferwatch.cli import app
 
-        with mock.patch("inferwatch.metrics.instruments.DeferredHistogram", Histogram):
+        with mock.patch.object(InferenceMetrics, "recorder", per_call_recorder):
             app(sys.argv[2:])
         return
     parser = argparse.ArgumentParser()
@@ -113,10 +135,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--model", choices=("digits", "resnet18"), default="digits")
+    parser.add_argument("--services", default=",".join(SERVICES),
+                        help="which of the services to run, comma-separated; off is always run")
+    parser.add_argument("--max-batch-size", type=int, default=0,
+                        help="passed to every service; 1 makes every request one model call, "
+                             "so that batch sizes cannot differ between services")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install -y wrk")
-    os.environ.setdefault("INFERWATCH_TORCH_THREADS", "1")  # four services share two cores
+    os.environ.setdefault("INFERWATCH_TORCH_THREADS", "1")  # five services share two cores
+    os.environ.setdefault("PYTHONHASHSEED", "0")  # the same dict layouts in every service
     payload = (build_payloads("v2")[0] if args.model == "digits"
                else resnet18_payloads(1)[0])  # the 8x8 digits are below resnet18's minimum
     tmp = Path(tempfile.mkdtemp(prefix="iw-bench-overhead-"))
@@ -127,33 +155,34 @@ def main() -> None:
                       'wrk.body = f:read("*all")\nf:close()\n')
 
     metric_updates()
-    names = list(SERVICES)
+    names = [n for n in SERVICES if n in {*args.services.split(","), "off"}]
+    extra = ["--max-batch-size", str(args.max_batch_size)] if args.max_batch_size else []
     rps: dict[str, list[float]] = {n: [] for n in names}
     wrk_cpu: dict[str, list[float]] = {n: [] for n in names}
-    with contextlib.ExitStack() as stack:
-        services = {}
-        for name, flags in SERVICES.items():
-            port = free_port()
-            base = f"http://127.0.0.1:{port}"
-            proc = stack.enter_context(running(service_argv(flags, args.model, port),
-                                               f"{base}/ping"))
-            services[name] = (proc, base)
-        for proc, base in services.values():  # warm-up
-            wrk(proc.pid, base + payload.path, script, args.connections, 2)
-        for r in range(args.rounds):
-            order = names[r % len(names):] + names[:r % len(names)]
+    for r in range(args.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        with contextlib.ExitStack() as stack:  # fresh processes every round
+            services = {}
+            for name in names:
+                port = free_port()
+                base = f"http://127.0.0.1:{port}"
+                argv = service_argv([*SERVICES[name], *extra], args.model, port)
+                services[name] = (stack.enter_context(running(argv, f"{base}/ping")), base)
+            for proc, base in services.values():  # warm-up
+                wrk(proc.pid, base + payload.path, script, args.connections, 2)
             for name in order:
                 proc, base = services[name]
                 rate, per_request = wrk(proc.pid, base + payload.path, script,
                                         args.connections, args.seconds)
                 rps[name].append(rate)
                 wrk_cpu[name].append(per_request)
-            print(f"round {r + 1} ({', '.join(order)}): " + "; ".join(
-                f"{n} {rps[n][-1]:.0f} req/s {wrk_cpu[n][-1] * 1e6:.0f} us/req" for n in names),
-                flush=True)
+        print(f"round {r + 1} ({', '.join(order)}): " + "; ".join(
+            f"{n} {rps[n][-1]:.0f} req/s {wrk_cpu[n][-1] * 1e6:.0f} us/req" for n in names),
+            flush=True)
 
     print(f"\n{args.model}: medians of {args.rounds} rounds (wrk -c{args.connections}, "
-          f"{args.seconds:g} s):")
+          f"{args.seconds:g} s{', --max-batch-size ' + str(args.max_batch_size) if extra else ''}"
+          "):")
     print(f"{'service':>9} {'req/s':>7} {'ratio':>6} {'per-round':>9} {'CPU/req':>9} "
           f"{'ratio':>6} {'per-round':>9}")
     off_rps, off_cpu = statistics.median(rps["off"]), statistics.median(wrk_cpu["off"])
