@@ -97,9 +97,7 @@ class InferenceMetrics:
         kw: dict[str, Any] = {"registry": registry}
         labels = ("model", "version")
         self.shared = bool(getattr(values.ValueClass, "_multiprocess", False))
-        # What RequestRecorders append, folded into the series below by `fold`: flat arrays
-        # of numbers, not lists of tuples, since a tuple kept per request is a container that
-        # the garbage collector counts, and triggers collections (see RequestRecorder).
+        # What RequestRecorders append, folded into the series below by `fold`.
         self._records = array.array("d")  # _RECORD numbers per request
         self._batches = array.array("q")  # model index, size
         self._recorders: list[RequestRecorder] = []
@@ -409,15 +407,11 @@ class RequestRecorder:
     For a service that times its own stages (``inferwatch serve``): a successful request is
     one ``succeeded`` call, six numbers appended to an array, and ``active`` is a plain int
     the handler adds to and takes from. The series are brought up to date when the registry
-    is collected (or every few thousand records), with numpy. The per-call path of
-    :class:`MetricsMiddleware` costs about 10 us a request (``bench/overhead.py``); this one
-    under 1. Failed requests are rare: count them with
-    :meth:`InferenceMetrics.observe_request`.
-
-    Not a list of tuples: each tuple kept until the fold is a live container, and one more
-    per request made the collector run a young-generation pass every few hundred requests,
-    with every in-flight request's objects in it: 3 us a request in `serve`, against none
-    for the same calls that keep nothing.
+    is collected (or every few thousand records), with numpy. Per call, as
+    :class:`MetricsMiddleware` and ``observe_*`` do it, the same accounting costs about
+    9 us a request in ``serve``; this way about 1 (``bench/overhead.py``). Failed requests
+    are rare: count them with :meth:`InferenceMetrics.observe_request`. An array rather
+    than a list of tuples, so that nothing is kept per request for the collector to track.
 
     >>> from prometheus_client import CollectorRegistry
     >>> registry = CollectorRegistry()
