@@ -4,7 +4,7 @@
                               [--resnet18-seconds 60] [--models digits,resnet18]
 
 Runs `inferwatch serve` with both models in this process (uvicorn in a thread) with a
-recorder beside its metrics that keeps every raw latency per model and also fills a histogram
+hook in its metrics' fold that keeps every raw latency per model and also fills a histogram
 with the seed's buckets; a real Prometheus scrapes it every second. Each model gets open-loop
 load in turn (digits at --rate, resnet18 with random weights on the CPU at --resnet18-rate,
 one torch thread unless INFERWATCH_TORCH_THREADS says otherwise),
@@ -44,8 +44,9 @@ FINE_LATENCY_BUCKETS = log_buckets(0.0001, 10.0, (
     3.75, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0, 7.5, 8.0, 9.0))
 
 
-class Recorder:
-    """Wraps ``InferenceMetrics.observe_request`` to keep raw latencies of successes."""
+class RawLatencies:
+    """Keeps the raw latencies of successes as the service's ``RequestRecorder`` records are
+    folded into its histogram, and fills histograms of other layouts with the same values."""
 
     def __init__(self, metrics: Any, registry: CollectorRegistry) -> None:
         self.raw: dict[str, list[float]] = {}
@@ -53,16 +54,20 @@ class Recorder:
                               ["model"], buckets=SEED_LATENCY_BUCKETS, registry=registry)
         self.fine = Histogram("bench_fine_latency_seconds", "Finer buckets, same samples.",
                               ["model"], buckets=FINE_LATENCY_BUCKETS, registry=registry)
-        original = metrics.observe_request
+        original = metrics._fold_records
 
-        def observe(model: Any, status: int, seconds: float, reason: Any = None) -> None:
-            original(model, status, seconds, reason)
-            if status < 400:
-                self.raw.setdefault(model, []).append(seconds)
-                self.seed.labels(model).observe(seconds)
-                self.fine.labels(model).observe(seconds)
+        def fold(records: np.ndarray) -> None:  # model index, seconds, stages per row
+            original(records)
+            index = records[:, 0].astype(int)
+            for i in np.unique(index):
+                model = metrics._recorders[i].model
+                seconds = records[index == i, 1].tolist()
+                self.raw.setdefault(model, []).extend(seconds)
+                for value in seconds:
+                    self.seed.labels(model).observe(value)
+                    self.fine.labels(model).observe(value)
 
-        metrics.observe_request = observe
+        metrics._fold_records = fold
 
 
 def resnet18_payloads(count: int = 20) -> list[Payload]:
@@ -100,7 +105,7 @@ def main() -> None:
     ports = StackPorts.free()
     registry = CollectorRegistry()
     app = create_app(ServeConfig(models=tuple(models), max_wait_ms=args.max_wait_ms), registry)
-    recorder = Recorder(app.service.metrics, registry)
+    latencies = RawLatencies(app.service.metrics, registry)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=ports.service,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -125,14 +130,14 @@ def main() -> None:
         for model in models:
             rate, seconds = plans[model]
             load(LoadPlan(url=url(ports.service), rate=rate, count=5, model=model))
-            recorder.raw.pop(model, None)  # warm-up requests are in neither window
-            prom.wait_for_scrape("inference", after=time.time())
+            prom.wait_for_scrape("inference", after=time.time())  # folds the warm-up
+            latencies.raw.pop(model, None)  # warm-up requests are in neither window
             result = load(LoadPlan(url=url(ports.service), rate=rate,
                                             duration=seconds, model=model))
             prom.wait_for_scrape("inference", after=time.time())
             end = time.time()
             window = f"{int(end - result.started_at) + 1}s"
-            raw = np.array(recorder.raw.pop(model))
+            raw = np.array(latencies.raw.pop(model))
             print(f"\n{model}: {len(raw)} successful requests at {rate:g}/s for {seconds:g}s "
                   f"(client ok={result.ok}, errors={result.errors})")
             print(f"{'quantile':>8} {'true (ms)':>10} {'default (ms)':>13} {'error':>7} "
