@@ -5,7 +5,7 @@
 Two measures, both side by side in one run:
 
 1. CPU seconds the service process spends per request (user + system, from /proc, the
-   background quality thread included) under the same open-loop load: the throughput a
+   quality flushes included) under the same open-loop load: the throughput a
    dedicated core would give is its inverse, and unlike wall-clock throughput it barely moves
    when other processes share the machine. Ratio = CPU per request off / on.
 2. Wall-clock throughput at saturation, as below.
