@@ -4,7 +4,7 @@
                              [--model digits|resnet18] [--max-batch-size N]
                              [--services on,on-noq,...]
 
-Five services, each its own process on its own port:
+Six services, each its own process on its own port:
 - ``on``: the default (`inferwatch serve`: metrics and quality tracking),
 - ``on-noq``: metrics without quality tracking (`--no-quality`),
 - ``off``: `--no-metrics` (no recorder, no instrument call per request, no /metrics),
@@ -12,7 +12,9 @@ Five services, each its own process on its own port:
   same run: the noise floor under every other ratio,
 - ``noq-percall``: as ``on-noq`` with each request's metric calls made as it ends (what a
   worker process does, see ``RequestRecorder``) instead of one record folded at scrape time,
-  to see what the recorder buys in the running service.
+  to see what the recorder buys in the running service,
+- ``on-thread``: as ``on`` with quality tracking as it was before 2026-11-26: its flushes
+  in a thread every 0.5 s, and each request sorting and storing its feedback answer.
 
 ``--model resnet18`` serves resnet18 instead (one torch thread, a 224x224 PNG on the TorchServe
 route): what the same instrumentation costs beside a model call of tens of milliseconds.
@@ -43,31 +45,77 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import timeit
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 from harness import cpu_seconds, free_port, running  # bench/, next to this script
 from prometheus_client import CollectorRegistry, Histogram
 from quantiles import resnet18_payloads
 
 from inferwatch.metrics import InferenceMetrics, RequestRecorder, model_from_path
 from inferwatch.metrics.instruments import _SharedRecorder
+from inferwatch.metrics.quality import FeedbackStore, QualityWorker
 from inferwatch.operate.load import build_payloads
 
 SERVICES = {"on": [], "on-noq": ["--no-quality"], "off": ["--no-metrics"],
-            "off-again": ["--no-metrics"], "noq-percall": ["--per-call", "--no-quality"]}
+            "off-again": ["--no-metrics"], "noq-percall": ["--per-call", "--no-quality"],
+            "on-thread": ["--thread-quality"]}
 PER_CALL = "--per-call"  # bench only: every request's metric calls made as it ends
+THREAD_QUALITY = "--thread-quality"  # bench only: quality tracking as before 2026-11-26
 
 
 def per_call_recorder(self: InferenceMetrics, model: str) -> RequestRecorder:
     return _SharedRecorder(self, model, self.in_flight_gauge(model))
 
 
+def per_call() -> contextlib.AbstractContextManager[object]:
+    return mock.patch.object(InferenceMetrics, "recorder", per_call_recorder)
+
+
+def thread_quality() -> contextlib.ExitStack:
+    """Quality tracking's flushes in a thread every 0.5 s, and each request sorting and
+    storing its own feedback answer, as `serve` did before 2026-11-26."""
+    def start(self: QualityWorker) -> None:
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(0.5):
+                for job in self.jobs:
+                    job()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self.thread = (thread, stop)  # type: ignore[attr-defined]
+
+    async def stop(self: QualityWorker) -> None:
+        thread, stop = self.thread  # type: ignore[attr-defined]
+        stop.set()
+        thread.join(5)
+        for job in self.jobs:
+            job()
+
+    def defer(self: FeedbackStore, request_id: str, model: str,
+              probabilities: np.ndarray) -> None:
+        self.remember(request_id, model, np.argsort(probabilities[0])[::-1][:self.top_k])
+
+    patches = contextlib.ExitStack()
+    patches.enter_context(mock.patch.object(QualityWorker, "start", start))
+    patches.enter_context(mock.patch.object(QualityWorker, "stop", stop))
+    patches.enter_context(mock.patch.object(FeedbackStore, "defer", defer))
+    return patches
+
+
+LAUNCHERS = {PER_CALL: per_call, THREAD_QUALITY: thread_quality}
+
+
 def service_argv(flags: list[str], model: str, port: int) -> list[str]:
-    launcher = [__file__, PER_CALL] if PER_CALL in flags else ["-m", "inferwatch"]
+    patched = [f for f in flags if f in LAUNCHERS]
+    launcher = [__file__, *patched] if patched else ["-m", "inferwatch"]
     return [sys.executable, *launcher, "serve", "--port", str(port), "--model", model,
-            *(f for f in flags if f != PER_CALL), "--log-level", "warning"]
+            *(f for f in flags if f not in LAUNCHERS), "--log-level", "warning"]
 
 
 def wrk(pid: int, url: str, script: Path, connections: int,
@@ -124,10 +172,10 @@ def metric_updates(rounds: int = 7, number: int = 20_000) -> None:
 
 
 def main() -> None:
-    if sys.argv[1:2] == [PER_CALL]:
+    if sys.argv[1:2] and sys.argv[1] in LAUNCHERS:
         from inferwatch.cli import app
 
-        with mock.patch.object(InferenceMetrics, "recorder", per_call_recorder):
+        with LAUNCHERS[sys.argv[1]]():
             app(sys.argv[2:])
         return
     parser = argparse.ArgumentParser()
