@@ -13,8 +13,9 @@ Six services, each its own process on its own port:
 - ``noq-percall``: as ``on-noq`` with each request's metric calls made as it ends (what a
   worker process does, see ``RequestRecorder``) instead of one record folded at scrape time,
   to see what the recorder buys in the running service,
-- ``on-thread``: as ``on`` with quality tracking as it was before 2026-11-26: its flushes
-  in a thread every 0.5 s, and each request sorting and storing its feedback answer.
+- ``on-thread``: as ``on`` with two of quality tracking's changes of 2026-11-26 reverted:
+  its flushes in a thread every 0.5 s, and each request sorting and storing its feedback
+  answer.
 
 ``--model resnet18`` serves resnet18 instead (one torch thread, a 224x224 PNG on the TorchServe
 route): what the same instrumentation costs beside a model call of tens of milliseconds.
@@ -64,7 +65,7 @@ SERVICES = {"on": [], "on-noq": ["--no-quality"], "off": ["--no-metrics"],
             "off-again": ["--no-metrics"], "noq-percall": ["--per-call", "--no-quality"],
             "on-thread": ["--thread-quality"]}
 PER_CALL = "--per-call"  # bench only: every request's metric calls made as it ends
-THREAD_QUALITY = "--thread-quality"  # bench only: quality tracking as before 2026-11-26
+THREAD_QUALITY = "--thread-quality"  # bench only: see thread_quality
 
 
 def per_call_recorder(self: InferenceMetrics, model: str) -> RequestRecorder:
@@ -77,7 +78,8 @@ def per_call() -> contextlib.AbstractContextManager[object]:
 
 def thread_quality() -> contextlib.ExitStack:
     """Quality tracking's flushes in a thread every 0.5 s, and each request sorting and
-    storing its own feedback answer, as `serve` did before 2026-11-26."""
+    storing its own feedback answer, as `serve` did before 2026-11-26 (its observation
+    stays per batch)."""
     def start(self: QualityWorker) -> None:
         stop = threading.Event()
 
