@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from inferwatch.metrics import InferenceMetrics, RequestRecorder, model_from_path
 from inferwatch.metrics.exposition import render_exposition
@@ -45,7 +45,7 @@ from inferwatch.metrics.quality import (
 )
 from inferwatch.models import InputError, ServedModel, decode_image, load_model
 from inferwatch.serve.batching import BatchResult, MicroBatcher, QueueFullError
-from inferwatch.serve.errors import InferenceError, error_response, handle_inference_error
+from inferwatch.serve.errors import InferenceError, error_response
 from inferwatch.serve.faults import Faults
 from inferwatch.serve.openapi import openapi_document
 
@@ -282,10 +282,9 @@ class ServiceApp:
     def __init__(self, starlette: Starlette, service: InferenceService) -> None:
         self.starlette = starlette
         self.service = service
-        self.asgi: ASGIApp = starlette
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.asgi(scope, receive, send)
+        await self.starlette(scope, receive, send)
 
 
 def freeze_startup_heap() -> None:
@@ -453,19 +452,19 @@ def create_app(
     async def inference_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, InferenceError)
         count_failure(request, exc.status, exc.reason)
-        return await handle_inference_error(request, exc)
+        return error_response(exc.reason, str(exc), exc.status, exc.headers)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code,
                                                                     "bad_request")
         count_failure(request, exc.status_code, reason)
-        return error_response(request, reason, str(exc.detail), exc.status_code, exc.headers)
+        return error_response(reason, str(exc.detail), exc.status_code, exc.headers)
 
     async def server_error(request: Request, exc: Exception) -> Response:
         """Starlette answers with this, then raises ``exc`` on for the server to log."""
         count_failure(request, 500, "internal")
-        return error_response(request, "internal", "internal server error", 500)
+        return error_response("internal", "internal server error", 500)
 
     app = Starlette(
         routes=[

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from starlette.requests import Request
 from starlette.responses import JSONResponse
-
-from inferwatch.metrics import REASON_STATE_KEY
 
 _STATUS_BY_REASON = {
     "empty_body": 400, "invalid_json": 400, "invalid_image": 400, "bad_request": 400,
@@ -26,13 +23,7 @@ class InferenceError(Exception):
         self.headers = headers or {}
 
 
-def error_response(request: Request, reason: str, message: str, status: int,
+def error_response(reason: str, message: str, status: int,
                    headers: Mapping[str, str] | None = None) -> JSONResponse:
-    request.scope.setdefault("state", {})[REASON_STATE_KEY] = reason
     return JSONResponse({"code": status, "error": reason, "message": message}, status,
                         headers=headers)
-
-
-async def handle_inference_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, InferenceError)
-    return error_response(request, exc.reason, str(exc), exc.status, exc.headers)
