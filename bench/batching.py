@@ -29,7 +29,7 @@ async def drive(model: DigitsModel, inline_below: float, requests: int,
     sizes: list[int] = []
     batcher = MicroBatcher(model.predict_proba, max_batch_size=model.max_batch_size,
                            max_wait=0, capacity=4096, inline_below=inline_below,
-                           on_batch=lambda x, _: sizes.append(len(x)))
+                           on_batch=lambda x, _, __: sizes.append(len(x)))
     batcher.start()
 
     async def client(offset: int) -> None:

@@ -99,9 +99,11 @@ def thread_quality() -> contextlib.ExitStack:
         for job in self.jobs:
             job()
 
-    def defer(self: FeedbackStore, request_id: str, model: str,
+    def defer(self: FeedbackStore, model: str, ids: list[str | None],
               probabilities: np.ndarray) -> None:
-        self.remember(request_id, model, np.argsort(probabilities[0])[::-1][:self.top_k])
+        for request_id, row in zip(ids, probabilities, strict=True):
+            if request_id is not None:
+                self.remember(request_id, model, np.argsort(row)[::-1][:self.top_k])
 
     patches = contextlib.ExitStack()
     patches.enter_context(mock.patch.object(QualityWorker, "start", start))

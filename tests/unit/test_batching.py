@@ -15,7 +15,7 @@ def test_concurrent_requests_share_batches_and_get_their_own_rows() -> None:
 
     async def run() -> list[np.ndarray]:
         b = MicroBatcher(predict, max_batch_size=8, max_wait=0.05,
-                         on_batch=lambda x, _: sizes.append(len(x)))
+                         on_batch=lambda x, _, __: sizes.append(len(x)))
         b.start()
         try:
             return await asyncio.gather(

@@ -69,13 +69,17 @@ def test_feedback_store_holds_nothing_the_garbage_collector_walks() -> None:
     store = FeedbackStore(capacity=1000)
     gc.collect()
     tracked = len(gc.get_objects())
-    for i in range(5000):
+    for i in range(2500):
         store.remember(f"id-{i}", "m", np.array([3, 1, 4, 1, 5, 9]))
+    for i in range(2500, 5000, 10):
+        store.defer("m", [f"id-{j}" for j in range(i, i + 10)],
+                    np.tile([0.0, 0.1, 0.0, 0.3, 0.2, 0.4], (10, 1)))
+    store.settle()
     gc.collect()
     assert len(gc.get_objects()) - tracked < 50  # not one per answer
-    assert not gc.is_tracked(store._slots)
+    assert not gc.is_tracked(store._positions)
     answer = store.lookup("id-4999")
-    assert not isinstance(answer, str) and answer.top == (3, 1, 4, 1, 5)  # top_k=5 kept
+    assert not isinstance(answer, str) and answer.top == (5, 3, 4, 1, 2)  # top_k=5 kept
     assert store.lookup("id-3999") == "unknown_request_id"  # overwritten by the ring
 
 
@@ -95,18 +99,21 @@ def test_feedback_store_replaces_an_answer_given_again_under_the_same_id() -> No
 
 def test_deferred_answers_are_sorted_at_settle_and_found_before_it() -> None:
     store = FeedbackStore(capacity=10)
-    store.defer("a", "m", np.array([[0.1, 0.6, 0.3]]))
-    store.defer("b", "wide", np.array([0.05, 0.05, 0.1, 0.2, 0.25, 0.35]))
-    store.defer("c", "m", np.array([[0.7, 0.1, 0.2]]))
+    store.defer("m", ["a", None, "c"], np.array([[0.1, 0.6, 0.3], [0.3, 0.3, 0.4],
+                                                  [0.7, 0.1, 0.2]]))
+    store.defer("wide", ["b"], np.array([0.05, 0.05, 0.1, 0.2, 0.25, 0.35]))
     answer = store.lookup("a")  # a lookup settles what was deferred
     assert not isinstance(answer, str) and (answer.model, answer.top) == ("m", (1, 2, 0))
+    third = store.lookup("c")
+    assert not isinstance(third, str) and third.top == (0, 2, 1)
     wide = store.lookup("b")
-    assert not isinstance(wide, str) and wide.top == (5, 4, 3, 2, 1)  # top_k=5 of 6
+    assert not isinstance(wide, str) and (wide.model, wide.top) == ("wide", (5, 4, 3, 2, 1))
+    assert store._next == 3  # the row without an id is not kept
     store.remember("a", "m", [0])  # remembered later: replaces the deferred answer
     again = store.lookup("a")
     assert not isinstance(again, str) and again.top == (0,)
     store.mark("c")
-    store.defer("d", "m", np.array([[0.2, 0.3, 0.5]]))
+    store.defer("m", ["d"], np.array([[0.2, 0.3, 0.5]]))
     assert store.lookup("c") == "duplicate_feedback"
     assert store._deferred == []  # settled by the lookup
 
@@ -114,7 +121,27 @@ def test_deferred_answers_are_sorted_at_settle_and_found_before_it() -> None:
 def test_deferring_past_capacity_settles_at_once() -> None:
     store = FeedbackStore(capacity=3)
     for i in range(7):
-        store.defer(f"id-{i}", "m", np.array([[0.5, 0.5]]))
+        store.defer("m", [f"id-{i}"], np.array([[0.5, 0.5]]))
         assert len(store._deferred) < 3
     assert store.lookup("id-6") != "unknown_request_id"
     assert store.lookup("id-3") == "unknown_request_id"  # the ring holds the last 3
+
+
+def test_settling_a_batch_larger_than_the_ring_wraps_and_keeps_the_newest() -> None:
+    store = FeedbackStore(capacity=4)
+    store.defer("m", ["x", "y"], np.array([[0.9, 0.1], [0.9, 0.1]]))
+    store.settle()
+    ids = [f"id-{i}" for i in range(6)]
+    store.defer("m", ids, np.array([[0.2, 0.8]] * 6))  # wraps past the ring's end
+    store.settle()
+    assert [store.lookup(i) for i in ("x", "y", "id-0", "id-1")] == ["unknown_request_id"] * 4
+    for i in ids[2:]:
+        answer = store.lookup(i)
+        assert not isinstance(answer, str) and answer.top == (1, 0)
+    assert len(store._positions) == 4  # the forgotten ids left the index too
+    store.defer("m", ["id-5", "z"], np.array([[0.6, 0.4], [0.6, 0.4]]))  # id-5 again
+    store.settle()
+    five = store.lookup("id-5")
+    assert not isinstance(five, str) and five.top == (0, 1)
+    assert store.lookup("id-2") == "unknown_request_id"
+    assert sorted(store._positions) == ["id-4", "id-5", "z"]

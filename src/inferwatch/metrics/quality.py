@@ -335,96 +335,122 @@ class FeedbackStore:
     once. Keeps at most ``top_k`` classes per answer. Used from the event loop's thread
     only, so it takes no lock.
 
-    Answers live in plain lists of str, bytes, int and float, and ids map to slots in a
-    dict of str to int: the garbage collector never tracks any of those values. An
-    OrderedDict of 100,000 answer tuples instead made every full collection visit each of
-    them: 48 ms per collection, three a second under load, 15% of the service's CPU
-    (bench/overhead.py). Lists, not numpy arrays, because one element written to a list
-    costs a fifth of one written to an array.
+    Answers arrive a batch at a time (:meth:`defer`: one append per model call) and are
+    stored a flush at a time (:meth:`settle`): the top classes of every deferred row sorted
+    in one numpy call and written into numpy rings by slice, the ids into a dict in one
+    ``update``. A request pays nothing; storing an answer per request in Python cost the
+    digits service about 4 us a request (bench/overhead.py). Nothing the store keeps is
+    tracked by the garbage collector: an OrderedDict of answer tuples made every full
+    collection visit each of 100,000 answers, 48 ms each, 15% of the service's CPU.
     """
 
     def __init__(self, capacity: int = 100_000, ttl: float = 600.0, top_k: int = 5) -> None:
         if capacity < 1 or top_k < 1:
             raise ValueError("capacity and top_k must be >= 1")
         self.capacity, self.ttl, self.top_k = capacity, ttl, top_k
-        self._deferred: list[tuple[str, str, np.ndarray, float]] = []
-        self._slots: dict[str, int] = {}
-        self._ids: list[str | None] = [None] * capacity  # the id in each slot
+        self._deferred: list[tuple[str, Sequence[str | None], np.ndarray, float]] = []
+        self._deferred_rows = 0
+        # Positions count every answer ever stored; position p lives in slot p % capacity.
+        self._positions: dict[str, int] = {}
+        self._next = 0
+        self._ids: list[str | None] = [None] * capacity
         self._models: list[str] = []
         self._model_index: dict[str, int] = {}
-        self._model: list[int] = [0] * capacity
-        self._top: list[bytes] = [b""] * capacity  # int64 classes, best first
-        self._at: list[float] = [0.0] * capacity
-        self._scored: list[bool] = [False] * capacity
-        self._next = 0
+        self._model = np.zeros(capacity, np.int32)
+        self._top = np.full((capacity, top_k), -1, np.int64)  # best first, -1 past the end
+        self._at = np.zeros(capacity)
+        self._scored = np.zeros(capacity, bool)
 
-    def defer(self, request_id: str, model: str, probabilities: np.ndarray) -> None:
-        """``remember`` the top classes of ``probabilities`` (one row) for ``request_id``, at
-        the next :meth:`settle`: one append on a request's path instead of a sort and a dozen
-        writes. Settled often (``QualityWorker``), and before any lookup."""
-        deferred = self._deferred
-        deferred.append((request_id, model, probabilities, time.monotonic()))
-        if len(deferred) >= self.capacity:
+    def defer(self, model: str, ids: Sequence[str | None], probabilities: np.ndarray) -> None:
+        """Keep the answers of one model call: row ``i`` of ``probabilities`` (samples,
+        classes) under ``ids[i]``, rows whose id is None not at all. Stored at the next
+        :meth:`settle`, which runs often (``QualityWorker``) and before any lookup."""
+        self._deferred.append((model, ids, probabilities, time.monotonic()))
+        self._deferred_rows += len(ids)
+        if self._deferred_rows >= self.capacity:
             self.settle()
 
     def settle(self) -> None:
-        """Remember every deferred answer, the top classes of all of them sorted at once."""
-        n = len(self._deferred)
-        if not n:
+        """Store every deferred answer: per model, the top classes of all rows sorted at
+        once."""
+        if not self._deferred:
             return
-        deferred = self._deferred[:n]
-        del self._deferred[:n]
-        by_model: dict[tuple[str, int], list[tuple[str, np.ndarray, float]]] = {}
-        for request_id, model, probabilities, at in deferred:
-            by_model.setdefault((model, probabilities.shape[-1]), []).append(
-                (request_id, probabilities, at))
-        for (model, _), answers in by_model.items():
-            rows = np.concatenate([p.reshape(1, -1) for _, p, _ in answers])
-            tops = np.argsort(rows, axis=1)[:, ::-1][:, :self.top_k]
-            for (request_id, _, at), top in zip(answers, tops, strict=True):
-                self._store(request_id, model, top.tobytes(), at)
+        deferred, self._deferred, self._deferred_rows = self._deferred, [], 0
+        groups: dict[tuple[str, int], list[tuple[Sequence[str | None], np.ndarray, float]]] = {}
+        for model, ids, probabilities, when in deferred:
+            groups.setdefault((model, probabilities.shape[-1]), []).append(
+                (ids, probabilities.reshape(len(ids), -1), when))
+        for (model, _), batches in groups.items():
+            ids = [i for batch_ids, _, _ in batches for i in batch_ids]
+            rows = np.concatenate([p for _, p, _ in batches])
+            at = np.repeat([a for _, _, a in batches], [len(b) for b, _, _ in batches])
+            kept = [i for i in ids if i is not None]
+            if len(kept) < len(ids):
+                mask = np.fromiter((i is not None for i in ids), bool, len(ids))
+                rows, at = rows[mask], at[mask]
+            if kept:
+                tops = np.argsort(rows, axis=1)[:, ::-1][:, :self.top_k]
+                self._store(model, kept, tops, at)
 
     def remember(self, request_id: str, model: str, top: Sequence[int] | np.ndarray) -> None:
         """Keep the answer for ``request_id`` (replacing an earlier one with that id)."""
         self.settle()  # deferred answers came first
-        self._store(request_id, model,
-                    np.asarray(top, dtype=np.int64)[:self.top_k].tobytes(), time.monotonic())
+        classes = np.asarray(top, dtype=np.int64)[None, :self.top_k]
+        self._store(model, [request_id], classes, np.array([time.monotonic()]))
 
-    def _store(self, request_id: str, model: str, top: bytes, at: float) -> None:
-        earlier = self._slots.pop(request_id, None)
-        if earlier is not None:
-            self._ids[earlier] = None
-        slot = self._next
-        self._next = (slot + 1) % self.capacity
-        oldest = self._ids[slot]
-        if oldest is not None:
-            del self._slots[oldest]
-        self._ids[slot] = request_id
-        self._slots[request_id] = slot
+    def _store(self, model: str, ids: list[str], tops: np.ndarray, at: np.ndarray) -> None:
+        if len(ids) > self.capacity:
+            ids, tops, at = ids[-self.capacity:], tops[-self.capacity:], at[-self.capacity:]
+        n, start = len(ids), self._next
         index = self._model_index.get(model)
         if index is None:
             index = self._model_index[model] = len(self._models)
             self._models.append(model)
-        self._model[slot] = index
-        self._top[slot] = top
-        self._at[slot] = at
-        self._scored[slot] = False
+        first = start % self.capacity
+        # The ids whose slots these answers take are forgotten, unless given again since.
+        positions = self._positions
+        for position, old in enumerate(self._ring_ids(first, n), start - self.capacity):
+            if old is not None and positions.get(old) == position:
+                del positions[old]
+        positions.update(zip(ids, range(start, start + n), strict=True))
+        if first + n <= self.capacity:
+            self._ids[first:first + n] = ids
+            slots: slice | np.ndarray = slice(first, first + n)
+        else:
+            split = self.capacity - first
+            self._ids[first:], self._ids[:n - split] = ids[:split], ids[split:]
+            slots = np.arange(start, start + n) % self.capacity
+        self._model[slots] = index
+        self._top[slots] = -1
+        self._top[slots, :tops.shape[1]] = tops
+        self._at[slots] = at
+        self._scored[slots] = False
+        self._next = start + n
+
+    def _ring_ids(self, first: int, n: int) -> list[str | None]:
+        end = first + n
+        if end <= self.capacity:
+            return self._ids[first:end]
+        return self._ids[first:] + self._ids[:end - self.capacity]
+
+    def _slot(self, request_id: str) -> int | None:
+        self.settle()
+        position = self._positions.get(request_id)
+        return None if position is None else position % self.capacity
 
     def lookup(self, request_id: str) -> Answer | str:
         """The answer for ``request_id``, or why there is none to score:
         ``unknown_request_id`` (never seen, or expired) or ``duplicate_feedback``."""
-        self.settle()
-        slot = self._slots.get(request_id)
+        slot = self._slot(request_id)
         if slot is None or time.monotonic() - self._at[slot] > self.ttl:
             return "unknown_request_id"
         if self._scored[slot]:
             return "duplicate_feedback"
-        top = tuple(int(c) for c in np.frombuffer(self._top[slot], np.int64))
-        return Answer(self._models[self._model[slot]], top, self._at[slot])
+        top = tuple(int(c) for c in self._top[slot] if c >= 0)
+        return Answer(self._models[self._model[slot]], top, float(self._at[slot]))
 
     def mark(self, request_id: str) -> None:
         """Record that feedback for ``request_id`` was counted."""
-        self.settle()
-        slot = self._slots.get(request_id)
+        slot = self._slot(request_id)
         if slot is not None:
             self._scored[slot] = True

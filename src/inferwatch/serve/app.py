@@ -119,7 +119,7 @@ class InferenceService:
                 max_batch_size=config.max_batch_size or model.max_batch_size,
                 max_wait=config.max_wait_ms / 1000.0,
                 capacity=config.queue_capacity,
-                on_batch=_batch_observer(recorder, quality),
+                on_batch=_batch_observer(recorder, quality, self.feedback, card.name),
                 queue_delay=functools.partial(self.faults.delay, "queue"),
                 compute_delay=functools.partial(self.faults.delay, "compute"),
                 inline_below=INLINE_COMPUTE_SECONDS,
@@ -174,9 +174,10 @@ class InferenceService:
             )
         return found
 
-    async def infer(self, name: str, samples: np.ndarray, preprocess_started: float
-                    ) -> tuple[BatchResult, float]:
-        """The model's answer to ``samples``, and the seconds preprocessing took."""
+    async def infer(self, name: str, samples: np.ndarray, preprocess_started: float,
+                    request_id: str | None = None) -> tuple[BatchResult, float]:
+        """The model's answer to ``samples``, and the seconds preprocessing took. The answer
+        to one sample is kept under ``request_id``, so labelled feedback can be scored."""
         d = self.deployments[name]
         samples = self.faults.drift_inputs(samples, d.model.card.input_range)
         preprocess_seconds = time.perf_counter() - preprocess_started
@@ -184,16 +185,11 @@ class InferenceService:
             raise InferenceError("invalid_shape",
                                  f"at most {d.batcher.capacity} samples per request")
         try:
-            result = await d.batcher.submit(samples)
+            result = await d.batcher.submit(samples, request_id if len(samples) == 1 else None)
         except QueueFullError as exc:
             raise InferenceError("overloaded", f"server overloaded: {exc}",
                                  {"Retry-After": "1"}) from None
         return result, preprocess_seconds
-
-    def remember(self, name: str, request_id: str, probabilities: np.ndarray) -> None:
-        """Keep the top classes of a one-sample answer so labelled feedback can be scored."""
-        if self.deployments[name].quality is not None:
-            self.feedback.defer(request_id, name, probabilities)
 
     def score_feedback(self, request_id: str, label: Any) -> dict[str, Any]:
         answer = self.feedback.lookup(request_id)
@@ -218,19 +214,21 @@ class InferenceService:
                 "top5_correct": in_top}
 
 
-def _batch_observer(recorder: RequestRecorder | None, quality: QualityMonitor | None
-                    ) -> Callable[[np.ndarray, np.ndarray], None] | None:
-    """What the batcher calls with each batch's inputs and outputs: the batch size for the
-    metrics, the whole batch for quality tracking (one queued item per batch, not per
-    request)."""
+def _batch_observer(recorder: RequestRecorder | None, quality: QualityMonitor | None,
+                    feedback: FeedbackStore, name: str
+                    ) -> Callable[[np.ndarray, np.ndarray, list[Any]], None] | None:
+    """What the batcher calls with each batch's inputs, outputs and request ids: the batch
+    size for the metrics, the whole batch for quality tracking and the feedback store (one
+    queued item each per batch, not per request)."""
     if recorder is None:
         return None
     if quality is None:
-        return lambda samples, _: recorder.batch(len(samples))
+        return lambda samples, _, __: recorder.batch(len(samples))
 
-    def observe(samples: np.ndarray, probabilities: np.ndarray) -> None:
+    def observe(samples: np.ndarray, probabilities: np.ndarray, ids: list[Any]) -> None:
         recorder.batch(len(samples))
         quality.observe(probabilities, samples)  # folded in the background
+        feedback.defer(name, ids, probabilities)
 
     return observe
 
@@ -329,11 +327,12 @@ def create_app(
             body = await read_body(request, limit)
             start = time.perf_counter()
             await service.preprocess_faults()
-            samples, request_id = decode(d.model, request, body)
-            result, preprocess = await service.infer(name, samples, start)
+            samples, given_id = decode(d.model, request, body)
+            request_id = given_id or _request_id(request)
+            result, preprocess = await service.infer(name, samples, start, request_id)
             post = time.perf_counter()
             await service.postprocess_faults()
-            response = respond(d.model, result.probabilities, request_id or _request_id(request))
+            response = respond(d.model, result.probabilities, request_id)
             if recorder is not None:
                 recorder.succeeded(started, preprocess, result.queue_seconds,
                                    result.compute_seconds, post)
@@ -362,7 +361,6 @@ def create_app(
     def top_classes(model: ServedModel, probs: np.ndarray, request_id: str) -> Response:
         labels = model.card.labels
         top = np.argsort(probs[0])[::-1][:_TOP_K]
-        service.remember(model.card.name, request_id, probs)
         return JSONResponse({labels[i]: round(float(probs[0][i]), 6) for i in top},
                             headers={"X-Request-ID": request_id})
 
@@ -376,8 +374,6 @@ def create_app(
 
     def v2_response(model: ServedModel, probs: np.ndarray, request_id: str) -> Response:
         card = model.card
-        if len(probs) == 1:  # feedback scores single-sample answers
-            service.remember(card.name, request_id, probs)
         return JSONResponse({
             "model_name": card.name,
             "model_version": card.version,

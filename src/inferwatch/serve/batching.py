@@ -29,6 +29,7 @@ class _Pending:
     samples: np.ndarray
     enqueued: float
     future: asyncio.Future[BatchResult]
+    tag: object
 
 
 class MicroBatcher:
@@ -40,8 +41,8 @@ class MicroBatcher:
     and GIL hand-offs, more than a small model's whole call (``bench/batching.py``). The first
     batch, and every batch after a slow one, goes to the thread. ``capacity`` bounds the
     samples waiting; beyond it ``submit`` raises :class:`QueueFullError` at once instead of
-    letting latency grow without bound. ``on_batch`` is called with each batch's inputs and
-    outputs.
+    letting latency grow without bound. ``on_batch`` is called with each batch's inputs,
+    outputs and the ``tag`` each row was submitted with.
     """
 
     def __init__(
@@ -51,7 +52,7 @@ class MicroBatcher:
         max_batch_size: int = 32,
         max_wait: float = 0.002,
         capacity: int = 1024,
-        on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+        on_batch: Callable[[np.ndarray, np.ndarray, list[object]], None] | None = None,
         queue_delay: Callable[[], float] | None = None,
         compute_delay: Callable[[], float] | None = None,
         inline_below: float = 0.0,
@@ -92,7 +93,9 @@ class MicroBatcher:
             self._task = None
         self._executor.shutdown(wait=True)
 
-    async def submit(self, samples: np.ndarray) -> BatchResult:
+    async def submit(self, samples: np.ndarray, tag: object = None) -> BatchResult:
+        """The model's output for ``samples``; ``tag`` is handed to ``on_batch`` with each
+        of their rows."""
         n = len(samples)
         if self._waiting + n > self.capacity:
             raise QueueFullError(f"{self._waiting} samples queued, capacity {self.capacity}")
@@ -100,7 +103,7 @@ class MicroBatcher:
         self._waiting += n
         if self.on_depth is not None:
             self.on_depth(self._waiting)
-        self._queue.put_nowait(_Pending(samples, time.perf_counter(), future))
+        self._queue.put_nowait(_Pending(samples, time.perf_counter(), future, tag))
         return await future
 
     async def _collect(self) -> list[_Pending]:
@@ -161,8 +164,6 @@ class MicroBatcher:
                         p.future.set_exception(exc)
                 continue
             compute = time.perf_counter() - started
-            if self._on_batch is not None:
-                self._on_batch(stacked, probs)
             offset = 0
             for p in live:
                 n = len(p.samples)
@@ -172,3 +173,11 @@ class MicroBatcher:
                                     len(stacked))
                     )
                 offset += n
+            if self._on_batch is not None:
+                self._on_batch(stacked, probs, _row_tags(live, len(stacked)))
+
+
+def _row_tags(batch: list[_Pending], rows: int) -> list[object]:
+    if len(batch) == rows:  # one sample each
+        return [p.tag for p in batch]
+    return [p.tag for p in batch for _ in range(len(p.samples))]
