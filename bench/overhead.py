@@ -2,7 +2,7 @@
 
     python bench/overhead.py [--rounds 7] [--seconds 4] [--connections 32]
                              [--model digits|resnet18] [--max-batch-size N]
-                             [--services on,on-noq,...]
+                             [--services on,on-noq,...] [--against REV]
 
 Six services, each its own process on its own port:
 - ``on``: the default (`inferwatch serve`: metrics and quality tracking),
@@ -33,7 +33,10 @@ Before that, in process: what one request's accounting costs, as the per-call pa
 (``MetricsMiddleware``'s calls, with prometheus_client's stock Histogram and with the
 DeferredHistogram) and as a ``RequestRecorder`` record, its fold included.
 Prints every round, then the medians and the ratios to ``off`` (throughput: higher is better,
-so this/off; from CPU: off's CPU per request / this one's).
+so this/off; from CPU: off's CPU per request / this one's). ``--against REV`` also runs each
+chosen service but ``off`` as git revision REV builds it (``on@REV``...): its tree checked
+out with ``git worktree`` and imported through PYTHONPATH, with this environment's
+dependencies; what a change costs or saves, measured side by side.
 """
 
 from __future__ import annotations
@@ -115,11 +118,21 @@ def thread_quality() -> contextlib.ExitStack:
 LAUNCHERS = {PER_CALL: per_call, THREAD_QUALITY: thread_quality}
 
 
-def service_argv(flags: list[str], model: str, port: int) -> list[str]:
+def service_argv(flags: list[str], model: str, port: int, src: Path | None = None
+                 ) -> list[str]:
+    """The command of one service; with ``src``, the package imported from there."""
     patched = [f for f in flags if f in LAUNCHERS]
     launcher = [__file__, *patched] if patched else ["-m", "inferwatch"]
-    return [sys.executable, *launcher, "serve", "--port", str(port), "--model", model,
+    env = ["env", f"PYTHONPATH={src}"] if src else []  # env execs: the pid stays the service's
+    return [*env, sys.executable, *launcher, "serve", "--port", str(port), "--model", model,
             *(f for f in flags if f not in LAUNCHERS), "--log-level", "warning"]
+
+
+def checkout(revision: str, into: Path) -> Path:
+    """The ``src`` directory of ``revision``, checked out into ``into``."""
+    subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(into), revision],
+                   check=True, cwd=Path(__file__).parent)
+    return into / "src"
 
 
 def wrk(pid: int, url: str, script: Path, connections: int,
@@ -192,6 +205,8 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=0,
                         help="passed to every service; 1 makes every request one model call, "
                              "so that batch sizes cannot differ between services")
+    parser.add_argument("--against", metavar="REV",
+                        help="also run the services but off as git revision REV builds them")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install -y wrk")
@@ -208,6 +223,13 @@ def main() -> None:
 
     metric_updates()
     names = [n for n in SERVICES if n in {*args.services.split(","), "off"}]
+    flags = {n: SERVICES[n] for n in names}
+    sources: dict[str, Path] = {}
+    if args.against:
+        old = checkout(args.against, tmp / "against")
+        for n in [n for n in names if n != "off"]:
+            names.append(f"{n}@{args.against}")
+            flags[names[-1]], sources[names[-1]] = SERVICES[n], old
     extra = ["--max-batch-size", str(args.max_batch_size)] if args.max_batch_size else []
     rps: dict[str, list[float]] = {n: [] for n in names}
     wrk_cpu: dict[str, list[float]] = {n: [] for n in names}
@@ -218,7 +240,8 @@ def main() -> None:
             for name in names:
                 port = free_port()
                 base = f"http://127.0.0.1:{port}"
-                argv = service_argv([*SERVICES[name], *extra], args.model, port)
+                argv = service_argv([*flags[name], *extra], args.model, port,
+                                    sources.get(name))
                 services[name] = (stack.enter_context(running(argv, f"{base}/ping")), base)
             for proc, base in services.values():  # warm-up
                 wrk(proc.pid, base + payload.path, script, args.connections, 2)
@@ -235,7 +258,8 @@ def main() -> None:
     print(f"\n{args.model}: medians of {args.rounds} rounds (wrk -c{args.connections}, "
           f"{args.seconds:g} s{', --max-batch-size ' + str(args.max_batch_size) if extra else ''}"
           "):")
-    print(f"{'service':>9} {'req/s':>7} {'ratio':>6} {'per-round':>9} {'CPU/req':>9} "
+    width = max(9, *map(len, names))
+    print(f"{'service':>{width}} {'req/s':>7} {'ratio':>6} {'per-round':>9} {'CPU/req':>9} "
           f"{'ratio':>6} {'per-round':>9}")
     off_rps, off_cpu = statistics.median(rps["off"]), statistics.median(wrk_cpu["off"])
     for n in names:
@@ -243,10 +267,13 @@ def main() -> None:
         rate_rounds = statistics.median(a / b for a, b in zip(rps[n], rps["off"], strict=True))
         cpu_rounds = statistics.median(b / a for a, b in zip(wrk_cpu[n], wrk_cpu["off"],
                                                               strict=True))
-        print(f"{n:>9} {t:>7.0f} {t / off_rps:>6.3f} {rate_rounds:>9.3f} {c * 1e6:>6.0f} us "
+        print(f"{n:>{width}} {t:>7.0f} {t / off_rps:>6.3f} {rate_rounds:>9.3f} {c * 1e6:>6.0f} us "
               f"{off_cpu / c:>6.3f} {cpu_rounds:>9.3f}")
     print("ratio: throughput relative to off, req/s / off's and off's CPU per request / this "
           "one's; per-round: the median of the rounds' ratios")
+    if args.against:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tmp / "against")],
+                       check=True, cwd=Path(__file__).parent)
 
 
 if __name__ == "__main__":

@@ -184,8 +184,8 @@ class QualityMonitor:
     >>> monitor.observe(np.array([[0.9, 0.1]]), np.array([[0.2, 0.4]]))
     >>> monitor.flush()
 
-    ``features`` maps a batch of inputs to per-sample statistics; it runs in the background
-    thread, not in the request.
+    ``features`` maps a batch of inputs to per-sample statistics; it runs at the flush
+    (``QualityWorker``), not in the request.
     """
 
     def __init__(self, metrics: QualityMetrics, model: str, version: str,
