@@ -127,3 +127,30 @@ def test_compute_delay_keeps_the_event_loop_free() -> None:
     compute, ticks = asyncio.run(run())
     assert compute >= 0.05  # the injected delay counts as compute time
     assert ticks > 5  # and the loop kept running meanwhile
+
+
+def test_on_batch_gets_each_rows_tag_and_a_failing_one_stops_nothing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[tuple[list[float], list[object]]] = []
+
+    def on_batch(samples: np.ndarray, _: np.ndarray, tags: list[object]) -> None:
+        seen.append((samples[:, 0].tolist(), tags))
+        raise RuntimeError("observer bug")
+
+    async def run() -> list[float]:
+        b = MicroBatcher(lambda x: x, max_batch_size=8, max_wait=0.05, on_batch=on_batch)
+        b.start()
+        try:
+            first = await asyncio.gather(b.submit(np.full((1, 1), 1.0), "one"),
+                                         b.submit(np.full((2, 1), 2.0), "two"),
+                                         b.submit(np.full((1, 1), 3.0)))
+            later = await b.submit(np.full((1, 1), 4.0), "four")  # the batcher lives on
+            with pytest.raises(ValueError, match="no samples"):
+                await b.submit(np.zeros((0, 1)), "empty")
+            return [float(r.probabilities[0, 0]) for r in [*first, later]]
+        finally:
+            await b.stop()
+
+    assert asyncio.run(run()) == [1.0, 2.0, 3.0, 4.0]
+    assert seen == [([1.0, 2.0, 2.0, 3.0], ["one", "two", "two", None]), ([4.0], ["four"])]
+    assert caplog.text.count("on_batch failed") == 2

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+
+log = logging.getLogger("inferwatch.serve.batching")
 
 
 class QueueFullError(Exception):
@@ -42,7 +45,9 @@ class MicroBatcher:
     batch, and every batch after a slow one, goes to the thread. ``capacity`` bounds the
     samples waiting; beyond it ``submit`` raises :class:`QueueFullError` at once instead of
     letting latency grow without bound. ``on_batch`` is called with each batch's inputs,
-    outputs and the ``tag`` each row was submitted with.
+    outputs and the ``tag`` each row was submitted with, once the batch's callers have their
+    results (rows of callers that went away during the call included); an error in it is
+    logged, and batching goes on.
     """
 
     def __init__(
@@ -97,6 +102,8 @@ class MicroBatcher:
         """The model's output for ``samples``; ``tag`` is handed to ``on_batch`` with each
         of their rows."""
         n = len(samples)
+        if n == 0:
+            raise ValueError("no samples to submit")
         if self._waiting + n > self.capacity:
             raise QueueFullError(f"{self._waiting} samples queued, capacity {self.capacity}")
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
@@ -174,10 +181,13 @@ class MicroBatcher:
                     )
                 offset += n
             if self._on_batch is not None:
-                self._on_batch(stacked, probs, _row_tags(live, len(stacked)))
+                try:
+                    self._on_batch(stacked, probs, _row_tags(live, len(stacked)))
+                except Exception:
+                    log.exception("on_batch failed; the batch's answers were delivered")
 
 
 def _row_tags(batch: list[_Pending], rows: int) -> list[object]:
-    if len(batch) == rows:  # one sample each
+    if len(batch) == rows:  # one sample each, since none has zero
         return [p.tag for p in batch]
     return [p.tag for p in batch for _ in range(len(p.samples))]
