@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import functools
 import inspect
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -30,6 +31,10 @@ STAGES = ("queue", "preprocess", "compute", "postprocess")
 _RECORDED_STAGES = ("preprocess", "queue", "compute", "postprocess")  # RequestRecorder's order
 _RECORD = 2 + len(_RECORDED_STAGES)  # model index, seconds, the stages
 _FOLD_AT = 4096  # records waiting for a scrape; bounds memory between scrapes
+# A record packed to bytes and appended with one frombytes: half the cost of extending the
+# array with a tuple, which converts and appends number by number.
+_pack_record = struct.Struct(f"{_RECORD}d").pack
+_pack_batch = struct.Struct("2q").pack
 
 # Status codes an inference service answers with; anything else is reported by class.
 _KNOWN_CODES = frozenset(
@@ -321,7 +326,7 @@ class InferenceMetrics:
             if not n and not m:
                 return
             # Appends may go on meanwhile, from any thread: they land after the first n. An
-            # extend is one C call, so n is always a whole number of records.
+            # append is one C call, so n is always a whole number of records.
             records, batches = self._records[:n], self._batches[:m]
             del self._records[:n], self._batches[:m]
             if records:
@@ -436,15 +441,15 @@ class RequestRecorder:
         and ``compute`` seconds in those stages (``time.perf_counter`` times)."""
         now = time.perf_counter()
         records = self._records
-        records.extend((self._index, now - started, preprocess, queue, compute,
-                        now - postprocess_started))
+        records.frombytes(_pack_record(self._index, now - started, preprocess, queue, compute,
+                                       now - postprocess_started))
         if len(records) >= _FOLD_AT * _RECORD:
             self._metrics.fold()
 
     def batch(self, size: int) -> None:
         """One model call on ``size`` samples."""
         batches = self._batches
-        batches.extend((self._index, size))
+        batches.frombytes(_pack_batch(self._index, size))
         if len(batches) >= _FOLD_AT * 2:
             self._metrics.fold()
 
