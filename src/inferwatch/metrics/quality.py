@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,6 +25,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from inferwatch.looptask import LoopTask
 from inferwatch.metrics.exposition import (
     HistogramSeries,
     cumulative,
@@ -298,18 +298,14 @@ class QualityWorker:
         if feedback is not None:
             self.jobs.append(feedback.settle)
         self.interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._task = LoopTask(self._run)
 
     def start(self) -> None:
-        if self._task is None and self.jobs:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        if self.jobs:
+            self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
         for job in self.jobs:
             job()
 

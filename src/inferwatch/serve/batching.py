@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -11,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+
+from inferwatch.looptask import LoopTask
 
 log = logging.getLogger("inferwatch.serve.batching")
 
@@ -79,7 +80,7 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._waiting = 0  # samples queued, not yet taken into a batch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
-        self._task: asyncio.Task[None] | None = None
+        self._task = LoopTask(self._run)
         self._carry: _Pending | None = None
 
     def depth(self) -> int:
@@ -87,15 +88,10 @@ class MicroBatcher:
         return self._waiting
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
         self._executor.shutdown(wait=True)
 
     async def submit(self, samples: np.ndarray, tag: object = None) -> BatchResult:
