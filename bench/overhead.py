@@ -210,7 +210,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install -y wrk")
-    os.environ.setdefault("INFERWATCH_TORCH_THREADS", "1")  # five services share two cores
+    os.environ.setdefault("INFERWATCH_TORCH_THREADS", "1")  # the services share two cores
     os.environ.setdefault("PYTHONHASHSEED", "0")  # the same dict layouts in every service
     payload = (build_payloads("v2")[0] if args.model == "digits"
                else resnet18_payloads(1)[0])  # the 8x8 digits are below resnet18's minimum
