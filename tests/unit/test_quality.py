@@ -77,7 +77,6 @@ def test_feedback_store_holds_nothing_the_garbage_collector_walks() -> None:
     store.settle()
     gc.collect()
     assert len(gc.get_objects()) - tracked < 50  # not one per answer
-    assert not gc.is_tracked(store._positions)
     answer = store.lookup("id-4999")
     assert not isinstance(answer, str) and answer.top == (5, 3, 4, 1, 2)  # top_k=5 kept
     assert store.lookup("id-3999") == "unknown_request_id"  # overwritten by the ring
@@ -138,10 +137,36 @@ def test_settling_a_batch_larger_than_the_ring_wraps_and_keeps_the_newest() -> N
     for i in ids[2:]:
         answer = store.lookup(i)
         assert not isinstance(answer, str) and answer.top == (1, 0)
-    assert len(store._positions) == 4  # the forgotten ids left the index too
     store.defer("m", ["id-5", "z"], np.array([[0.6, 0.4], [0.6, 0.4]]))  # id-5 again
     store.settle()
     five = store.lookup("id-5")
     assert not isinstance(five, str) and five.top == (0, 1)
     assert store.lookup("id-2") == "unknown_request_id"
-    assert sorted(store._positions) == ["id-4", "id-5", "z"]
+    assert all(store.lookup(i) != "unknown_request_id" for i in ("id-4", "z"))
+
+
+def test_feedback_store_keeps_ascii_ids_of_up_to_64_characters() -> None:
+    store = FeedbackStore(capacity=8)
+    longest, too_long = "x" * 64, "x" * 65
+    store.defer("m", [longest, too_long, "caf\u00e9", "ok"], np.array([[0.3, 0.7]] * 4))
+    store.settle()
+    assert store._next == 3  # the non-ASCII id is not stored
+    assert store.lookup(longest) != "unknown_request_id"
+    assert store.lookup(too_long) == "unknown_request_id"  # stored cut, never confirmed
+    assert store.lookup("caf\u00e9") == "unknown_request_id"
+    ok = store.lookup("ok")
+    assert not isinstance(ok, str) and ok.top == (1, 0)
+    store.remember("caf\u00e9", "m", [0])  # one non-ASCII id alone: nothing stored
+    assert store._next == 3
+
+
+def test_feedback_store_confirms_a_hash_match_by_the_id_itself() -> None:
+    store = FeedbackStore(capacity=4)
+    store.remember("a", "m", [1])
+    store.remember("c", "m", [2])
+    store._hash[:] = hash("a")  # a collision: every slot, c's and the empty ones, claims a's hash
+    answer = store.lookup("a")
+    assert not isinstance(answer, str) and answer.top == (1,)  # c's newer slot is not taken
+    assert store.lookup("c") == "unknown_request_id"  # c is found by its hash only
+    store._hash[:] = hash("b")
+    assert store.lookup("b") == "unknown_request_id"

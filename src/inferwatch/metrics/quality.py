@@ -323,21 +323,29 @@ class Answer:
     at: float
 
 
+ID_BYTES = 64
+"""The longest request id a :class:`FeedbackStore` keeps (ASCII); the service's are 1-64."""
+
+
 class FeedbackStore:
     """Answers by request id, so feedback can be matched to what was predicted.
 
     Bounded in size and age: a ring of ``capacity`` answers, the oldest overwritten first;
     feedback for an unknown or expired id is refused, and feedback for an id is counted
-    once. Keeps at most ``top_k`` classes per answer. Used from the event loop's thread
-    only, so it takes no lock.
+    once. Keeps at most ``top_k`` classes per answer, and answers whose id is ASCII and at
+    most :data:`ID_BYTES` long. Used from the event loop's thread only, so it takes no lock.
 
     Answers arrive a batch at a time (:meth:`defer`: one append per model call) and are
     stored a flush at a time (:meth:`settle`): the top classes of every deferred row sorted
-    in one numpy call and written into numpy rings by slice, the ids into a dict in one
-    ``update``. A request pays nothing; storing an answer per request in Python cost the
-    digits service about 4 us a request (bench/overhead.py). Nothing the store keeps is
-    tracked by the garbage collector: an OrderedDict of answer tuples made every full
-    collection visit each of 100,000 answers, 48 ms each, 15% of the service's CPU.
+    in one numpy call, and every column of the ring (id, the id's hash, model, classes,
+    time) written by slice. The store keeps no Python object per answer: no id string
+    stays alive, no dict entry is added or removed per answer, and the garbage collector
+    has nothing to walk. An id is found by comparing its hash with the whole ring's, one
+    vectorised scan per feedback request (about 10 us for 100,000 answers), and confirmed
+    by its bytes. An index by id (a dict, with ids forgotten as the ring overwrote them)
+    cost the digits service about 3 us of its 86 per request (bench/overhead.py); an
+    OrderedDict of answer tuples made every full collection visit each of 100,000 answers,
+    15% of the service's CPU.
     """
 
     def __init__(self, capacity: int = 100_000, ttl: float = 600.0, top_k: int = 5) -> None:
@@ -346,16 +354,16 @@ class FeedbackStore:
         self.capacity, self.ttl, self.top_k = capacity, ttl, top_k
         self._deferred: list[tuple[str, Sequence[str | None], np.ndarray, float]] = []
         self._deferred_rows = 0
-        # Positions count every answer ever stored; position p lives in slot p % capacity.
-        self._positions: dict[str, int] = {}
-        self._next = 0
-        self._ids: list[str | None] = [None] * capacity
+        self._next = 0  # answers ever stored; the next goes to slot _next % capacity
         self._models: list[str] = []
         self._model_index: dict[str, int] = {}
-        self._model = np.zeros(capacity, np.int32)
+        self._hash = np.zeros(capacity, np.int64)
+        self._id = np.zeros(capacity, f"S{ID_BYTES}")
+        self._model = np.full(capacity, -1, np.int32)  # -1: an empty slot
         self._top = np.full((capacity, top_k), -1, np.int64)  # best first, -1 past the end
         self._at = np.zeros(capacity)
         self._scored = np.zeros(capacity, bool)
+        self._found: tuple[str, int, int | None] = ("", -1, None)  # the last _slot answer
 
     def defer(self, model: str, ids: Sequence[str | None], probabilities: np.ndarray) -> None:
         """Keep the answers of one model call: row ``i`` of ``probabilities`` (samples,
@@ -395,27 +403,28 @@ class FeedbackStore:
         self._store(model, [request_id], classes, np.array([time.monotonic()]))
 
     def _store(self, model: str, ids: list[str], tops: np.ndarray, at: np.ndarray) -> None:
+        try:
+            encoded = np.array(ids, self._id.dtype)  # too long: cut, and never confirmed
+        except UnicodeEncodeError:  # not ASCII: not kept
+            ascii_ids = np.fromiter(map(str.isascii, ids), bool, len(ids))
+            ids = [i for i in ids if i.isascii()]
+            tops, at = tops[ascii_ids], at[ascii_ids]
+            encoded = np.array(ids, self._id.dtype)
         if len(ids) > self.capacity:
-            ids, tops, at = ids[-self.capacity:], tops[-self.capacity:], at[-self.capacity:]
+            ids, encoded = ids[-self.capacity:], encoded[-self.capacity:]
+            tops, at = tops[-self.capacity:], at[-self.capacity:]
         n, start = len(ids), self._next
+        if not n:
+            return
         index = self._model_index.get(model)
         if index is None:
             index = self._model_index[model] = len(self._models)
             self._models.append(model)
         first = start % self.capacity
-        # The ids whose slots these answers take are forgotten, unless given again since.
-        positions = self._positions
-        for position, old in enumerate(self._ring_ids(first, n), start - self.capacity):
-            if old is not None and positions.get(old) == position:
-                del positions[old]
-        positions.update(zip(ids, range(start, start + n), strict=True))
-        if first + n <= self.capacity:
-            self._ids[first:first + n] = ids
-            slots: slice | np.ndarray = slice(first, first + n)
-        else:
-            split = self.capacity - first
-            self._ids[first:], self._ids[:n - split] = ids[:split], ids[split:]
-            slots = np.arange(start, start + n) % self.capacity
+        slots: slice | np.ndarray = (slice(first, first + n) if first + n <= self.capacity
+                                     else np.arange(start, start + n) % self.capacity)
+        self._hash[slots] = np.fromiter(map(hash, ids), np.int64, n)
+        self._id[slots] = encoded
         self._model[slots] = index
         self._top[slots] = -1
         self._top[slots, :tops.shape[1]] = tops
@@ -423,16 +432,22 @@ class FeedbackStore:
         self._scored[slots] = False
         self._next = start + n
 
-    def _ring_ids(self, first: int, n: int) -> list[str | None]:
-        end = first + n
-        if end <= self.capacity:
-            return self._ids[first:end]
-        return self._ids[first:] + self._ids[:end - self.capacity]
-
     def _slot(self, request_id: str) -> int | None:
+        """The slot of the newest answer stored under ``request_id``."""
         self.settle()
-        position = self._positions.get(request_id)
-        return None if position is None else position % self.capacity
+        if self._found[:2] == (request_id, self._next):  # lookup, then mark: one scan
+            return self._found[2]
+        slot = None
+        if len(request_id) <= ID_BYTES and request_id.isascii():
+            matches = np.flatnonzero(self._hash == hash(request_id))
+            key = request_id.encode()
+            # Newest first: the fewer answers stored since, the newer.
+            for found in matches[np.argsort((self._next - 1 - matches) % self.capacity)]:
+                if self._model[found] >= 0 and self._id[found] == key:
+                    slot = int(found)
+                    break
+        self._found = (request_id, self._next, slot)
+        return slot
 
     def lookup(self, request_id: str) -> Answer | str:
         """The answer for ``request_id``, or why there is none to score:
