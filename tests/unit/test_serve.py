@@ -188,6 +188,11 @@ def test_feedback_scores_answers_once_and_refuses_bad_ids_and_labels() -> None:
             {"name": "x", "shape": [1, 64], "datatype": "FP32",
              "data": data.images[2].ravel().tolist()}]})
         assert v2.json()["id"] == "req-2"
+        for unsafe in ("req-3\n", "x" * 65, "caf\u00e9"):  # the service names these itself
+            answered = await c.post("/v2/models/digits/infer", json={"id": unsafe, "inputs": [
+                {"name": "x", "shape": [1, 64], "datatype": "FP32",
+                 "data": data.images[3].ravel().tolist()}]})
+            assert answered.status_code == 200 and len(answered.json()["id"]) == 32
         bad = await c.post("/feedback", json={"request_id": "req-2", "label": "eleven"})
         assert bad.status_code == 422
         wrong = (int(data.labels[2]) + 1) % 10

@@ -51,7 +51,7 @@ from inferwatch.serve.openapi import openapi_document
 
 log = logging.getLogger("inferwatch.serve")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fullmatch: "$" would pass "id\n"
 _TOP_K = 5
 # A model call under this runs on the event loop, not the batch thread (see MicroBatcher): the
 # digits model's calls take 10-60 us, resnet18's tens of milliseconds.
@@ -267,7 +267,7 @@ def parse_json(body: bytes) -> Any:
 
 def _request_id(request: Request) -> str:
     given = request.headers.get("x-request-id", "")
-    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 def _input_error(exc: InputError) -> InferenceError:
@@ -510,5 +510,5 @@ def _v2_samples(model: ServedModel, payload: Any) -> tuple[np.ndarray, str | Non
     except InputError as exc:
         raise _input_error(exc) from None
     request_id = payload.get("id")
-    return samples, request_id if isinstance(request_id, str) and _REQUEST_ID.match(
+    return samples, request_id if isinstance(request_id, str) and _REQUEST_ID.fullmatch(
         request_id) else None
