@@ -21,9 +21,10 @@ Six services, each its own process on its own port:
 route): what the same instrumentation costs beside a model call of tens of milliseconds.
 Every round starts fresh processes (PYTHONHASHSEED=0), since a process keeps its memory
 layout for life and two identical processes can differ by a few percent: over rounds that
-averages out. Each round drives every service in turn, the order rotating between rounds,
-with wrk (closed loop, --connections connections posting one OIP v2 digit, --seconds):
-requests/s, and the CPU seconds the service spent per request (user + system from /proc,
+averages out: five identical ``off`` processes measured 0.985x-1.004x of the first. Each
+round starts and drives every service in turn, the order rotating between rounds, with wrk
+(closed loop, --connections connections posting one OIP v2 digit, --seconds): requests/s,
+and the CPU seconds the service spent per request (user + system from /proc,
 every thread). CPU per request is the robust one: its inverse is the throughput of a
 dedicated core, and it moves little when other processes take the cores that wrk's req/s
 depends on. With the default batching, how many requests share a model call depends on
@@ -237,7 +238,7 @@ def main() -> None:
         order = names[r % len(names):] + names[:r % len(names)]
         with contextlib.ExitStack() as stack:  # fresh processes every round
             services = {}
-            for name in names:
+            for name in order:  # started in the round's order too: see the docstring
                 port = free_port()
                 base = f"http://127.0.0.1:{port}"
                 argv = service_argv([*flags[name], *extra], args.model, port,

@@ -16,6 +16,10 @@ PNG digits to /predictions/digits), alternating rounds so drift in machine load 
 Prints requests/s per round and the median of the per-round ratios on/off (each round runs
 both back to back, so a burst of load from elsewhere on the machine hits one ratio, not the
 median).
+
+Before that, in process: what the feedback store costs with its ring full (100,000
+answers), to store an answer (deferred a model call of 16 at a time, settled 1,200 at a time,
+as under load) and to find one for a feedback request (a scan of the ring's hashes).
 """
 
 from __future__ import annotations
@@ -27,10 +31,14 @@ import statistics
 import subprocess
 import sys
 import time
+import timeit
+import uuid
 
 import aiohttp
+import numpy as np
 from harness import cpu_seconds, free_port, running  # bench/, next to this script
 
+from inferwatch.metrics.quality import FeedbackStore
 from inferwatch.operate.load import LoadPlan, build_payloads, run_load_sync
 
 
@@ -65,6 +73,31 @@ def cpu_per_request(proc: subprocess.Popen[bytes], base: str, rate: float,
     return (cpu_seconds(proc.pid) - before) / max(result.ok, 1)
 
 
+def feedback_store(rounds: int = 7) -> None:
+    """In process: storing and finding an answer in a full store."""
+    store = FeedbackStore()
+    rng = np.random.default_rng(0)
+    flush = [([uuid.uuid4().hex for _ in range(16)], rng.random((16, 10))) for _ in range(75)]
+
+    def store_flush() -> None:
+        for ids, probabilities in flush:
+            store.defer("digits", ids, probabilities)
+        store.settle()
+
+    for _ in range(store.capacity // 1200 + 1):
+        store_flush()
+    wanted = flush[40][0][7]
+
+    def find() -> None:
+        store._found = ("", -1, None)  # no answer kept from the last call
+        assert not isinstance(store.lookup(wanted), str)
+
+    storing = statistics.median(timeit.repeat(store_flush, number=20, repeat=rounds)) / 20 / 1200
+    finding = statistics.median(timeit.repeat(find, number=200, repeat=rounds)) / 200
+    print(f"feedback store, in process, {store.capacity:,} answers (median of {rounds}): "
+          f"storing an answer {storing * 1e6:.2f} us, finding one {finding * 1e6:.1f} us")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=4)
@@ -72,6 +105,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--cpu-rate", type=float, default=800)
     args = parser.parse_args()
+    feedback_store()
     rates: dict[str, list[float]] = {"on": [], "off": []}
     with contextlib.ExitStack() as stack:
         services = {}
