@@ -113,8 +113,6 @@ def serve(
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
 ) -> None:
     """Run the inference service (TorchServe and Open Inference Protocol v2 routes)."""
-    import asyncio
-
     import uvicorn
 
     from inferwatch.secrets import SecretFileError
@@ -129,13 +127,9 @@ def serve(
         queue_capacity=queue_capacity, max_body_bytes=max_body_bytes, quality=quality,
         metrics=metrics,
     )
-    # The service never reads client addresses, so it trusts no X-Forwarded-* header and skips
-    # uvicorn's middleware for them; no Server header tells scanners what runs here.
-    uvicorn_options = {"loop": _best("uvloop", "auto"), "http": _best("httptools", "auto"),
-                       "proxy_headers": False, "server_header": False}
     if workers > 1:
         raise typer.Exit(_serve_workers(config, host, port, workers, worker_dir, admin_port,
-                                        log_level, uvicorn_options))
+                                        log_level, serve_options()))
     if worker_dir is not None:
         raise _fail("--worker-dir needs --workers > 1")
     try:
@@ -146,28 +140,49 @@ def serve(
         raise _fail(str(exc)) from None
     freeze_startup_heap()
     main = uvicorn.Server(uvicorn.Config(
-        asgi, host=host, port=port, log_level="warning", access_log=False, **uvicorn_options))
+        asgi, host=host, port=port, log_level="warning", access_log=False, **serve_options()))
     if admin is None or admin_port is None:
         main.run()
         return
+    side = uvicorn.Config(admin, host=ADMIN_HOST, port=admin_port, log_level="warning",
+                          access_log=False)
+    serve_together(main, [side])
 
-    class AdminServer(uvicorn.Server):
+
+def serve_options() -> dict[str, Any]:
+    """How `serve` runs uvicorn. The service never reads client addresses, so it trusts no
+    X-Forwarded-* header and skips uvicorn's middleware for them; no Server header tells
+    scanners what runs here."""
+    return {"loop": _best("uvloop", "auto"), "http": _best("httptools", "auto"),
+            "proxy_headers": False, "server_header": False}
+
+
+def serve_together(main: Any, others: list[Any]) -> None:
+    """Run the uvicorn server ``main`` and servers of the configs ``others`` on one event
+    loop (``main``'s kind: uvloop for `serve`) until ``main`` stops; ``main`` handles the
+    signals and stops the others."""
+    import asyncio
+
+    import uvicorn
+
+    class Follower(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
-            yield  # the main server handles signals and stops this one
+            yield
 
-    side = AdminServer(uvicorn.Config(admin, host=ADMIN_HOST, port=admin_port,
-                                      log_level="warning", access_log=False))
+    followers = [Follower(config) for config in others]
 
-    async def both() -> None:
-        task = asyncio.create_task(side.serve())
+    async def together() -> None:
+        tasks = [asyncio.create_task(f.serve()) for f in followers]
         try:
             await main.serve()
         finally:
-            side.should_exit = True
-            await task
+            for f in followers:
+                f.should_exit = True
+            await asyncio.gather(*tasks)
 
-    asyncio.run(both())
+    with asyncio.Runner(loop_factory=main.config.get_loop_factory()) as runner:
+        runner.run(together())
 
 
 @app.command()

@@ -119,3 +119,53 @@ def test_injected_faults_reach_the_service_and_its_metrics() -> None:
     compute_sum = registry.get_sample_value("inference_stage_seconds_sum",
                                             {**labels, "stage": "compute"})
     assert compute_sum is not None and compute_sum >= 5 * 0.02
+
+
+def test_the_admin_server_runs_on_the_service_loop_and_stops_with_it() -> None:
+    """`serve --admin-port` runs both servers with serve_together: on the service's kind of
+    loop (uvloop when installed; asyncio.run would give asyncio's), stopped together."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from inferwatch.cli import serve_options, serve_together
+
+    loops: list[str] = []
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        loops.append(type(asyncio.get_running_loop()).__module__)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    main = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=ports[0], lifespan="off",
+                                         log_level="warning", **serve_options()))
+    side = uvicorn.Config(app, host="127.0.0.1", port=ports[1], lifespan="off",
+                          log_level="warning")
+    thread = threading.Thread(target=serve_together, args=(main, [side]), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        for port in ports:
+            while True:
+                assert thread.is_alive() and time.monotonic() < deadline
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+        assert len(loops) == 2 and loops[0] == loops[1]
+        expected = "uvloop" if serve_options()["loop"] == "uvloop" else "asyncio.unix_events"
+        assert loops[0] == expected
+    finally:
+        main.should_exit = True
+        thread.join(10)
+    assert not thread.is_alive()  # the follower stopped with the main server
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{ports[1]}/", timeout=1)
