@@ -30,17 +30,9 @@ def running(argv: list[str], ready: str, log: Path | None = None,
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT if log else None,
                                 stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text()[-2000:] if log else ""
-                raise RuntimeError(f"{' '.join(argv[:4])} did not start\n{tail}")
-            try:
-                if httpx.get(ready, timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        if not wait_ready(ready, timeout, proc):
+            tail = log.read_text()[-2000:] if log else ""
+            raise RuntimeError(f"{' '.join(argv[:4])} did not start\n{tail}")
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -49,6 +41,20 @@ def running(argv: list[str], ready: str, log: Path | None = None,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def wait_ready(url: str, timeout: float = 60,
+               proc: subprocess.Popen[bytes] | None = None) -> bool:
+    """Whether ``url`` answered 200 within ``timeout`` seconds (and ``proc`` kept running)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 def cpu_seconds(pid: int) -> float:

@@ -2,7 +2,7 @@
 
     python bench/overhead.py [--rounds 7] [--seconds 4] [--connections 32]
                              [--model digits|resnet18] [--max-batch-size N]
-                             [--services on,on-noq,...] [--against REV]
+                             [--services on,on-noq,...] [--against REV] [--one-process]
 
 Six services, each its own process on its own port:
 - ``on``: the default (`inferwatch serve`: metrics and quality tracking),
@@ -38,6 +38,13 @@ so this/off; from CPU: off's CPU per request / this one's). ``--against REV`` al
 chosen service but ``off`` as git revision REV builds it (``on@REV``...): its tree checked
 out with ``git worktree`` and imported through PYTHONPATH, with this environment's
 dependencies; what a change costs or saves, measured side by side.
+
+``--one-process`` serves the chosen services (those made by flags: on, on-noq, off,
+off-again) from one process each round, each on its own port, on one event loop, built in
+the round's order. Two processes differ by a few percent for life; services in one process
+share that luck, so their ratios hold what their code does differently. What they share,
+the collector's passes over every live object and the caches, is shared by both sides of
+each ratio.
 """
 
 from __future__ import annotations
@@ -56,19 +63,23 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
-from harness import cpu_seconds, free_port, running  # bench/, next to this script
+from harness import cpu_seconds, free_port, running, wait_ready  # bench/, next to this
 from prometheus_client import CollectorRegistry, Histogram
 from quantiles import resnet18_payloads
 
+from inferwatch.cli import serve_options, serve_together
 from inferwatch.metrics import InferenceMetrics, RequestRecorder, model_from_path
 from inferwatch.metrics.instruments import _SharedRecorder
 from inferwatch.metrics.quality import FeedbackStore, QualityWorker
 from inferwatch.operate.load import build_payloads
+from inferwatch.serve.app import ServeConfig, create_app, freeze_startup_heap
 
 SERVICES = {"on": [], "on-noq": ["--no-quality"], "off": ["--no-metrics"],
             "off-again": ["--no-metrics"], "noq-percall": ["--per-call", "--no-quality"],
             "on-thread": ["--thread-quality"]}
 PER_CALL = "--per-call"  # bench only: every request's metric calls made as it ends
+ONE_PROCESS = "--one-process"
+SERVE_ALL = "--serve-all"  # the process of --one-process: several services, see serve_all
 THREAD_QUALITY = "--thread-quality"  # bench only: see thread_quality
 
 
@@ -117,6 +128,36 @@ def thread_quality() -> contextlib.ExitStack:
 
 
 LAUNCHERS = {PER_CALL: per_call, THREAD_QUALITY: thread_quality}
+
+
+def serve_config(flags: list[str], model: str) -> ServeConfig:
+    """What `inferwatch serve` makes of the services' flags."""
+    config = ServeConfig(models=(model,))
+    given = iter(flags)
+    for flag in given:
+        if flag in ("--quality", "--no-quality", "--metrics", "--no-metrics"):
+            setattr(config, flag.removeprefix("--").removeprefix("no-"),
+                    not flag.startswith("--no-"))
+        elif flag == "--max-batch-size":
+            config.max_batch_size = int(next(given))
+        else:
+            raise SystemExit(f"{flag}: not a flag of a service that shares a process")
+    return config
+
+
+def serve_all(model: str, services: list[str]) -> None:
+    """Serve each of ``services`` (``PORT FLAG...``) on 127.0.0.1 from this process, as
+    `inferwatch serve` serves one."""
+    import uvicorn
+
+    apps = []
+    for service in services:
+        port, *flags = service.split()
+        apps.append((int(port), create_app(serve_config(flags, model))))
+    freeze_startup_heap()
+    configs = [uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                              access_log=False, **serve_options()) for port, app in apps]
+    serve_together(uvicorn.Server(configs[0]), configs[1:])
 
 
 def service_argv(flags: list[str], model: str, port: int, src: Path | None = None
@@ -190,6 +231,9 @@ def metric_updates(rounds: int = 7, number: int = 20_000) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == [SERVE_ALL]:
+        serve_all(sys.argv[2], sys.argv[3:])
+        return
     if sys.argv[1:2] and sys.argv[1] in LAUNCHERS:
         from inferwatch.cli import app
 
@@ -208,6 +252,8 @@ def main() -> None:
                              "so that batch sizes cannot differ between services")
     parser.add_argument("--against", metavar="REV",
                         help="also run the services but off as git revision REV builds them")
+    parser.add_argument(ONE_PROCESS, action="store_true",
+                        help="serve the services from one process each round")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install -y wrk")
@@ -232,16 +278,29 @@ def main() -> None:
             names.append(f"{n}@{args.against}")
             flags[names[-1]], sources[names[-1]] = SERVICES[n], old
     extra = ["--max-batch-size", str(args.max_batch_size)] if args.max_batch_size else []
+    if args.one_process and (args.against or any(
+            f in LAUNCHERS for n in names for f in flags[n])):
+        sys.exit(f"{ONE_PROCESS} takes services made by flags, and no --against")
     rps: dict[str, list[float]] = {n: [] for n in names}
     wrk_cpu: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         with contextlib.ExitStack() as stack:  # fresh processes every round
             services = {}
+            ports = {name: free_port() for name in order}
+            if args.one_process:
+                proc = stack.enter_context(running(
+                    [sys.executable, __file__, SERVE_ALL, args.model,
+                     *(" ".join([str(ports[n]), *flags[n], *extra]) for n in order)],
+                    f"http://127.0.0.1:{ports[order[0]]}/ping"))
             for name in order:  # started in the round's order too: see the docstring
-                port = free_port()
-                base = f"http://127.0.0.1:{port}"
-                argv = service_argv([*flags[name], *extra], args.model, port,
+                base = f"http://127.0.0.1:{ports[name]}"
+                if args.one_process:
+                    if not wait_ready(f"{base}/ping", proc=proc):
+                        raise RuntimeError(f"{name} did not start")
+                    services[name] = (proc, base)
+                    continue
+                argv = service_argv([*flags[name], *extra], args.model, ports[name],
                                     sources.get(name))
                 services[name] = (stack.enter_context(running(argv, f"{base}/ping")), base)
             for proc, base in services.values():  # warm-up
@@ -258,7 +317,7 @@ def main() -> None:
 
     print(f"\n{args.model}: medians of {args.rounds} rounds (wrk -c{args.connections}, "
           f"{args.seconds:g} s{', --max-batch-size ' + str(args.max_batch_size) if extra else ''}"
-          "):")
+          f"{', one process' if args.one_process else ''}):")
     width = max(9, *map(len, names))
     print(f"{'service':>{width}} {'req/s':>7} {'ratio':>6} {'per-round':>9} {'CPU/req':>9} "
           f"{'ratio':>6} {'per-round':>9}")
