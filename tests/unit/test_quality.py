@@ -170,3 +170,17 @@ def test_feedback_store_confirms_a_hash_match_by_the_id_itself() -> None:
     assert store.lookup("c") == "unknown_request_id"  # c is found by its hash only
     store._hash[:] = hash("b")
     assert store.lookup("b") == "unknown_request_id"
+
+
+def test_digit_features_are_the_per_image_statistics_they_name() -> None:
+    from inferwatch.models.digits import digit_features, heldout_digits
+
+    images = heldout_digits().images.astype(np.float32)  # 0..16, as served
+    x = images.reshape(len(images), 8, 8) / 16.0
+    features = digit_features(images)
+    np.testing.assert_allclose(features["mean_intensity"], x.mean(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_array_equal(features["ink_fraction"], (x > 7.5 / 16).mean(axis=(1, 2)))
+    np.testing.assert_allclose(features["top_half_ink"],
+                               x[:, :4].sum(axis=(1, 2)) / x.sum(axis=(1, 2)), rtol=1e-6)
+    blank = digit_features(np.zeros((1, 64), np.float32))
+    assert blank["top_half_ink"][0] == 0 and blank["mean_intensity"][0] == 0
