@@ -87,22 +87,15 @@ def train_weights() -> dict[str, np.ndarray]:
     return weights
 
 
-# Columns: every pixel, the top four rows' pixels. Sums per image as one matrix product: a
-# quarter of the time of numpy's row reductions (quality flushes, 1,200 images: 30 us).
-_SUMS = np.stack([np.ones(64), np.repeat([1.0, 0.0], 32)], axis=1).astype(np.float32)
-_ONES = np.ones(64, np.float32)
-
-
 def digit_features(images: np.ndarray) -> dict[str, np.ndarray]:
     """Mean intensity, share of inked pixels, and share of the ink in the top half."""
-    x = images.reshape(len(images), 64)
-    ink, top = (x @ _SUMS).T.astype(np.float64)
-    # Between the integer levels 7 and 8: PNG's 8-bit round trip moves no pixel across.
-    inked = (x > 7.5).astype(np.float32) @ _ONES
+    x = images.reshape(len(images), 8, 8) / 16.0
+    ink = x.sum(axis=(1, 2))
     return {
-        "mean_intensity": ink / (64 * 16.0),
-        "ink_fraction": inked / 64.0,
-        "top_half_ink": top / np.maximum(ink, 16e-9),
+        "mean_intensity": x.mean(axis=(1, 2)),
+        # Between the integer levels 7 and 8: PNG's 8-bit round trip moves no pixel across.
+        "ink_fraction": (x > 7.5 / 16).mean(axis=(1, 2)),
+        "top_half_ink": x[:, :4].sum(axis=(1, 2)) / np.maximum(ink, 1e-9),
     }
 
 
