@@ -3,6 +3,7 @@
     python bench/overhead.py [--rounds 7] [--seconds 4] [--connections 32]
                              [--model digits|resnet18] [--max-batch-size N]
                              [--services on,on-noq,...] [--against REV] [--one-process]
+                             [--asgi [--requests 8000]]
 
 Six services, each its own process on its own port:
 - ``on``: the default (`inferwatch serve`: metrics and quality tracking),
@@ -45,11 +46,20 @@ the round's order. Two processes differ by a few percent for life; services in o
 share that luck, so their ratios hold what their code does differently. What they share,
 the collector's passes over every live object and the caches, is shared by both sides of
 each ratio.
+
+``--asgi`` drives the services' ASGI apps (those made by flags) in this process, without
+HTTP: --requests posts of the same digit per service and round, 16 at a time, the rounds
+interleaved, CPU time per request from ``time.process_time``. No server, client or kernel
+shares the cores with them, so it resolves differences of a few tenths of a microsecond
+that the services' runs cannot; what it leaves out (uvicorn's HTTP, about a third of a
+request) is the same with metrics on and off, so the microseconds it finds are what the
+service pays, over a larger total.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import shutil
@@ -58,11 +68,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import timeit
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import numpy as np
+import uvicorn
 from harness import cpu_seconds, free_port, running, wait_ready  # bench/, next to this
 from prometheus_client import CollectorRegistry, Histogram
 from quantiles import resnet18_payloads
@@ -71,8 +84,8 @@ from inferwatch.cli import serve_options, serve_together
 from inferwatch.metrics import InferenceMetrics, RequestRecorder, model_from_path
 from inferwatch.metrics.instruments import _SharedRecorder
 from inferwatch.metrics.quality import FeedbackStore, QualityWorker
-from inferwatch.operate.load import build_payloads
-from inferwatch.serve.app import ServeConfig, create_app, freeze_startup_heap
+from inferwatch.operate.load import Payload, build_payloads
+from inferwatch.serve.app import ServeConfig, create_app, prepare_serving_process
 
 SERVICES = {"on": [], "on-noq": ["--no-quality"], "off": ["--no-metrics"],
             "off-again": ["--no-metrics"], "noq-percall": ["--per-call", "--no-quality"],
@@ -148,16 +161,87 @@ def serve_config(flags: list[str], model: str) -> ServeConfig:
 def serve_all(model: str, services: list[str]) -> None:
     """Serve each of ``services`` (``PORT FLAG...``) on 127.0.0.1 from this process, as
     `inferwatch serve` serves one."""
-    import uvicorn
-
     apps = []
     for service in services:
         port, *flags = service.split()
         apps.append((int(port), create_app(serve_config(flags, model))))
-    freeze_startup_heap()
+    prepare_serving_process()
     configs = [uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                               access_log=False, **serve_options()) for port, app in apps]
     serve_together(uvicorn.Server(configs[0]), configs[1:])
+
+
+async def drive(app: Any, payload: Payload, requests: int, concurrency: int = 16) -> None:
+    """``requests`` posts of ``payload`` to the ASGI ``app``, ``concurrency`` at a time."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": payload.path,
+             "raw_path": payload.path.encode(), "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", payload.content_type.encode()),
+                         (b"content-length", str(len(payload.body)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+
+    async def one() -> None:
+        sent = False
+        status = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                await asyncio.Event().wait()  # the client stays connected
+            sent = True
+            return {"type": "http.request", "body": payload.body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        await app(dict(scope), receive, send)
+        if status != [200]:
+            raise RuntimeError(f"{payload.path} answered {status}")
+
+    async def client(n: int) -> None:
+        for _ in range(n):
+            await one()
+
+    await asyncio.gather(*(client(requests // concurrency) for _ in range(concurrency)))
+
+
+def asgi_rounds(names: list[str], flags: dict[str, list[str]], model: str, payload: Payload,
+                rounds: int, requests: int) -> None:
+    """The ``--asgi`` measurement: every service's app in this process, driven in turn."""
+    async def run() -> dict[str, list[float]]:
+        apps = {n: create_app(serve_config(flags[n], model)) for n in names}
+        cpu: dict[str, list[float]] = {n: [] for n in names}
+        async with contextlib.AsyncExitStack() as stack:
+            for app in apps.values():
+                await stack.enter_async_context(app.service.lifespan(app.starlette))
+            prepare_serving_process()
+            for app in apps.values():  # warm-up
+                await drive(app, payload, min(requests, 2000))
+            for r in range(rounds):
+                order = names[r % len(names):] + names[:r % len(names)]
+                for n in order:
+                    started = time.process_time()
+                    await drive(apps[n], payload, requests)
+                    cpu[n].append((time.process_time() - started) / requests)
+                print(f"round {r + 1} ({', '.join(order)}): " + "; ".join(
+                    f"{n} {cpu[n][-1] * 1e6:.1f} us/req" for n in names), flush=True)
+        return cpu
+
+    # serve's kind of loop (uvloop where installed); the config's app is never called
+    factory = uvicorn.Config(lambda *_: None, **serve_options()).get_loop_factory()
+    with asyncio.Runner(loop_factory=factory) as runner:
+        cpu = runner.run(run())
+    off = statistics.median(cpu["off"])
+    print(f"\n{model}: in process, no HTTP, medians of {rounds} rounds of {requests} requests:")
+    print(f"{'service':>9} {'CPU/req':>9} {'extra':>8} {'ratio':>6} {'per-round':>9}")
+    for n in names:
+        c = statistics.median(cpu[n])
+        per_round = statistics.median(b / a for a, b in zip(cpu[n], cpu["off"], strict=True))
+        print(f"{n:>9} {c * 1e6:>6.1f} us {(c - off) * 1e6:>+5.2f} us {off / c:>6.3f} "
+              f"{per_round:>9.3f}")
+    print("ratio: off's CPU per request / this one's; per-round: the median of the rounds' "
+          "ratios")
 
 
 def service_argv(flags: list[str], model: str, port: int, src: Path | None = None
@@ -254,6 +338,10 @@ def main() -> None:
                         help="also run the services but off as git revision REV builds them")
     parser.add_argument(ONE_PROCESS, action="store_true",
                         help="serve the services from one process each round")
+    parser.add_argument("--asgi", action="store_true",
+                        help="drive the services' apps in this process, without HTTP")
+    parser.add_argument("--requests", type=int, default=8000,
+                        help="with --asgi: requests per service and round")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install -y wrk")
@@ -278,9 +366,13 @@ def main() -> None:
             names.append(f"{n}@{args.against}")
             flags[names[-1]], sources[names[-1]] = SERVICES[n], old
     extra = ["--max-batch-size", str(args.max_batch_size)] if args.max_batch_size else []
-    if args.one_process and (args.against or any(
+    if (args.one_process or args.asgi) and (args.against or any(
             f in LAUNCHERS for n in names for f in flags[n])):
-        sys.exit(f"{ONE_PROCESS} takes services made by flags, and no --against")
+        sys.exit(f"{ONE_PROCESS} and --asgi take services made by flags, and no --against")
+    if args.asgi:
+        asgi_rounds(names, {n: [*flags[n], *extra] for n in names}, args.model, payload,
+                    args.rounds, args.requests)
+        return
     rps: dict[str, list[float]] = {n: [] for n in names}
     wrk_cpu: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):

@@ -117,7 +117,7 @@ def serve(
 
     from inferwatch.secrets import SecretFileError
     from inferwatch.serve.admin import ADMIN_HOST, admin_token, create_admin_app
-    from inferwatch.serve.app import ServeConfig, create_app, freeze_startup_heap
+    from inferwatch.serve.app import ServeConfig, create_app, prepare_serving_process
 
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -138,7 +138,7 @@ def serve(
         admin = create_admin_app(asgi.service.faults, token) if token else None
     except (ValueError, ImportError, OSError, SecretFileError) as exc:
         raise _fail(str(exc)) from None
-    freeze_startup_heap()
+    prepare_serving_process()
     main = uvicorn.Server(uvicorn.Config(
         asgi, host=host, port=port, log_level="warning", access_log=False, **serve_options()))
     if admin is None or admin_port is None:

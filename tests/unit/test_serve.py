@@ -240,3 +240,23 @@ def test_serve_help_offers_no_metrics_for_benchmarking() -> None:
     result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert "--no-metrics" in result.output and "benchmarking" in result.output
+
+
+def test_the_serving_process_runs_blas_on_one_thread() -> None:
+    """A second OpenBLAS thread spun for ~2 ms after each large batch's matrix product."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = ("import json; from threadpoolctl import threadpool_info; "
+              "from inferwatch.serve.app import prepare_serving_process; "
+              "before = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']; "
+              "prepare_serving_process(); "
+              "after = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']; "
+              "print(json.dumps([before, after]))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, env={**os.environ, "OPENBLAS_NUM_THREADS": "2"}).stdout
+    before, after = json.loads(out)
+    assert before and max(before) == 2  # numpy's BLAS is loaded, with a second thread
+    assert after == [1] * len(before)

@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+from threadpoolctl import threadpool_limits
 
 from inferwatch.metrics import InferenceMetrics, RequestRecorder, model_from_path
 from inferwatch.metrics.exposition import render_exposition
@@ -285,15 +286,22 @@ class ServiceApp:
         await self.starlette(scope, receive, send)
 
 
-def freeze_startup_heap() -> None:
-    """Move everything alive after start-up (modules, the models) out of the collector's sight.
+def prepare_serving_process() -> None:
+    """Set up the process that serves the app, once the app is built: for that process only.
 
-    Under load every full collection walked the ~120,000 objects that imports and models
-    leave behind, about 25 ms each, three a second (32 requests in flight are promoted to
-    the old generation at every second-generation pass): 10 us per request of `serve`'s
-    90-120 (bench/overhead.py). For the serving process only, once the app is built: frozen
-    objects are never collected, so nothing that becomes garbage later may be among them.
+    - One BLAS thread. OpenBLAS hands a matrix product of a few hundred rows to a second
+      thread, which then spins waiting for the next one: a digits batch of 256 samples (one
+      v2 request may carry that many) cost 2.2 ms of CPU for a 65 us call, 90 us with one
+      thread. Model calls here are small and one at a time; the other core is the service's
+      (torch's threads are set apart, by INFERWATCH_TORCH_THREADS).
+    - Everything alive after start-up (modules, the models) moved out of the collector's
+      sight. Under load every full collection walked the ~120,000 objects that imports and
+      models leave behind, about 25 ms each, three a second (32 requests in flight are
+      promoted to the old generation at every second-generation pass): 10 us per request of
+      `serve`'s 90-120 (bench/overhead.py). Frozen objects are never collected, so nothing
+      that becomes garbage later may be among them.
     """
+    threadpool_limits(1, user_api="blas")
     gc.collect()
     gc.freeze()
 

@@ -39,7 +39,7 @@ from inferwatch.metrics.workers import (
     slot_pids,
     use_slot,
 )
-from inferwatch.serve.app import ServeConfig, create_app, freeze_startup_heap
+from inferwatch.serve.app import ServeConfig, create_app, prepare_serving_process
 
 log = logging.getLogger("inferwatch.serve.workers")
 
@@ -254,7 +254,7 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
     use_slot(directory, slot)  # before the first metric is created
     app = create_app(config_from_json(spec["config"]), CollectorRegistry(),
                      scrape_registry=scrape_registry(directory, announce_gpu=slot == "0"))
-    freeze_startup_heap()
+    prepare_serving_process()
 
     class WorkerServer(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
