@@ -114,14 +114,14 @@ def test_deferred_answers_are_sorted_at_settle_and_found_before_it() -> None:
     store.mark("c")
     store.defer("m", ["d"], np.array([[0.2, 0.3, 0.5]]))
     assert store.lookup("c") == "duplicate_feedback"
-    assert store._deferred == []  # settled by the lookup
+    assert store._deferred == {}  # settled by the lookup
 
 
 def test_deferring_past_capacity_settles_at_once() -> None:
     store = FeedbackStore(capacity=3)
     for i in range(7):
         store.defer("m", [f"id-{i}"], np.array([[0.5, 0.5]]))
-        assert len(store._deferred) < 3
+        assert store._deferred_rows < 3
     assert store.lookup("id-6") != "unknown_request_id"
     assert store.lookup("id-3") == "unknown_request_id"  # the ring holds the last 3
 

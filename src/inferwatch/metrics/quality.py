@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -352,7 +353,9 @@ class FeedbackStore:
         if capacity < 1 or top_k < 1:
             raise ValueError("capacity and top_k must be >= 1")
         self.capacity, self.ttl, self.top_k = capacity, ttl, top_k
-        self._deferred: list[tuple[str, Sequence[str | None], np.ndarray, float]] = []
+        # Per (model, classes): each model call's ids, answers (rows, classes) and time.
+        self._deferred: dict[tuple[str, int],
+                             list[tuple[Sequence[str | None], np.ndarray, float]]] = {}
         self._deferred_rows = 0
         self._next = 0  # answers ever stored; the next goes to slot _next % capacity
         self._models: list[str] = []
@@ -369,7 +372,15 @@ class FeedbackStore:
         """Keep the answers of one model call: row ``i`` of ``probabilities`` (samples,
         classes) under ``ids[i]``, rows whose id is None not at all. Stored at the next
         :meth:`settle`, which runs often (``QualityWorker``) and before any lookup."""
-        self._deferred.append((model, ids, probabilities, time.monotonic()))
+        if probabilities.ndim != 2:
+            probabilities = probabilities.reshape(len(ids), -1)
+        if len(probabilities) != len(ids):
+            raise ValueError(f"{len(ids)} ids for {len(probabilities)} answers")
+        key = (model, probabilities.shape[1])
+        calls = self._deferred.get(key)
+        if calls is None:
+            calls = self._deferred[key] = []
+        calls.append((ids, probabilities, time.monotonic()))
         self._deferred_rows += len(ids)
         if self._deferred_rows >= self.capacity:
             self.settle()
@@ -379,15 +390,11 @@ class FeedbackStore:
         once."""
         if not self._deferred:
             return
-        deferred, self._deferred, self._deferred_rows = self._deferred, [], 0
-        groups: dict[tuple[str, int], list[tuple[Sequence[str | None], np.ndarray, float]]] = {}
-        for model, ids, probabilities, when in deferred:
-            groups.setdefault((model, probabilities.shape[-1]), []).append(
-                (ids, probabilities.reshape(len(ids), -1), when))
-        for (model, _), batches in groups.items():
-            ids = [i for batch_ids, _, _ in batches for i in batch_ids]
-            rows = np.concatenate([p for _, p, _ in batches])
-            at = np.repeat([a for _, _, a in batches], [len(b) for b, _, _ in batches])
+        deferred, self._deferred, self._deferred_rows = self._deferred, {}, 0
+        for (model, _), calls in deferred.items():
+            ids = list(itertools.chain.from_iterable([c[0] for c in calls]))
+            rows = np.concatenate([c[1] for c in calls])
+            at = np.repeat([c[2] for c in calls], [len(c[0]) for c in calls])
             kept = [i for i in ids if i is not None]
             if len(kept) < len(ids):
                 mask = np.fromiter((i is not None for i in ids), bool, len(ids))
