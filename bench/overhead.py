@@ -329,8 +329,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--model", choices=("digits", "resnet18"), default="digits")
-    parser.add_argument("--services", default=",".join(SERVICES),
-                        help="which of the services to run, comma-separated; off is always run")
+    parser.add_argument("--services",
+                        help="which of the services to run, comma-separated; off is always "
+                             "run (default: all, or with --one-process or --asgi all those "
+                             "made by flags)")
     parser.add_argument("--max-batch-size", type=int, default=0,
                         help="passed to every service; 1 makes every request one model call, "
                              "so that batch sizes cannot differ between services")
@@ -357,7 +359,10 @@ def main() -> None:
                       'wrk.body = f:read("*all")\nf:close()\n')
 
     metric_updates()
-    names = [n for n in SERVICES if n in {*args.services.split(","), "off"}]
+    chosen = (args.services.split(",") if args.services else
+              [n for n, f in SERVICES.items() if not set(f) & set(LAUNCHERS)]
+              if args.one_process or args.asgi else list(SERVICES))
+    names = [n for n in SERVICES if n in {*chosen, "off"}]
     flags = {n: SERVICES[n] for n in names}
     sources: dict[str, Path] = {}
     if args.against:
