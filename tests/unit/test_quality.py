@@ -145,6 +145,15 @@ def test_settling_a_batch_larger_than_the_ring_wraps_and_keeps_the_newest() -> N
     assert all(store.lookup(i) != "unknown_request_id" for i in ("id-4", "z"))
 
 
+def test_feedback_store_finds_the_newest_answer_of_an_id_used_again_and_again() -> None:
+    store = FeedbackStore(capacity=1000)
+    for i in range(600):  # a client that sends one X-Request-ID with every request
+        store.defer("m", ["same"], np.array([[1.0 - i / 600, i / 600]]))
+    answer = store.lookup("same")
+    assert not isinstance(answer, str) and answer.top == (1, 0)  # the last one, not the first
+    assert store.lookup("") == "unknown_request_id"  # hash("") is 0, as in an empty slot
+
+
 def test_feedback_store_keeps_ascii_ids_of_up_to_64_characters() -> None:
     store = FeedbackStore(capacity=8)
     longest, too_long = "x" * 64, "x" * 65

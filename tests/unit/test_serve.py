@@ -182,8 +182,9 @@ def test_feedback_scores_answers_once_and_refuses_bad_ids_and_labels() -> None:
         assert ok.status_code == 200 and ok.json()["correct"] is True
         again = await c.post("/feedback", json={"request_id": "req-1", "label": truth})
         assert again.status_code == 409 and again.json()["error"] == "duplicate_feedback"
-        unknown = await c.post("/feedback", json={"request_id": "nope", "label": "1"})
-        assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_request_id"
+        for never in ("nope", "", "x" * 1000):  # the last two the service never hands out
+            unknown = await c.post("/feedback", json={"request_id": never, "label": "1"})
+            assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_request_id"
         v2 = await c.post("/v2/models/digits/infer", json={"id": "req-2", "inputs": [
             {"name": "x", "shape": [1, 64], "datatype": "FP32",
              "data": data.images[2].ravel().tolist()}]})
@@ -201,10 +202,10 @@ def test_feedback_scores_answers_once_and_refuses_bad_ids_and_labels() -> None:
         assert (await c.post("/feedback", content=b"[]")).status_code == 400
         assert count(reg, "inference_feedback_total", outcome="correct") == 1
         assert count(reg, "inference_feedback_total", outcome="incorrect") == 1
-        for reason in ("duplicate_feedback", "unknown_request_id", "invalid_label",
-                       "invalid_json"):
+        for reason, times in (("duplicate_feedback", 1), ("unknown_request_id", 3),
+                              ("invalid_label", 1), ("invalid_json", 1)):
             assert reg.get_sample_value("inference_feedback_rejected_total",
-                                        {"reason": reason}) == 1
+                                        {"reason": reason}) == times
 
     run_with_client(test)
 
@@ -258,5 +259,6 @@ def test_the_serving_process_runs_blas_on_one_thread() -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True, env={**os.environ, "OPENBLAS_NUM_THREADS": "2"}).stdout
     before, after = json.loads(out)
-    assert before and max(before) == 2  # numpy's BLAS is loaded, with a second thread
+    if not before or max(before) < 2:  # no BLAS that threads here (one CPU, Accelerate)
+        pytest.skip(f"BLAS thread counts before: {before}")
     assert after == [1] * len(before)

@@ -445,14 +445,19 @@ class FeedbackStore:
         if self._found[:2] == (request_id, self._next):  # lookup, then mark: one scan
             return self._found[2]
         slot = None
-        if len(request_id) <= ID_BYTES and request_id.isascii():
+        if 0 < len(request_id) <= ID_BYTES and request_id.isascii():
             matches = np.flatnonzero(self._hash == hash(request_id))
-            key = request_id.encode()
-            # Newest first: the fewer answers stored since, the newer.
-            for found in matches[np.argsort((self._next - 1 - matches) % self.capacity)]:
-                if self._model[found] >= 0 and self._id[found] == key:
-                    slot = int(found)
-                    break
+            if len(matches):
+                # The newest: the fewer answers stored since, the newer. Its bytes confirm it
+                # (an empty slot's, b"", confirm no id); only if they do not (two ids with one
+                # hash) are all matches compared.
+                newest = matches[np.argmin((self._next - 1 - matches) % self.capacity)]
+                key = request_id.encode()
+                if self._id[newest] != key:
+                    matches = matches[self._id[matches] == key]
+                    newest = (matches[np.argmin((self._next - 1 - matches) % self.capacity)]
+                              if len(matches) else None)
+                slot = None if newest is None else int(newest)
         self._found = (request_id, self._next, slot)
         return slot
 

@@ -193,9 +193,11 @@ class InferenceService:
         return result, preprocess_seconds
 
     def score_feedback(self, request_id: str, label: Any) -> dict[str, Any]:
-        answer = self.feedback.lookup(request_id)
+        # No answer is kept under an id the service would not take (one it replaced).
+        answer = (self.feedback.lookup(request_id) if _REQUEST_ID.fullmatch(request_id)
+                  else "unknown_request_id")
         if isinstance(answer, str):
-            raise InferenceError(answer, f"no answer to score for request id {request_id!r}"
+            raise InferenceError(answer, f"no answer to score for request id {request_id[:64]!r}"
                                  if answer == "unknown_request_id" else
                                  f"feedback for {request_id!r} was already counted")
         d = self.deployments[answer.model]
