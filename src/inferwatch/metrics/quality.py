@@ -342,9 +342,10 @@ class FeedbackStore:
     time) written by slice. The store keeps no Python object per answer: no id string
     stays alive, no dict entry is added or removed per answer, and the garbage collector
     has nothing to walk. An id is found by comparing its hash with the whole ring's, one
-    vectorised scan per feedback request (about 10 us for 100,000 answers), and confirmed
-    by its bytes. An index by id (a dict, with ids forgotten as the ring overwrote them)
-    cost the digits service about 3 us of its 86 per request (bench/overhead.py); an
+    vectorised scan per feedback request (about 20 us for 100,000 answers,
+    bench/quality.py), and confirmed by its bytes. An index by id (a dict, with ids
+    forgotten as the ring overwrote them) cost the digits service about 3 us of its 86 per
+    request (bench/overhead.py); an
     OrderedDict of answer tuples made every full collection visit each of 100,000 answers,
     15% of the service's CPU.
     """
