@@ -345,9 +345,8 @@ class FeedbackStore:
     vectorised scan per feedback request (about 20 us for 100,000 answers,
     bench/quality.py), and confirmed by its bytes. An index by id (a dict, with ids
     forgotten as the ring overwrote them) cost the digits service about 3 us of its 86 per
-    request (bench/overhead.py); an
-    OrderedDict of answer tuples made every full collection visit each of 100,000 answers,
-    15% of the service's CPU.
+    request (bench/overhead.py); an OrderedDict of answer tuples made every full collection
+    visit each of 100,000 answers, 15% of the service's CPU.
     """
 
     def __init__(self, capacity: int = 100_000, ttl: float = 600.0, top_k: int = 5) -> None:
