@@ -414,7 +414,7 @@ class FeedbackStore:
             encoded = np.array(ids, self._id.dtype)  # too long: cut, and never confirmed
         except UnicodeEncodeError:  # not ASCII: not kept
             ascii_ids = np.fromiter(map(str.isascii, ids), bool, len(ids))
-            ids = [i for i in ids if i.isascii()]
+            ids = list(itertools.compress(ids, ascii_ids))
             tops, at = tops[ascii_ids], at[ascii_ids]
             encoded = np.array(ids, self._id.dtype)
         if len(ids) > self.capacity:
@@ -446,20 +446,21 @@ class FeedbackStore:
             return self._found[2]
         slot = None
         if 0 < len(request_id) <= ID_BYTES and request_id.isascii():
+            # The newest hash match, confirmed by its bytes (an empty slot's, b"", confirm no
+            # id); only if they do not (two ids with one hash) are all matches compared.
             matches = np.flatnonzero(self._hash == hash(request_id))
-            if len(matches):
-                # The newest: the fewer answers stored since, the newer. Its bytes confirm it
-                # (an empty slot's, b"", confirm no id); only if they do not (two ids with one
-                # hash) are all matches compared.
-                newest = matches[np.argmin((self._next - 1 - matches) % self.capacity)]
-                key = request_id.encode()
-                if self._id[newest] != key:
-                    matches = matches[self._id[matches] == key]
-                    newest = (matches[np.argmin((self._next - 1 - matches) % self.capacity)]
-                              if len(matches) else None)
-                slot = None if newest is None else int(newest)
+            slot = self._newest(matches)
+            key = request_id.encode()
+            if slot is not None and self._id[slot] != key:
+                slot = self._newest(matches[self._id[matches] == key])
         self._found = (request_id, self._next, slot)
         return slot
+
+    def _newest(self, slots: np.ndarray) -> int | None:
+        """The slot among ``slots`` written last: the fewest answers stored since."""
+        if not len(slots):
+            return None
+        return int(slots[np.argmin((self._next - 1 - slots) % self.capacity)])
 
     def lookup(self, request_id: str) -> Answer | str:
         """The answer for ``request_id``, or why there is none to score:
