@@ -374,6 +374,9 @@ def main() -> None:
               if args.one_process or args.asgi else list(SERVICES))
     names = [n for n in SERVICES if n in {*chosen, "off"}]
     flags = {n: SERVICES[n] for n in names}
+    if (args.one_process or args.asgi) and (args.against or any(
+            f in LAUNCHERS for n in names for f in flags[n])):
+        sys.exit(f"{ONE_PROCESS} and --asgi take services made by flags, and no --against")
     sources: dict[str, Path] = {}
     if args.against:
         old = checkout(args.against, tmp / "against")
@@ -381,9 +384,6 @@ def main() -> None:
             names.append(f"{n}@{args.against}")
             flags[names[-1]], sources[names[-1]] = SERVICES[n], old
     extra = ["--max-batch-size", str(args.max_batch_size)] if args.max_batch_size else []
-    if (args.one_process or args.asgi) and (args.against or any(
-            f in LAUNCHERS for n in names for f in flags[n])):
-        sys.exit(f"{ONE_PROCESS} and --asgi take services made by flags, and no --against")
     if args.asgi:
         asgi_rounds(names, {n: [*flags[n], *extra] for n in names}, args.model, payload,
                     args.rounds, args.requests)
