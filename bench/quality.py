@@ -32,13 +32,12 @@ import subprocess
 import sys
 import time
 import timeit
-import uuid
 
 import aiohttp
 import numpy as np
 from harness import cpu_seconds, free_port, running  # bench/, next to this script
 
-from inferwatch.metrics.quality import FeedbackStore
+from inferwatch.metrics.quality import FeedbackStore, RequestIds
 from inferwatch.operate.load import LoadPlan, build_payloads, run_load_sync
 
 
@@ -74,19 +73,21 @@ def cpu_per_request(proc: subprocess.Popen[bytes], base: str, rate: float,
 
 
 def feedback_store(rounds: int = 7) -> None:
-    """In process: storing and finding an answer in a full store, every id a new string
-    (as in the service, whose ids are new: their hash is computed when stored)."""
-    store = FeedbackStore()
+    """In process: storing and finding an answer in a full store, every id drawn as the
+    service draws it (the store is handed the id's key)."""
+    store, request_ids = FeedbackStore(), RequestIds()
     rng = np.random.default_rng(0)
     probabilities = [rng.random((16, 10)) for _ in range(75)]
     number = 20
     flushes = store.capacity // 1200 + 2 + rounds * number
-    ids = iter([[[uuid.uuid4().hex for _ in range(16)] for _ in range(75)]
-                for _ in range(flushes)])  # made before the timing
+    drawn = [[[request_ids.new() for _ in range(16)] for _ in range(75)]
+             for _ in range(flushes)]  # before the timing: per model call, ids and keys
+    ids = iter([([[i for i, _ in call] for call in flush], [[k for _, k in call] for call in flush])
+                for flush in drawn])
 
     def store_flush() -> list[list[str]]:
-        flush = next(ids)
-        for batch, answers in zip(flush, probabilities, strict=True):
+        flush, keys = next(ids)
+        for batch, answers in zip(keys, probabilities, strict=True):
             store.defer("digits", batch, answers)
         store.settle()
         return flush

@@ -1,3 +1,6 @@
+import gc
+import sys
+
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
@@ -8,6 +11,8 @@ from inferwatch.metrics.quality import (
     QualityMetrics,
     QualityMonitor,
     QualityReference,
+    RequestIds,
+    answer_key,
     psi,
 )
 
@@ -64,8 +69,6 @@ def test_feedback_store_scores_once_and_forgets_old_answers() -> None:
 def test_feedback_store_holds_nothing_the_garbage_collector_walks() -> None:
     """100,000 answers in a tracked container made every full collection visit each one
     (bench/overhead.py)."""
-    import gc
-
     store = FeedbackStore(capacity=1000)
     gc.collect()
     tracked = len(gc.get_objects())
@@ -154,31 +157,36 @@ def test_feedback_store_finds_the_newest_answer_of_an_id_used_again_and_again() 
     assert store.lookup("") == "unknown_request_id"  # hash("") is 0, as in an empty slot
 
 
-def test_feedback_store_keeps_ascii_ids_of_up_to_64_characters() -> None:
-    store = FeedbackStore(capacity=8)
-    longest, too_long = "x" * 64, "x" * 65
-    store.defer("m", [longest, too_long, "caf\u00e9", "ok"], np.array([[0.3, 0.7]] * 4))
-    store.settle()
-    assert store._next == 3  # the non-ASCII id is not stored
-    assert store.lookup(longest) != "unknown_request_id"
-    assert store.lookup(too_long) == "unknown_request_id"  # stored cut, never confirmed
-    assert store.lookup("caf\u00e9") == "unknown_request_id"
-    ok = store.lookup("ok")
-    assert not isinstance(ok, str) and ok.top == (1, 0)
-    store.remember("caf\u00e9", "m", [0])  # one non-ASCII id alone: nothing stored
-    assert store._next == 3
-
-
-def test_feedback_store_confirms_a_hash_match_by_the_id_itself() -> None:
+def test_feedback_store_keeps_no_id_string_and_never_answers_from_an_empty_slot() -> None:
     store = FeedbackStore(capacity=4)
-    store.remember("a", "m", [1])
+    long_id = "x" * 1000
+    ids = [long_id, "caf\u00e9"]
+    held = sys.getrefcount(ids), sys.getrefcount(long_id)
+    store.defer("m", ids, np.array([[0.3, 0.7], [0.8, 0.2]]))
+    assert (sys.getrefcount(ids), sys.getrefcount(long_id)) == held  # hashed, not held
     store.remember("c", "m", [2])
-    store._hash[:] = hash("a")  # a collision: every slot, c's and the empty ones, claims a's hash
-    answer = store.lookup("a")
-    assert not isinstance(answer, str) and answer.top == (1,)  # c's newer slot is not taken
-    assert store.lookup("c") == "unknown_request_id"  # c is found by its hash only
-    store._hash[:] = hash("b")
-    assert store.lookup("b") == "unknown_request_id"
+    answer = store.lookup(long_id)
+    assert not isinstance(answer, str) and answer.top == (1, 0)
+    assert store.lookup("caf\u00e9") != "unknown_request_id"
+    store._key[:] = hash("a")  # every slot, c's and the empty one, claims a's key
+    found = store.lookup("a")
+    assert not isinstance(found, str) and found.top == (2,)  # the newest filled slot
+    assert store.lookup("") == "unknown_request_id"
+
+
+def test_request_ids_are_random_and_come_with_their_keys() -> None:
+    ids = RequestIds()
+    drawn = [ids.new() for _ in range(4097)]  # past the first block of 4,096
+    assert len({i for i, _ in drawn}) == 4097
+    assert all(len(i) == 16 and answer_key(i) == key for i, key in drawn)
+    assert any(key < 0 for _, key in drawn) and any(key > 0 for _, key in drawn)
+    store = FeedbackStore(capacity=8)
+    store.defer("m", [key for _, key in drawn[:2]] + ["given", None],
+                np.array([[0.1, 0.9]] * 4))
+    assert all(store.lookup(i) != "unknown_request_id" for i in (drawn[0][0], "given"))
+    assert store.lookup(drawn[2][0]) == "unknown_request_id"
+    assert store._next == 3  # the row without an id is not kept
+    assert answer_key("req-1") == hash("req-1") and answer_key("0" * 16) == 0
 
 
 def test_digit_features_are_the_per_image_statistics_they_name() -> None:

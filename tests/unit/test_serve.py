@@ -193,7 +193,7 @@ def test_feedback_scores_answers_once_and_refuses_bad_ids_and_labels() -> None:
             answered = await c.post("/v2/models/digits/infer", json={"id": unsafe, "inputs": [
                 {"name": "x", "shape": [1, 64], "datatype": "FP32",
                  "data": data.images[3].ravel().tolist()}]})
-            assert answered.status_code == 200 and len(answered.json()["id"]) == 32
+            assert answered.status_code == 200 and len(answered.json()["id"]) == 16
         bad = await c.post("/feedback", json={"request_id": "req-2", "label": "eleven"})
         assert bad.status_code == 422
         wrong = (int(data.labels[2]) + 1) % 10
@@ -206,6 +206,36 @@ def test_feedback_scores_answers_once_and_refuses_bad_ids_and_labels() -> None:
                               ("invalid_label", 1), ("invalid_json", 1)):
             assert reg.get_sample_value("inference_feedback_rejected_total",
                                         {"reason": reason}) == times
+
+    run_with_client(test)
+
+
+def test_feedback_scores_answers_under_the_ids_the_service_drew() -> None:
+    data = heldout_digits()
+
+    async def test(c: Client, reg: CollectorRegistry) -> None:
+        drawn = []
+        for i in range(3):
+            r = await c.post("/predictions/digits", content=digit_png(data.images[i]))
+            drawn.append((r.headers["x-request-id"], data.labels[i]))
+            v2 = await c.post("/v2/models/digits/infer", json={"inputs": [
+                {"name": "x", "shape": [1, 64], "datatype": "FP32",
+                 "data": data.images[i].ravel().tolist()}]})
+            drawn.append((v2.json()["id"], data.labels[i]))
+        mimic = "0123456789abcdef"  # a client's own id in the drawn form
+        await c.post("/predictions/digits", content=digit_png(data.images[5]),
+                     headers={"x-request-id": mimic})
+        drawn.append((mimic, data.labels[5]))
+        assert len({i for i, _ in drawn}) == len(drawn)
+        assert all(len(i) == 16 and int(i, 16) >= 0 for i, _ in drawn)
+        for request_id, label in drawn:
+            scored = await c.post("/feedback", json={"request_id": request_id,
+                                                     "label": int(label)})
+            assert scored.status_code == 200, scored.text
+        never = await c.post("/feedback", json={"request_id": "fedcba9876543210", "label": 1})
+        assert never.status_code == 404
+        assert (count(reg, "inference_feedback_total", outcome="correct") +
+                count(reg, "inference_feedback_total", outcome="incorrect")) == len(drawn)
 
     run_with_client(test)
 

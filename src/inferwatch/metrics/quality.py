@@ -7,9 +7,11 @@ folds the queue into the metrics ten times a second, so a request pays almost no
 
 from __future__ import annotations
 
+import array
 import asyncio
 import collections
-import itertools
+import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -169,7 +171,7 @@ class _QualityCollector(Collector):
                 if len(m.labels) <= MAX_CLASS_SERIES:
                     for label, n in zip(m.labels, m._classes, strict=True):
                         predictions.add_metric([*key, label], float(n))
-                for feature, value in m.psi.items():
+                for feature, value in m.drift().items():
                     drift.add_metric([*key, feature], value)
                 if m.reference is not None:
                     window.add_metric(key, float(m.window_size))
@@ -212,7 +214,8 @@ class QualityMonitor:
         self._ring_classes = np.zeros(window, np.int64)
         self._ring_next = 0
         self.window_size = 0
-        self.psi: dict[str, float] = {}
+        self._psi: dict[str, float] = {}
+        self._psi_stale = False  # the window moved since the PSI was computed
         for outcome in ("correct", "incorrect"):
             metrics.feedback.labels(model, version, outcome)
             metrics.feedback_top5.labels(model, version, outcome)
@@ -223,7 +226,7 @@ class QualityMonitor:
         self._pending.append((probabilities, samples))
 
     def flush(self) -> None:
-        """Fold everything queued into the counts and recompute the drift gauges."""
+        """Fold everything queued into the counts and the drift window."""
         batches = []
         while self._pending:
             batches.append(self._pending.popleft())
@@ -244,7 +247,7 @@ class QualityMonitor:
                 self._intensity_sum += float(intensity.sum())
             if self.reference is not None:
                 self._roll(top, features)
-                self._update_drift()
+                self._psi_stale = True
 
     def _roll(self, top: np.ndarray, features: dict[str, np.ndarray]) -> None:
         n = min(len(top), self._window)
@@ -256,15 +259,19 @@ class QualityMonitor:
         self._ring_next = int((self._ring_next + n) % self._window)
         self.window_size = min(self.window_size + n, self._window)
 
-    def _update_drift(self) -> None:
-        assert self.reference is not None
-        size = self.window_size
-        for name, ref in self.reference.features.items():
-            self.psi[name] = psi(ref.shares, ref.shares_of(self._ring[name][:size]))
-        if self.reference.class_shares is not None:
-            counts = np.bincount(self._ring_classes[:size],
-                                 minlength=len(self.reference.class_shares))
-            self.psi["prediction"] = psi(self.reference.class_shares, counts / size)
+    def drift(self) -> dict[str, float]:
+        """PSI of the window against the reference, per feature: computed when asked (at a
+        scrape) after the window moved, not at every flush. Call with ``_lock`` held."""
+        if self._psi_stale and self.reference is not None:
+            size = self.window_size
+            for name, ref in self.reference.features.items():
+                self._psi[name] = psi(ref.shares, ref.shares_of(self._ring[name][:size]))
+            if self.reference.class_shares is not None:
+                counts = np.bincount(self._ring_classes[:size],
+                                     minlength=len(self.reference.class_shares))
+                self._psi["prediction"] = psi(self.reference.class_shares, counts / size)
+            self._psi_stale = False
+        return self._psi
 
     def record_feedback(self, top: Sequence[int] | np.ndarray, truth: int
                         ) -> tuple[bool, bool]:
@@ -324,8 +331,45 @@ class Answer:
     at: float
 
 
-ID_BYTES = 64
-"""The longest request id a :class:`FeedbackStore` keeps (ASCII); the service's are 1-64."""
+_NO_ID = hash(None)  # the key of a row without an id, and of an empty slot
+_DRAWN_ID = re.compile(r"[0-9a-f]{16}")
+_UINT64 = (1 << 64) - 1
+
+
+class RequestIds:
+    """Ids for requests that came without one: 16 hex digits, 64 random bits (as long as a
+    W3C trace context's span id), drawn from the OS 4,096 at a time; 0.26 us an id where
+    ``uuid.uuid4().hex`` took 1.5. :meth:`new` hands each out with its key in a
+    :class:`FeedbackStore` (:func:`answer_key`), the same bits as a signed integer, so the
+    store never hashes an id the service drew itself. One per process: the ids are drawn
+    lazily, so a process forked before the first one draws its own.
+    """
+
+    def __init__(self) -> None:
+        self._keys = array.array("q")
+        self._next = 0
+
+    def new(self) -> tuple[str, int]:
+        if self._next == len(self._keys):
+            self._keys, self._next = array.array("q", os.urandom(8 * 4096)), 0
+        key = self._keys[self._next]
+        self._next += 1
+        return f"{key & _UINT64:016x}", key
+
+
+def answer_key(request_id: str) -> int:
+    """What an answer given under ``request_id`` is kept under in a :class:`FeedbackStore`:
+    the bits of an id of the form :class:`RequestIds` draws, the ``hash()`` of any other."""
+    if len(request_id) == 16 and _DRAWN_ID.fullmatch(request_id):
+        key = int(request_id, 16)
+        return key - (1 << 64) if key >> 63 else key
+    return hash(request_id)
+
+
+def _key(request_id: str | int | None) -> int:
+    if request_id is None:
+        return _NO_ID
+    return answer_key(request_id) if isinstance(request_id, str) else request_id
 
 
 class FeedbackStore:
@@ -333,54 +377,64 @@ class FeedbackStore:
 
     Bounded in size and age: a ring of ``capacity`` answers, the oldest overwritten first;
     feedback for an unknown or expired id is refused, and feedback for an id is counted
-    once. Keeps at most ``top_k`` classes per answer, and answers whose id is ASCII and at
-    most :data:`ID_BYTES` long. Used from the event loop's thread only, so it takes no lock.
+    once. Keeps at most ``top_k`` classes per answer. Used from the event loop's thread
+    only, so it takes no lock.
 
-    Answers arrive a batch at a time (:meth:`defer`: one append per model call) and are
-    stored a flush at a time (:meth:`settle`): the top classes of every deferred row sorted
-    in one numpy call, and every column of the ring (id, the id's hash, model, classes,
-    time) written by slice. The store keeps no Python object per answer: no id string
-    stays alive, no dict entry is added or removed per answer, and the garbage collector
-    has nothing to walk. An id is found by comparing its hash with the whole ring's, one
-    vectorised scan per feedback request (about 20 us for 100,000 answers,
-    bench/quality.py), and confirmed by its bytes. An index by id (a dict, with ids
-    forgotten as the ring overwrote them) cost the digits service about 3 us of its 86 per
-    request (bench/overhead.py); an OrderedDict of answer tuples made every full collection
-    visit each of 100,000 answers, 15% of the service's CPU.
+    Answers arrive a batch at a time (:meth:`defer`, once per model call) and are stored a
+    flush at a time (:meth:`settle`): the top classes of every deferred row sorted in one
+    numpy call, and every column of the ring (key, model, classes, time) written by slice.
+    An answer is kept under its id's key (:func:`answer_key`), a 64-bit integer taken as
+    the model call is deferred: for an id the service drew (:class:`RequestIds`) it comes
+    with the id. No id string is held until the flush, and the store keeps no Python object
+    per answer, so the garbage collector has nothing to walk. Holding each request's id
+    string until the flush cost the digits service about 0.35 us a request
+    (bench/overhead.py --asgi), an index by id (a dict) about 3 us, an OrderedDict of
+    answer tuples 15% of its CPU.
+
+    An id is found by one vectorised scan of the ring's keys per feedback request (about
+    20 us for 100,000 answers, bench/quality.py), the newest match taken. Two ids with one
+    key would share an answer: with a full ring, a chance of about 1 in 10^14 per feedback
+    request. Drawn ids are random and ``hash()`` is keyed per process, so no id can be
+    aimed at another's without knowing it.
     """
 
     def __init__(self, capacity: int = 100_000, ttl: float = 600.0, top_k: int = 5) -> None:
         if capacity < 1 or top_k < 1:
             raise ValueError("capacity and top_k must be >= 1")
         self.capacity, self.ttl, self.top_k = capacity, ttl, top_k
-        # Per (model, classes): each model call's ids, answers (rows, classes) and time.
+        # Per (model, classes): the deferred rows' keys, and each model call's answers
+        # (rows, classes) with its time.
         self._deferred: dict[tuple[str, int],
-                             list[tuple[Sequence[str | None], np.ndarray, float]]] = {}
+                             tuple[array.array[int], list[tuple[np.ndarray, float]]]] = {}
         self._deferred_rows = 0
         self._next = 0  # answers ever stored; the next goes to slot _next % capacity
         self._models: list[str] = []
         self._model_index: dict[str, int] = {}
-        self._hash = np.zeros(capacity, np.int64)
-        self._id = np.zeros(capacity, f"S{ID_BYTES}")
+        self._key = np.full(capacity, _NO_ID, np.int64)
         self._model = np.full(capacity, -1, np.int32)  # -1: an empty slot
         self._top = np.full((capacity, top_k), -1, np.int64)  # best first, -1 past the end
         self._at = np.zeros(capacity)
         self._scored = np.zeros(capacity, bool)
         self._found: tuple[str, int, int | None] = ("", -1, None)  # the last _slot answer
 
-    def defer(self, model: str, ids: Sequence[str | None], probabilities: np.ndarray) -> None:
+    def defer(self, model: str, ids: Sequence[str | int | None],
+              probabilities: np.ndarray) -> None:
         """Keep the answers of one model call: row ``i`` of ``probabilities`` (samples,
-        classes) under ``ids[i]``, rows whose id is None not at all. Stored at the next
-        :meth:`settle`, which runs often (``QualityWorker``) and before any lookup."""
+        classes) under ``ids[i]``, an id or the key :meth:`RequestIds.new` gave with one;
+        rows whose id is None not at all. Stored at the next :meth:`settle`, which runs
+        often (``QualityWorker``) and before any lookup."""
         if probabilities.ndim != 2:
             probabilities = probabilities.reshape(len(ids), -1)
         if len(probabilities) != len(ids):
             raise ValueError(f"{len(ids)} ids for {len(probabilities)} answers")
-        key = (model, probabilities.shape[1])
-        calls = self._deferred.get(key)
-        if calls is None:
-            calls = self._deferred[key] = []
-        calls.append((ids, probabilities, time.monotonic()))
+        group = self._deferred.get((model, probabilities.shape[1]))
+        if group is None:
+            group = self._deferred[model, probabilities.shape[1]] = (array.array("q"), [])
+        try:  # a list of the keys the service drew with its ids: 20 ns each
+            group[0].fromlist(ids)  # type: ignore[arg-type]
+        except TypeError:  # ids, rows without one, or not a list; nothing was added
+            group[0].fromlist([_key(i) for i in ids])
+        group[1].append((probabilities, time.monotonic()))
         self._deferred_rows += len(ids)
         if self._deferred_rows >= self.capacity:
             self.settle()
@@ -391,38 +445,28 @@ class FeedbackStore:
         if not self._deferred:
             return
         deferred, self._deferred, self._deferred_rows = self._deferred, {}, 0
-        for (model, _), calls in deferred.items():
-            ids = list(itertools.chain.from_iterable([c[0] for c in calls]))
-            rows = np.concatenate([c[1] for c in calls])
-            at = np.repeat([c[2] for c in calls], [len(c[0]) for c in calls])
-            kept = [i for i in ids if i is not None]
-            if len(kept) < len(ids):
-                mask = np.fromiter((i is not None for i in ids), bool, len(ids))
-                rows, at = rows[mask], at[mask]
-            if kept:
+        for (model, _), (keys, calls) in deferred.items():
+            key = np.frombuffer(keys, np.int64)
+            rows = np.concatenate([c[0] for c in calls])
+            at = np.repeat([c[1] for c in calls], [len(c[0]) for c in calls])
+            kept = key != _NO_ID
+            if not kept.all():
+                key, rows, at = key[kept], rows[kept], at[kept]
+            if len(key):
                 tops = np.argsort(rows, axis=1)[:, ::-1][:, :self.top_k]
-                self._store(model, kept, tops, at)
+                self._store(model, key, tops, at)
 
     def remember(self, request_id: str, model: str, top: Sequence[int] | np.ndarray) -> None:
         """Keep the answer for ``request_id`` (replacing an earlier one with that id)."""
         self.settle()  # deferred answers came first
         classes = np.asarray(top, dtype=np.int64)[None, :self.top_k]
-        self._store(model, [request_id], classes, np.array([time.monotonic()]))
+        self._store(model, np.array([answer_key(request_id)], np.int64), classes,
+                    np.array([time.monotonic()]))
 
-    def _store(self, model: str, ids: list[str], tops: np.ndarray, at: np.ndarray) -> None:
-        try:
-            encoded = np.array(ids, self._id.dtype)  # too long: cut, and never confirmed
-        except UnicodeEncodeError:  # not ASCII: not kept
-            ascii_ids = np.fromiter(map(str.isascii, ids), bool, len(ids))
-            ids = list(itertools.compress(ids, ascii_ids))
-            tops, at = tops[ascii_ids], at[ascii_ids]
-            encoded = np.array(ids, self._id.dtype)
-        if len(ids) > self.capacity:
-            ids, encoded = ids[-self.capacity:], encoded[-self.capacity:]
-            tops, at = tops[-self.capacity:], at[-self.capacity:]
-        n, start = len(ids), self._next
-        if not n:
-            return
+    def _store(self, model: str, keys: np.ndarray, tops: np.ndarray, at: np.ndarray) -> None:
+        if len(keys) > self.capacity:
+            keys, tops, at = keys[-self.capacity:], tops[-self.capacity:], at[-self.capacity:]
+        n, start = len(keys), self._next
         index = self._model_index.get(model)
         if index is None:
             index = self._model_index[model] = len(self._models)
@@ -430,8 +474,7 @@ class FeedbackStore:
         first = start % self.capacity
         slots: slice | np.ndarray = (slice(first, first + n) if first + n <= self.capacity
                                      else np.arange(start, start + n) % self.capacity)
-        self._hash[slots] = np.fromiter(map(hash, ids), np.int64, n)
-        self._id[slots] = encoded
+        self._key[slots] = keys
         self._model[slots] = index
         self._top[slots] = -1
         self._top[slots, :tops.shape[1]] = tops
@@ -444,15 +487,8 @@ class FeedbackStore:
         self.settle()
         if self._found[:2] == (request_id, self._next):  # lookup, then mark: one scan
             return self._found[2]
-        slot = None
-        if 0 < len(request_id) <= ID_BYTES and request_id.isascii():
-            # The newest hash match, confirmed by its bytes (an empty slot's, b"", confirm no
-            # id); only if they do not (two ids with one hash) are all matches compared.
-            matches = np.flatnonzero(self._hash == hash(request_id))
-            slot = self._newest(matches)
-            key = request_id.encode()
-            if slot is not None and self._id[slot] != key:
-                slot = self._newest(matches[self._id[matches] == key])
+        key = answer_key(request_id)
+        slot = None if key == _NO_ID else self._newest(np.flatnonzero(self._key == key))
         self._found = (request_id, self._next, slot)
         return slot
 

@@ -13,7 +13,6 @@ import logging
 import math
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from inferwatch.metrics.quality import (
     QualityMetrics,
     QualityMonitor,
     QualityWorker,
+    RequestIds,
 )
 from inferwatch.models import InputError, ServedModel, decode_image, load_model
 from inferwatch.serve.batching import BatchResult, MicroBatcher, QueueFullError
@@ -107,6 +107,7 @@ class InferenceService:
         self.faults = Faults()
         self.quality_metrics = QualityMetrics(self.registry)
         self.feedback = FeedbackStore()
+        self.request_ids = RequestIds()
         self.deployments: dict[str, _Deployment] = {}
         for model in loaded:
             card = model.card
@@ -176,9 +177,10 @@ class InferenceService:
         return found
 
     async def infer(self, name: str, samples: np.ndarray, preprocess_started: float,
-                    request_id: str | None = None) -> tuple[BatchResult, float]:
+                    request_id: str | int | None = None) -> tuple[BatchResult, float]:
         """The model's answer to ``samples``, and the seconds preprocessing took. The answer
-        to one sample is kept under ``request_id``, so labelled feedback can be scored."""
+        to one sample is kept under ``request_id`` (or the key :class:`RequestIds` drew
+        with it), so labelled feedback can be scored."""
         d = self.deployments[name]
         samples = self.faults.drift_inputs(samples, d.model.card.input_range)
         preprocess_seconds = time.perf_counter() - preprocess_started
@@ -268,9 +270,11 @@ def parse_json(body: bytes) -> Any:
         raise InferenceError("invalid_json", f"invalid JSON: {exc}") from None
 
 
-def _request_id(request: Request) -> str:
+def _request_id(request: Request, ids: RequestIds) -> tuple[str, str | int]:
+    """The request's id, and what its answer is kept under: the client's X-Request-ID, or
+    one drawn with its key."""
     given = request.headers.get("x-request-id", "")
-    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    return (given, given) if _REQUEST_ID.fullmatch(given) else ids.new()
 
 
 def _input_error(exc: InputError) -> InferenceError:
@@ -338,8 +342,9 @@ def create_app(
             start = time.perf_counter()
             await service.preprocess_faults()
             samples, given_id = decode(d.model, request, body)
-            request_id = given_id or _request_id(request)
-            result, preprocess = await service.infer(name, samples, start, request_id)
+            request_id, key = ((given_id, given_id) if given_id
+                               else _request_id(request, service.request_ids))
+            result, preprocess = await service.infer(name, samples, start, key)
             post = time.perf_counter()
             await service.postprocess_faults()
             response = respond(d.model, result.probabilities, request_id)
