@@ -10,16 +10,18 @@ Two measures, both side by side in one run:
    when other processes share the machine. Ratio = CPU per request off / on.
 2. Wall-clock throughput at saturation, as below.
 
-Starts the service twice (`--quality` and `--no-quality`, each on its own port), then drives
-each in turn with the same closed-loop client (aiohttp, keep-alive, N requests in flight,
-PNG digits to /predictions/digits), alternating rounds so drift in machine load hits both.
-Prints requests/s per round and the median of the per-round ratios on/off (each round runs
-both back to back, so a burst of load from elsewhere on the machine hits one ratio, not the
+Every round starts the service twice (`--quality` and `--no-quality`, each on its own port,
+with PYTHONHASHSEED=0), measures both, then stops them: a process keeps its memory layout
+for life, and one pair kept for a whole run measured quality tracking at 0.831x by CPU where
+fresh pairs gave about 1. Within a round each is driven in turn, the order alternating
+between rounds, with the open-loop load and then the same closed-loop client (aiohttp,
+keep-alive, N requests in flight, PNG digits to /predictions/digits). Prints each round and
+the medians (a burst of load from elsewhere on the machine hits one round's ratio, not the
 median).
 
 Before that, in process: what the feedback store costs with its ring full (100,000
 answers), to store an answer (deferred a model call of 16 at a time, settled 1,200 at a time,
-as under load) and to find one for a feedback request (a scan of the ring's hashes).
+as under load) and to find one for a feedback request (a scan of the ring's keys).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
 import subprocess
 import sys
@@ -115,35 +118,36 @@ def main() -> None:
     parser.add_argument("--cpu-rate", type=float, default=800)
     args = parser.parse_args()
     feedback_store()
+    os.environ.setdefault("PYTHONHASHSEED", "0")  # the same dict layouts in every service
+    cpu: dict[str, list[float]] = {"on": [], "off": []}
     rates: dict[str, list[float]] = {"on": [], "off": []}
-    with contextlib.ExitStack() as stack:
-        services = {}
-        for name, flag in (("on", "--quality"), ("off", "--no-quality")):
-            port = free_port()
-            base = f"http://127.0.0.1:{port}"
-            argv = [sys.executable, "-m", "inferwatch", "serve", "--port", str(port), flag,
-                    "--log-level", "warning"]
-            services[name] = (stack.enter_context(running(argv, f"{base}/ping")), base)
-        for name in ("on", "off"):  # warm-up
-            asyncio.run(drive(services[name][1], 2, args.concurrency))
-        cpu: dict[str, list[float]] = {"on": [], "off": []}
-        for r in range(args.rounds):
-            for name in (("on", "off") if r % 2 == 0 else ("off", "on")):
+    for r in range(args.rounds):
+        order = ("on", "off") if r % 2 == 0 else ("off", "on")
+        with contextlib.ExitStack() as stack:  # fresh processes: each keeps its layout for life
+            services = {}
+            for name in order:
+                port = free_port()
+                base = f"http://127.0.0.1:{port}"
+                argv = [sys.executable, "-m", "inferwatch", "serve", "--port", str(port),
+                        "--quality" if name == "on" else "--no-quality",
+                        "--log-level", "warning"]
+                services[name] = (stack.enter_context(running(argv, f"{base}/ping")), base)
+                asyncio.run(drive(base, 1, args.concurrency))  # warm-up
+            for name in order:
                 proc, base = services[name]
                 cpu[name].append(cpu_per_request(proc, base, args.cpu_rate, args.seconds))
-            print(f"round {r + 1}: CPU per request on {cpu['on'][-1] * 1e6:.0f} us, "
-                  f"off {cpu['off'][-1] * 1e6:.0f} us")
-        on_cpu, off_cpu = statistics.median(cpu["on"]), statistics.median(cpu["off"])
-        print(f"median CPU per request: on {on_cpu * 1e6:.0f} us, off {off_cpu * 1e6:.0f} us; "
-              f"throughput ratio on/off from CPU = {off_cpu / on_cpu:.3f}")
-        for r in range(args.rounds):
-            order = ("on", "off") if r % 2 == 0 else ("off", "on")
             for name in order:
                 rates[name].append(asyncio.run(drive(services[name][1], args.seconds,
                                                      args.concurrency)))
-            on, off = rates["on"][-1], rates["off"][-1]
-            print(f"round {r + 1}: quality on {on:.0f} req/s, "
-                  f"off {off:.0f} req/s, ratio {on / off:.3f}")
+        print(f"round {r + 1} ({', '.join(order)}): CPU per request on "
+              f"{cpu['on'][-1] * 1e6:.0f} us, off {cpu['off'][-1] * 1e6:.0f} us; "
+              f"closed loop on {rates['on'][-1]:.0f} req/s, off {rates['off'][-1]:.0f} req/s",
+              flush=True)
+    on_cpu, off_cpu = statistics.median(cpu["on"]), statistics.median(cpu["off"])
+    cpu_ratios = [b / a for a, b in zip(cpu["on"], cpu["off"], strict=True)]
+    print(f"median CPU per request: on {on_cpu * 1e6:.0f} us, off {off_cpu * 1e6:.0f} us; "
+          f"throughput ratio on/off from CPU = {off_cpu / on_cpu:.3f}, median of per-round "
+          f"ratios {statistics.median(cpu_ratios):.3f}")
     on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
     ratios = [a / b for a, b in zip(rates["on"], rates["off"], strict=True)]
     print(f"median: on {on:.0f} req/s, off {off:.0f} req/s; "
