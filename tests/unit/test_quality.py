@@ -1,16 +1,20 @@
+import asyncio
 import gc
+import os
 import sys
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from inferwatch.metrics import quality
 from inferwatch.metrics.quality import (
     FeatureReference,
     FeedbackStore,
     QualityMetrics,
     QualityMonitor,
     QualityReference,
+    QualityWorker,
     RequestIds,
     answer_key,
     psi,
@@ -187,6 +191,48 @@ def test_request_ids_are_random_and_come_with_their_keys() -> None:
     assert store.lookup(drawn[2][0]) == "unknown_request_id"
     assert store._next == 3  # the row without an id is not kept
     assert answer_key("req-1") == hash("req-1") and answer_key("0" * 16) == 0
+    assert answer_key("f" * 16) == -1 and answer_key("F" * 16) == hash("F" * 16)
+    # An id whose key is that of an empty slot finds none.
+    assert store.lookup(f"{quality._NO_ID & (2**64 - 1):016x}") == "unknown_request_id"
+
+
+def test_request_ids_drawn_after_a_fork_are_the_childs_own() -> None:
+    ids = RequestIds()
+    ids.new()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, to the parent
+        os.write(write, ids.new()[0].encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 64).decode() != ids.new()[0]
+
+
+def test_a_defer_that_fails_adds_nothing_and_the_worker_goes_on() -> None:
+    store = FeedbackStore(capacity=4)
+    for bad in ([2**63], [1.5]):  # beyond int64; not an id
+        with pytest.raises((OverflowError, TypeError)):
+            store.defer("m", bad, np.array([[0.5, 0.5]]))
+    assert store._deferred == {} and store._deferred_rows == 0
+    store.defer("m", ["a"], np.array([[0.5, 0.5]]))
+    store.settle()
+    assert store.lookup("a") != "unknown_request_id"
+
+    flushed = []
+
+    def failing() -> None:
+        flushed.append(1)
+        raise RuntimeError("a broken job")
+
+    async def run() -> None:
+        worker = QualityWorker([], interval=0.01)
+        worker.jobs = [failing]
+        worker.start()
+        await asyncio.sleep(0.1)
+        await worker.stop()  # its last flush too: logged, not raised
+
+    asyncio.run(run())
+    assert len(flushed) > 2  # kept flushing after the first failure
 
 
 def test_digit_features_are_the_per_image_statistics_they_name() -> None:

@@ -2,7 +2,8 @@
 against a training reference, and accuracy from labelled feedback.
 
 The batcher appends each batch's inputs and outputs to a queue; a task on the event loop
-folds the queue into the metrics ten times a second, so a request pays almost nothing.
+folds the queue into the metrics ten times a second, so a request pays almost nothing. The
+drift (PSI) of the window is computed when a scrape asks for it.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import array
 import asyncio
 import collections
+import logging
 import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +38,8 @@ from inferwatch.metrics.exposition import (
     families_text,
     histogram_text,
 )
+
+log = logging.getLogger("inferwatch.metrics.quality")
 
 CONFIDENCE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(2, 21))
 INTENSITY_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
@@ -314,14 +319,19 @@ class QualityWorker:
 
     async def stop(self) -> None:
         await self._task.stop()
-        for job in self.jobs:
-            job()
+        self._run_jobs()
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            for job in self.jobs:
+            self._run_jobs()
+
+    def _run_jobs(self) -> None:
+        for job in self.jobs:
+            try:
                 job()
+            except Exception:  # the next flush may succeed; a dead task would never flush
+                log.exception("quality flush failed")
 
 
 @dataclass(frozen=True)
@@ -341,13 +351,14 @@ class RequestIds:
     W3C trace context's span id), drawn from the OS 4,096 at a time; 0.26 us an id where
     ``uuid.uuid4().hex`` took 1.5. :meth:`new` hands each out with its key in a
     :class:`FeedbackStore` (:func:`answer_key`), the same bits as a signed integer, so the
-    store never hashes an id the service drew itself. One per process: the ids are drawn
-    lazily, so a process forked before the first one draws its own.
+    store never hashes an id the service drew itself. A process forked from one that drew
+    ids draws its own, never the rest of its parent's.
     """
 
     def __init__(self) -> None:
         self._keys = array.array("q")
         self._next = 0
+        _DRAWING.add(self)
 
     def new(self) -> tuple[str, int]:
         if self._next == len(self._keys):
@@ -357,9 +368,21 @@ class RequestIds:
         return f"{key & _UINT64:016x}", key
 
 
+_DRAWING: weakref.WeakSet[RequestIds] = weakref.WeakSet()
+
+
+def _forget_drawn() -> None:
+    for ids in _DRAWING:
+        ids._keys, ids._next = array.array("q"), 0
+
+
+os.register_at_fork(after_in_child=_forget_drawn)
+
+
 def answer_key(request_id: str) -> int:
     """What an answer given under ``request_id`` is kept under in a :class:`FeedbackStore`:
-    the bits of an id of the form :class:`RequestIds` draws, the ``hash()`` of any other."""
+    the bits of an id of the form :class:`RequestIds` draws (16 lowercase hex digits, drawn
+    or sent by a client), the ``hash()`` of any other."""
     if len(request_id) == 16 and _DRAWN_ID.fullmatch(request_id):
         key = int(request_id, 16)
         return key - (1 << 64) if key >> 63 else key
@@ -427,14 +450,14 @@ class FeedbackStore:
             probabilities = probabilities.reshape(len(ids), -1)
         if len(probabilities) != len(ids):
             raise ValueError(f"{len(ids)} ids for {len(probabilities)} answers")
-        group = self._deferred.get((model, probabilities.shape[1]))
-        if group is None:
-            group = self._deferred[model, probabilities.shape[1]] = (array.array("q"), [])
+        key = (model, probabilities.shape[1])
+        group = self._deferred.get(key) or (array.array("q"), [])
         try:  # a list of the keys the service drew with its ids: 20 ns each
             group[0].fromlist(ids)  # type: ignore[arg-type]
         except TypeError:  # ids, rows without one, or not a list; nothing was added
-            group[0].fromlist([_key(i) for i in ids])
+            group[0].fromlist([_key(i) for i in ids])  # raises with nothing added, too
         group[1].append((probabilities, time.monotonic()))
+        self._deferred[key] = group
         self._deferred_rows += len(ids)
         if self._deferred_rows >= self.capacity:
             self.settle()
@@ -456,11 +479,13 @@ class FeedbackStore:
                 tops = np.argsort(rows, axis=1)[:, ::-1][:, :self.top_k]
                 self._store(model, key, tops, at)
 
-    def remember(self, request_id: str, model: str, top: Sequence[int] | np.ndarray) -> None:
-        """Keep the answer for ``request_id`` (replacing an earlier one with that id)."""
+    def remember(self, request_id: str | int, model: str,
+                 top: Sequence[int] | np.ndarray) -> None:
+        """Keep the answer for ``request_id``, an id or the key :meth:`RequestIds.new` gave
+        with one (replacing an earlier answer under it)."""
         self.settle()  # deferred answers came first
         classes = np.asarray(top, dtype=np.int64)[None, :self.top_k]
-        self._store(model, np.array([answer_key(request_id)], np.int64), classes,
+        self._store(model, np.array([_key(request_id)], np.int64), classes,
                     np.array([time.monotonic()]))
 
     def _store(self, model: str, keys: np.ndarray, tops: np.ndarray, at: np.ndarray) -> None:
