@@ -212,7 +212,7 @@ def asgi_rounds(names: list[str], flags: dict[str, list[str]], model: str, paylo
     sent = requests // 16 * 16  # drive's clients share them out evenly
 
     def settle(app: Any) -> None:
-        """What the service's quality task would do with this app's traffic within 0.1 s."""
+        """What the service's quality task would do with this app's traffic in its time."""
         for d in app.service.deployments.values():
             if d.quality is not None:
                 d.quality.flush()

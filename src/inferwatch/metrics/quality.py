@@ -2,7 +2,7 @@
 against a training reference, and accuracy from labelled feedback.
 
 The batcher appends each batch's inputs and outputs to a queue; a task on the event loop
-folds the queue into the metrics ten times a second, so a request pays almost nothing. The
+folds the queue into the metrics four times a second, so a request pays almost nothing. The
 drift (PSI) of the window is computed when a scrape asks for it.
 """
 
@@ -301,12 +301,15 @@ class QualityWorker:
 
     On the loop, not in a thread: a thread's flushes contend with the loop for the GIL at
     every numpy call, and cost two to five times the CPU of the same flushes on the loop
-    (10-40 ms against 4.5 ms for about 8,000 samples). A flush of 0.1 s of traffic holds
-    the loop for about a millisecond.
+    (10-40 ms against 4.5 ms for about 8,000 samples). Every 0.25 s: each flush leaves the
+    caches cold for the requests after it, and flushing every 0.1 s cost the digits service
+    about 0.2 us a request more (0.02 s: 0.3 us; 0.5 and 1 s saved little more;
+    bench/overhead.py --asgi). A flush of 0.25 s of saturating traffic, about 3,000 digits,
+    holds the loop for about 0.6 ms.
     """
 
     def __init__(self, monitors: Sequence[QualityMonitor],
-                 feedback: FeedbackStore | None = None, interval: float = 0.1) -> None:
+                 feedback: FeedbackStore | None = None, interval: float = 0.25) -> None:
         self.jobs: list[Callable[[], None]] = [m.flush for m in monitors]
         if feedback is not None:
             self.jobs.append(feedback.settle)
