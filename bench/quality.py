@@ -13,11 +13,11 @@ Two measures, both side by side in one run:
 Every round starts the service twice (`--quality` and `--no-quality`, each on its own port,
 with PYTHONHASHSEED=0), measures both, then stops them: a process keeps its memory layout
 for life, and one pair kept for a whole run measured quality tracking at 0.831x by CPU where
-fresh pairs gave about 1. Within a round each is driven in turn, the order alternating
-between rounds, with the open-loop load and then the same closed-loop client (aiohttp,
-keep-alive, N requests in flight, PNG digits to /predictions/digits). Prints each round and
-the medians (a burst of load from elsewhere on the machine hits one round's ratio, not the
-median).
+fresh pairs every round measured 0.976x. Within a round each is driven in turn, the order
+alternating between rounds, with the open-loop load and then the same closed-loop client
+(aiohttp, keep-alive, N requests in flight, PNG digits to /predictions/digits). Prints each
+round and the medians (a burst of load from elsewhere on the machine hits one round's
+ratio, not the median).
 
 Before that, in process: what the feedback store costs with its ring full (100,000
 answers), to store an answer (deferred a model call of 16 at a time, settled 1,200 at a time,

@@ -270,11 +270,12 @@ def parse_json(body: bytes) -> Any:
         raise InferenceError("invalid_json", f"invalid JSON: {exc}") from None
 
 
-def _request_id(request: Request, ids: RequestIds) -> tuple[str, str | int]:
-    """The request's id, and what its answer is kept under: the client's X-Request-ID, or
-    one drawn with its key."""
-    given = request.headers.get("x-request-id", "")
-    return (given, given) if _REQUEST_ID.fullmatch(given) else ids.new()
+def _request_id(request: Request, given_id: str | None,
+                ids: RequestIds) -> tuple[str, str | int]:
+    """The request's id, and what its answer is kept under: the id its body gave (checked
+    by the decoder), else its X-Request-ID, else one drawn with its key."""
+    given = given_id or request.headers.get("x-request-id", "")
+    return (given, given) if given_id or _REQUEST_ID.fullmatch(given) else ids.new()
 
 
 def _input_error(exc: InputError) -> InferenceError:
@@ -342,8 +343,7 @@ def create_app(
             start = time.perf_counter()
             await service.preprocess_faults()
             samples, given_id = decode(d.model, request, body)
-            request_id, key = ((given_id, given_id) if given_id
-                               else _request_id(request, service.request_ids))
+            request_id, key = _request_id(request, given_id, service.request_ids)
             result, preprocess = await service.infer(name, samples, start, key)
             post = time.perf_counter()
             await service.postprocess_faults()
