@@ -16,13 +16,16 @@ Six services, each its own process on its own port:
   to see what the recorder buys in the running service,
 - ``on-thread``: as ``on`` with two of quality tracking's changes of 2026-11-26 reverted:
   its flushes in a thread every 0.5 s, and each request sorting and storing its feedback
-  answer.
+  answer,
+- ``on-noanswers``: as ``on`` with no answer kept for labelled feedback (the feedback
+  store's share of quality tracking).
 
 ``--model resnet18`` serves resnet18 instead (one torch thread, a 224x224 PNG on the TorchServe
 route): what the same instrumentation costs beside a model call of tens of milliseconds.
-Every round starts fresh processes (PYTHONHASHSEED=0), since a process keeps its memory
-layout for life and two identical processes can differ by a few percent: over rounds that
-averages out: five identical ``off`` processes measured 0.985x-1.004x of the first. Each
+Every round starts fresh processes, with the round's own PYTHONHASHSEED (see
+harness.seed_round), since a process keeps its memory layout for life and two identical
+processes can differ by a few percent: over rounds that averages out: five identical
+``off`` processes measured 0.985x-1.004x of the first. Each
 round starts and drives every service in turn, the order rotating between rounds, with wrk
 (closed loop, --connections connections posting one OIP v2 digit, --seconds): requests/s,
 and the CPU seconds the service spent per request (user + system from /proc,
@@ -47,13 +50,15 @@ share that luck, so their ratios hold what their code does differently. What the
 the collector's passes over every live object and the caches, is shared by both sides of
 each ratio.
 
-``--asgi`` drives the services' ASGI apps (those made by flags) in this process, without
-HTTP: --requests posts of the same digit per service and round, 16 at a time, the rounds
-interleaved, CPU time per request from ``time.process_time``. No server, client or kernel
-shares the cores with them, so it resolves differences of a few tenths of a microsecond
-that the services' runs cannot; what it leaves out (uvicorn's HTTP, about a third of a
-request) is the same with metrics on and off, so the microseconds it finds are what the
-service pays, over a larger total.
+``--asgi`` drives the services' ASGI apps (those made by flags, and ``on-noanswers``) in
+this process, without HTTP: --requests posts of the same digit per service and round, 16 at
+a time, the rounds interleaved, CPU time per request from ``time.process_time``. No server,
+client or kernel shares the cores with them; what it leaves out (uvicorn's HTTP, about a
+third of a request) is the same with metrics on and off, so the microseconds it finds are
+what the service pays, over a larger total. Every round builds its apps afresh, in the
+round's order: an app keeps its objects' places in memory for life, and one kept through a
+whole run measured 0.3-0.4 us a request from another running the same code. Over 40 rounds
+a service's extra moves by about 0.2 us from run to run.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import shutil
 import statistics
@@ -76,7 +82,13 @@ from unittest import mock
 
 import numpy as np
 import uvicorn
-from harness import cpu_seconds, free_port, running, wait_ready  # bench/, next to this
+from harness import (  # bench/, next to this
+    cpu_seconds,
+    free_port,
+    running,
+    seed_round,
+    wait_ready,
+)
 from prometheus_client import CollectorRegistry, Histogram
 from quantiles import resnet18_payloads
 
@@ -89,8 +101,9 @@ from inferwatch.serve.app import ServeConfig, create_app, prepare_serving_proces
 
 SERVICES = {"on": [], "on-noq": ["--no-quality"], "off": ["--no-metrics"],
             "off-again": ["--no-metrics"], "noq-percall": ["--per-call", "--no-quality"],
-            "on-thread": ["--thread-quality"]}
+            "on-thread": ["--thread-quality"], "on-noanswers": ["--no-answers"]}
 PER_CALL = "--per-call"  # bench only: every request's metric calls made as it ends
+NO_ANSWERS = "--no-answers"  # bench only: no answer kept for feedback
 ONE_PROCESS = "--one-process"
 SERVE_ALL = "--serve-all"  # the process of --one-process: several services, see serve_all
 THREAD_QUALITY = "--thread-quality"  # bench only: see thread_quality
@@ -140,7 +153,16 @@ def thread_quality() -> contextlib.ExitStack:
     return patches
 
 
-LAUNCHERS = {PER_CALL: per_call, THREAD_QUALITY: thread_quality}
+def keep_no_answer(*_: Any) -> None:
+    """FeedbackStore.defer for ``on-noanswers``."""
+
+
+def no_answers() -> contextlib.AbstractContextManager[object]:
+    return mock.patch.object(FeedbackStore, "defer", keep_no_answer)
+
+
+LAUNCHERS = {PER_CALL: per_call, THREAD_QUALITY: thread_quality, NO_ANSWERS: no_answers}
+IN_PROCESS = {NO_ANSWERS}  # launchers --asgi applies to one app
 
 
 def serve_config(flags: list[str], model: str) -> ServeConfig:
@@ -148,6 +170,8 @@ def serve_config(flags: list[str], model: str) -> ServeConfig:
     config = ServeConfig(models=(model,))
     given = iter(flags)
     for flag in given:
+        if flag == NO_ANSWERS:
+            continue  # see app_for
         if flag in ("--quality", "--no-quality", "--metrics", "--no-metrics"):
             setattr(config, flag.removeprefix("--").removeprefix("no-"),
                     not flag.startswith("--no-"))
@@ -218,24 +242,33 @@ def asgi_rounds(names: list[str], flags: dict[str, list[str]], model: str, paylo
                 d.quality.flush()
         app.service.feedback.settle()
 
+    def app_for(name: str) -> Any:
+        app = create_app(serve_config(flags[name], model))
+        if NO_ANSWERS in flags[name]:
+            app.service.feedback.defer = keep_no_answer  # type: ignore[method-assign,assignment]
+        return app
+
     async def run() -> dict[str, list[float]]:
-        apps = {n: create_app(serve_config(flags[n], model)) for n in names}
         cpu: dict[str, list[float]] = {n: [] for n in names}
-        async with contextlib.AsyncExitStack() as stack:
-            for app in apps.values():
-                await stack.enter_async_context(app.service.lifespan(app.starlette))
-            prepare_serving_process()
-            for app in apps.values():  # warm-up
-                await drive(app, payload, min(requests, 2000))
-            for r in range(rounds):
-                order = names[r % len(names):] + names[:r % len(names)]
+        for r in range(rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            apps = {n: app_for(n) for n in order}  # fresh every round: see the docstring
+            async with contextlib.AsyncExitStack() as stack:
+                for app in apps.values():
+                    await stack.enter_async_context(app.service.lifespan(app.starlette))
+                prepare_serving_process()
+                for app in apps.values():  # warm-up
+                    await drive(app, payload, min(requests, 2000))
                 for n in order:
                     started = time.process_time()
                     await drive(apps[n], payload, requests)
                     settle(apps[n])  # its quality work, not the next service's
                     cpu[n].append((time.process_time() - started) / sent)
-                print(f"round {r + 1} ({', '.join(order)}): " + "; ".join(
-                    f"{n} {cpu[n][-1] * 1e6:.1f} us/req" for n in names), flush=True)
+            gc.unfreeze()  # this round's apps may go, cycles included
+            del apps
+            gc.collect()
+            print(f"round {r + 1} ({', '.join(order)}): " + "; ".join(
+                f"{n} {cpu[n][-1] * 1e6:.1f} us/req" for n in names), flush=True)
         return cpu
 
     # serve's kind of loop (uvloop where installed); the config's app is never called
@@ -244,11 +277,11 @@ def asgi_rounds(names: list[str], flags: dict[str, list[str]], model: str, paylo
         cpu = runner.run(run())
     off = statistics.median(cpu["off"])
     print(f"\n{model}: in process, no HTTP, medians of {rounds} rounds of {sent} requests:")
-    print(f"{'service':>9} {'CPU/req':>9} {'extra':>8} {'ratio':>6} {'per-round':>9}")
+    print(f"{'service':>12} {'CPU/req':>9} {'extra':>8} {'ratio':>6} {'per-round':>9}")
     for n in names:
         c = statistics.median(cpu[n])
         per_round = statistics.median(b / a for a, b in zip(cpu[n], cpu["off"], strict=True))
-        print(f"{n:>9} {c * 1e6:>6.1f} us {(c - off) * 1e6:>+5.2f} us {off / c:>6.3f} "
+        print(f"{n:>12} {c * 1e6:>6.1f} us {(c - off) * 1e6:>+5.2f} us {off / c:>6.3f} "
               f"{per_round:>9.3f}")
     print("ratio: off's CPU per request / this one's; per-round: the median of the rounds' "
           "ratios")
@@ -358,7 +391,6 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install -y wrk")
     os.environ.setdefault("INFERWATCH_TORCH_THREADS", "1")  # the services share two cores
-    os.environ.setdefault("PYTHONHASHSEED", "0")  # the same dict layouts in every service
     payload = (build_payloads("v2")[0] if args.model == "digits"
                else resnet18_payloads(1)[0])  # the 8x8 digits are below resnet18's minimum
     tmp = Path(tempfile.mkdtemp(prefix="iw-bench-overhead-"))
@@ -370,12 +402,14 @@ def main() -> None:
 
     metric_updates()
     chosen = (args.services.split(",") if args.services else
-              [n for n, f in SERVICES.items() if not set(f) & set(LAUNCHERS)]
+              [n for n, f in SERVICES.items()
+               if not set(f) & (set(LAUNCHERS) - (IN_PROCESS if args.asgi else set()))]
               if args.one_process or args.asgi else list(SERVICES))
     names = [n for n in SERVICES if n in {*chosen, "off"}]
     flags = {n: SERVICES[n] for n in names}
     if (args.one_process or args.asgi) and (args.against or any(
-            f in LAUNCHERS for n in names for f in flags[n])):
+            f in LAUNCHERS and not (args.asgi and f in IN_PROCESS)
+            for n in names for f in flags[n])):
         sys.exit(f"{ONE_PROCESS} and --asgi take services made by flags, and no --against")
     sources: dict[str, Path] = {}
     if args.against:
@@ -392,6 +426,7 @@ def main() -> None:
     wrk_cpu: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
+        seed_round(r)
         with contextlib.ExitStack() as stack:  # fresh processes every round
             services = {}
             ports = {name: free_port() for name in order}

@@ -11,13 +11,13 @@ Two measures, both side by side in one run:
 2. Wall-clock throughput at saturation, as below.
 
 Every round starts the service twice (`--quality` and `--no-quality`, each on its own port,
-with PYTHONHASHSEED=0), measures both, then stops them: a process keeps its memory layout
-for life, and one pair kept for a whole run measured quality tracking at 0.831x by CPU where
-fresh pairs every round measured 0.976x. Within a round each is driven in turn, the order
-alternating between rounds, with the open-loop load and then the same closed-loop client
-(aiohttp, keep-alive, N requests in flight, PNG digits to /predictions/digits). Prints each
-round and the medians (a burst of load from elsewhere on the machine hits one round's
-ratio, not the median).
+with the round's own PYTHONHASHSEED, see harness.seed_round), measures both, then stops
+them: a process keeps its memory layout for life, and one pair kept for a whole run
+measured quality tracking at 0.831x by CPU where fresh pairs every round measured 0.976x.
+Within a round each is driven in turn, the order alternating between rounds, with the
+open-loop load and then the same closed-loop client (aiohttp, keep-alive, N requests in
+flight, PNG digits to /predictions/digits). Prints each round and the medians (a burst of
+load from elsewhere on the machine hits one round's ratio, not the median).
 
 Before that, in process: what the feedback store costs with its ring full (100,000
 answers), to store an answer (deferred a model call of 16 at a time, settled 1,200 at a time,
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import timeit
 
 import aiohttp
 import numpy as np
-from harness import cpu_seconds, free_port, running  # bench/, next to this script
+from harness import cpu_seconds, free_port, running, seed_round  # bench/, next to this
 
 from inferwatch.metrics.quality import FeedbackStore, RequestIds
 from inferwatch.operate.load import LoadPlan, build_payloads, run_load_sync
@@ -118,11 +117,11 @@ def main() -> None:
     parser.add_argument("--cpu-rate", type=float, default=800)
     args = parser.parse_args()
     feedback_store()
-    os.environ.setdefault("PYTHONHASHSEED", "0")  # the same dict layouts in every service
     cpu: dict[str, list[float]] = {"on": [], "off": []}
     rates: dict[str, list[float]] = {"on": [], "off": []}
     for r in range(args.rounds):
         order = ("on", "off") if r % 2 == 0 else ("off", "on")
+        seed_round(r)
         with contextlib.ExitStack() as stack:  # fresh processes: each keeps its layout for life
             services = {}
             for name in order:
