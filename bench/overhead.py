@@ -318,6 +318,14 @@ def wrk(pid: int, url: str, script: Path, connections: int,
     return rate, cpu / max(count, 1)
 
 
+def median_interval(ratios: list[float], draws: int = 10_000) -> tuple[float, float]:
+    """A 95% bootstrap interval of the median of ``ratios``: the median of as many rounds,
+    drawn again with replacement, ``draws`` times."""
+    medians = np.median(np.random.default_rng(0).choice(ratios, (draws, len(ratios))), axis=1)
+    low, high = np.percentile(medians, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def metric_updates(rounds: int = 7, number: int = 20_000) -> None:
     """In process: one request's accounting, per call (stock and deferred histograms) and as
     a recorder's record."""
@@ -461,18 +469,20 @@ def main() -> None:
           f"{args.seconds:g} s{', --max-batch-size ' + str(args.max_batch_size) if extra else ''}"
           f"{', one process' if args.one_process else ''}):")
     width = max(9, *map(len, names))
-    print(f"{'service':>{width}} {'req/s':>7} {'ratio':>6} {'per-round':>9} {'CPU/req':>9} "
-          f"{'ratio':>6} {'per-round':>9}")
+    print(f"{'service':>{width}} {'req/s':>7} {'ratio':>6} {'per-round':>9} {'95% interval':>12} "
+          f"{'CPU/req':>9} {'ratio':>6} {'per-round':>9}")
     off_rps, off_cpu = statistics.median(rps["off"]), statistics.median(wrk_cpu["off"])
     for n in names:
         t, c = statistics.median(rps[n]), statistics.median(wrk_cpu[n])
-        rate_rounds = statistics.median(a / b for a, b in zip(rps[n], rps["off"], strict=True))
+        ratios = [a / b for a, b in zip(rps[n], rps["off"], strict=True)]
+        low, high = median_interval(ratios)
         cpu_rounds = statistics.median(b / a for a, b in zip(wrk_cpu[n], wrk_cpu["off"],
                                                               strict=True))
-        print(f"{n:>{width}} {t:>7.0f} {t / off_rps:>6.3f} {rate_rounds:>9.3f} {c * 1e6:>6.0f} us "
-              f"{off_cpu / c:>6.3f} {cpu_rounds:>9.3f}")
+        print(f"{n:>{width}} {t:>7.0f} {t / off_rps:>6.3f} {statistics.median(ratios):>9.3f} "
+              f"{low:>6.3f}-{high:.3f} {c * 1e6:>6.0f} us {off_cpu / c:>6.3f} {cpu_rounds:>9.3f}")
     print("ratio: throughput relative to off, req/s / off's and off's CPU per request / this "
-          "one's; per-round: the median of the rounds' ratios")
+          "one's; per-round: the median of the rounds' ratios; 95% interval: of the req/s "
+          "per-round median, rounds drawn again with replacement")
     if args.against:
         subprocess.run(["git", "worktree", "remove", "--force", str(tmp / "against")],
                        check=True, cwd=Path(__file__).parent)
