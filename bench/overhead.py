@@ -5,7 +5,7 @@
                              [--services on,on-noq,...] [--against REV] [--one-process]
                              [--asgi [--requests 8000]]
 
-Six services, each its own process on its own port:
+Seven services, each its own process on its own port:
 - ``on``: the default (`inferwatch serve`: metrics and quality tracking),
 - ``on-noq``: metrics without quality tracking (`--no-quality`),
 - ``off``: `--no-metrics` (no recorder, no instrument call per request, no /metrics),
