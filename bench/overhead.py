@@ -170,8 +170,6 @@ def serve_config(flags: list[str], model: str) -> ServeConfig:
     config = ServeConfig(models=(model,))
     given = iter(flags)
     for flag in given:
-        if flag == NO_ANSWERS:
-            continue  # see app_for
         if flag in ("--quality", "--no-quality", "--metrics", "--no-metrics"):
             setattr(config, flag.removeprefix("--").removeprefix("no-"),
                     not flag.startswith("--no-"))
@@ -243,7 +241,7 @@ def asgi_rounds(names: list[str], flags: dict[str, list[str]], model: str, paylo
         app.service.feedback.settle()
 
     def app_for(name: str) -> Any:
-        app = create_app(serve_config(flags[name], model))
+        app = create_app(serve_config([f for f in flags[name] if f not in IN_PROCESS], model))
         if NO_ANSWERS in flags[name]:
             app.service.feedback.defer = keep_no_answer  # type: ignore[method-assign,assignment]
         return app
