@@ -43,6 +43,7 @@ from inferwatch.metrics.quality import (
     QualityMonitor,
     QualityWorker,
     RequestIds,
+    answer_key,
 )
 from inferwatch.models import InputError, ServedModel, decode_image, load_model
 from inferwatch.serve.batching import BatchResult, MicroBatcher, QueueFullError
@@ -271,11 +272,13 @@ def parse_json(body: bytes) -> Any:
 
 
 def _request_id(request: Request, given_id: str | None,
-                ids: RequestIds) -> tuple[str, str | int]:
-    """The request's id, and what its answer is kept under: the id its body gave (checked
-    by the decoder), else its X-Request-ID, else one drawn with its key."""
+                ids: RequestIds) -> tuple[str, int]:
+    """The request's id, and the key its answer is kept under (:func:`answer_key`): the id
+    its body gave (checked by the decoder), else its X-Request-ID, else one drawn with its
+    key."""
     given = given_id or request.headers.get("x-request-id", "")
-    return (given, given) if given_id or _REQUEST_ID.fullmatch(given) else ids.new()
+    return (given, answer_key(given)) if given_id or _REQUEST_ID.fullmatch(given) \
+        else ids.new()
 
 
 def _input_error(exc: InputError) -> InferenceError:
