@@ -146,8 +146,8 @@ def test_middleware_counts_statuses_and_reasons_from_state() -> None:
 
 
 def test_recorder_records_fold_into_the_same_series_as_per_call_observations() -> None:
-    """A RequestRecorder's records, folded at collection, read exactly as the per-call path
-    would have written them."""
+    """A RequestRecorder's records, from ``succeeded`` or ``append(pack(...))`` and folded
+    at collection, read exactly as the per-call path would have written them."""
     from inferwatch.metrics.instruments import _SharedRecorder
 
     timings = [(0.004, 1e-4, 2e-4, 3e-3, 5e-5), (0.02, 2e-3, 1e-3, 0.015, 1e-4),
@@ -163,9 +163,14 @@ def test_recorder_records_fold_into_the_same_series_as_per_call_observations() -
             recorder = recorders["ab"[i % 2]]
             recorder.active += 1
             recorder.batch(1 + i % 3)
-            # stand-ins for the perf_counter readings: "now" is read inside
-            with unittest.mock.patch("time.perf_counter", return_value=1000.0):
-                recorder.succeeded(1000.0 - total, pre, queue, compute, 1000.0 - post)
+            # stand-ins for the perf_counter readings: "now" is read inside succeeded, and
+            # given to pack (serve's handler: the same record without a Python call)
+            if i % 4:
+                with unittest.mock.patch("time.perf_counter", return_value=1000.0):
+                    recorder.succeeded(1000.0 - total, pre, queue, compute, 1000.0 - post)
+            else:
+                recorder.append(recorder.pack(1000.0 - total, pre, queue, compute,
+                                              1000.0 - post, 1000.0))
             recorder.active -= 1
         recorders["a"].active += 1  # one request still in flight
         metrics.observe_request("b", 503, 0.0, "overloaded")  # failures go per call

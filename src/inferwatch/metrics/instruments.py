@@ -29,11 +29,15 @@ UNKNOWN_MODEL = "_unknown"
 
 STAGES = ("queue", "preprocess", "compute", "postprocess")
 _RECORDED_STAGES = ("preprocess", "queue", "compute", "postprocess")  # RequestRecorder's order
-_RECORD = 2 + len(_RECORDED_STAGES)  # model index, seconds, the stages
+_RECORD = 2 + len(_RECORDED_STAGES)  # model index, seconds, the stages: what is folded
+# What is appended: the model index, then the handler's readings as they come (started,
+# preprocess, queue, compute, postprocess started, finished); the differences are taken
+# at the fold, with numpy.
+_RAW_RECORD = 7
 _FOLD_AT = 4096  # records waiting for a scrape; bounds memory between scrapes
 # A record packed to bytes and appended with one frombytes: half the cost of extending the
 # array with a tuple, which converts and appends number by number.
-_pack_record = struct.Struct(f"{_RECORD}d").pack
+_pack_record = struct.Struct(f"{_RAW_RECORD}d").pack
 _pack_batch = struct.Struct("2q").pack
 
 # Status codes an inference service answers with; anything else is reported by class.
@@ -103,7 +107,7 @@ class InferenceMetrics:
         labels = ("model", "version")
         self.shared = bool(getattr(values.ValueClass, "_multiprocess", False))
         # What RequestRecorders append, folded into the series below by `fold`.
-        self._records = array.array("d")  # _RECORD numbers per request
+        self._records = array.array("d")  # _RAW_RECORD numbers per request
         self._batches = array.array("q")  # model index, size
         self._recorders: list[RequestRecorder] = []
         self._fold_lock = threading.Lock()
@@ -330,7 +334,7 @@ class InferenceMetrics:
             records, batches = self._records[:n], self._batches[:m]
             del self._records[:n], self._batches[:m]
             if records:
-                self._fold_records(np.frombuffer(records).reshape(-1, _RECORD))
+                self._fold_records(_durations(np.frombuffer(records).reshape(-1, _RAW_RECORD)))
             if batches:
                 sizes = np.frombuffer(batches, np.int64).reshape(-1, 2)
                 for i in np.unique(sizes[:, 0]):
@@ -410,9 +414,9 @@ class RequestRecorder:
     """Accounts for one model's requests by appending one record per request.
 
     For a service that times its own stages (``inferwatch serve``): a successful request is
-    one ``succeeded`` call, six numbers appended to an array, and ``active`` is a plain int
-    the handler adds to and takes from. The series are brought up to date when the registry
-    is collected (or every few thousand records), with numpy. Per call, as
+    one ``succeeded`` call, seven numbers appended to an array, and ``active`` is a plain
+    int the handler adds to and takes from. The series are brought up to date when the
+    registry is collected (or every few thousand records), with numpy. Per call, as
     :class:`MetricsMiddleware` and ``observe_*`` do it, the same accounting costs about
     9 us a request in ``serve``; this way about 1 (``bench/overhead.py``). Failed requests
     are rare: count them with :meth:`InferenceMetrics.observe_request`. An array rather
@@ -426,32 +430,52 @@ class RequestRecorder:
     >>> recorder.active -= 1
     >>> registry.get_sample_value("inference_requests_total", {"model": "m", "version": "1"})
     1.0
+
+    A handler that also calls :meth:`batch` for every model call may write
+    ``recorder.append(recorder.pack(<succeeded's arguments>, time.perf_counter()))``
+    instead: the same record, with no Python function called (``serve``'s handler; about
+    0.3 us a request less in ``serve``, ``bench/overhead.py --asgi``). ``batch`` then folds
+    the records when they grow too many, as ``succeeded`` does.
     """
 
-    __slots__ = ("_batches", "_index", "_metrics", "_records", "active", "model")
+    __slots__ = ("_batches", "_index", "_metrics", "_records", "active", "append", "model",
+                 "pack")
 
     def __init__(self, metrics: InferenceMetrics, model: str, index: int) -> None:
         self._metrics, self.model, self._index = metrics, model, index
         self._records, self._batches = metrics._records, metrics._batches
         self.active = 0  # requests in the handler; the in-flight gauge reads it
+        # A record as bytes, and its append: C calls only. The array is the same object
+        # for life (a fold empties it in place), so its bound method stays valid.
+        self.pack: Callable[..., Any] = functools.partial(_pack_record, float(index))
+        self.append: Callable[[Any], None] = self._records.frombytes
 
     def succeeded(self, started: float, preprocess: float, queue: float, compute: float,
                   postprocess_started: float) -> None:
         """A 200 for a request that began at ``started`` and spent ``preprocess``, ``queue``
         and ``compute`` seconds in those stages (``time.perf_counter`` times)."""
-        now = time.perf_counter()
-        records = self._records
-        records.frombytes(_pack_record(self._index, now - started, preprocess, queue, compute,
-                                       now - postprocess_started))
-        if len(records) >= _FOLD_AT * _RECORD:
+        self.append(self.pack(started, preprocess, queue, compute, postprocess_started,
+                              time.perf_counter()))
+        if len(self._records) >= _FOLD_AT * _RAW_RECORD:
             self._metrics.fold()
 
     def batch(self, size: int) -> None:
         """One model call on ``size`` samples."""
         batches = self._batches
         batches.frombytes(_pack_batch(self._index, size))
-        if len(batches) >= _FOLD_AT * 2:
+        if len(batches) >= _FOLD_AT * 2 or len(self._records) >= _FOLD_AT * _RAW_RECORD:
             self._metrics.fold()
+
+
+def _durations(raw: np.ndarray) -> np.ndarray:
+    """Appended records (``_RAW_RECORD`` readings each) as folded ones: the model index,
+    the request's seconds, and its seconds in each of ``_RECORDED_STAGES``."""
+    records = np.empty((len(raw), _RECORD))
+    records[:, 0] = raw[:, 0]
+    records[:, 1] = raw[:, 6] - raw[:, 1]
+    records[:, 2:5] = raw[:, 2:5]
+    records[:, 5] = raw[:, 6] - raw[:, 5]
+    return records
 
 
 class _SharedRecorder(RequestRecorder):
@@ -463,6 +487,8 @@ class _SharedRecorder(RequestRecorder):
     def __init__(self, metrics: InferenceMetrics, model: str, gauge: Any) -> None:
         self._gauge, self._active = gauge, 0
         super().__init__(metrics, model, -1)
+        self.pack = lambda *readings: readings
+        self.append = self._observe
 
     @property
     def active(self) -> int:
@@ -475,7 +501,11 @@ class _SharedRecorder(RequestRecorder):
 
     def succeeded(self, started: float, preprocess: float, queue: float, compute: float,
                   postprocess_started: float) -> None:
-        now = time.perf_counter()
+        self._observe((started, preprocess, queue, compute, postprocess_started,
+                       time.perf_counter()))
+
+    def _observe(self, readings: tuple[float, ...]) -> None:
+        started, preprocess, queue, compute, postprocess_started, now = readings
         self._metrics.observe_request(self.model, 200, now - started)
         self._metrics.observe_stages(self.model, zip(_RECORDED_STAGES, (
             preprocess, queue, compute, now - postprocess_started), strict=True))

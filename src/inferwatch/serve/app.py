@@ -332,8 +332,9 @@ def create_app(
     async def answer(request: Request, decode: Decoder, respond: Responder) -> Response:
         """An inference route: the parts its protocol does not change, timed and counted.
 
-        A success is one record (:class:`RequestRecorder`); a failure is counted by the
-        exception handlers below, from the route's path.
+        A success is one record (:class:`RequestRecorder`), kept in bounds by the batch
+        observer's ``recorder.batch`` per model call; a failure is counted by the exception
+        handlers below, from the route's path.
         """
         name = request.path_params["model"]
         d = service.deployment(name)
@@ -351,9 +352,10 @@ def create_app(
             post = time.perf_counter()
             await service.postprocess_faults()
             response = respond(d.model, result.probabilities, request_id)
-            if recorder is not None:
-                recorder.succeeded(started, preprocess, result.queue_seconds,
-                                   result.compute_seconds, post)
+            if recorder is not None:  # RequestRecorder.succeeded, without a Python call
+                recorder.append(recorder.pack(started, preprocess, result.queue_seconds,
+                                              result.compute_seconds, post,
+                                              time.perf_counter()))
             return response
         finally:
             if recorder is not None:
