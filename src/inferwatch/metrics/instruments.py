@@ -454,9 +454,10 @@ class RequestRecorder:
                   postprocess_started: float) -> None:
         """A 200 for a request that began at ``started`` and spent ``preprocess``, ``queue``
         and ``compute`` seconds in those stages (``time.perf_counter`` times)."""
-        self.append(self.pack(started, preprocess, queue, compute, postprocess_started,
-                              time.perf_counter()))
-        if len(self._records) >= _FOLD_AT * _RAW_RECORD:
+        records = self._records
+        records.frombytes(_pack_record(self._index, started, preprocess, queue, compute,
+                                       postprocess_started, time.perf_counter()))
+        if len(records) >= _FOLD_AT * _RAW_RECORD:
             self._metrics.fold()
 
     def batch(self, size: int) -> None:
