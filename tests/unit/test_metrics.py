@@ -186,6 +186,24 @@ def test_recorder_records_fold_into_the_same_series_as_per_call_observations() -
     assert recorded['inference_stage_seconds_count{model="a",stage="queue",version="1"}'] == 1050
 
 
+def test_recorder_batch_folds_records_appended_without_succeeded() -> None:
+    """``append(pack(...))`` checks no bound; ``batch``, once per model call, folds the
+    records when they reach the bound, however many requests shared the calls."""
+    from inferwatch.metrics import instruments
+
+    registry = CollectorRegistry()
+    recorder = InferenceMetrics({"a": "1"}, registry=registry).recorder("a")
+    records, longest = recorder._records, 0
+    for _ in range(1000):  # 16 requests a model call: far fewer batches than records
+        recorder.batch(16)
+        for _ in range(16):
+            recorder.append(recorder.pack(1.0, 1e-4, 1e-4, 1e-4, 2.0, 2.0))
+        longest = max(longest, len(records))
+    bound = instruments._FOLD_AT * instruments._RAW_RECORD
+    assert bound <= longest < bound + 16 * instruments._RAW_RECORD
+    assert value(registry, "inference_requests_total", model="a", version="1") == 16_000
+
+
 def test_recorder_refuses_a_model_it_does_not_know() -> None:
     with pytest.raises(ValueError, match="unknown model"):
         InferenceMetrics(["a"], registry=CollectorRegistry()).recorder("b")

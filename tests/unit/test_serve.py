@@ -9,18 +9,20 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from inferwatch.models.digits import digit_png, heldout_digits
-from inferwatch.serve.app import ServeConfig, create_app
+from inferwatch.serve.app import ServeConfig, ServiceApp, create_app
 
 Client = httpx.AsyncClient
 
 
-def run_with_client(
-    test: Callable[[Client, CollectorRegistry], Coroutine[Any, Any, None]],
-    config: ServeConfig | None = None,
-) -> None:
-    registry = CollectorRegistry()
-    app = create_app(config or ServeConfig(), registry)
+Test = Callable[[Client, CollectorRegistry], Coroutine[Any, Any, None]]
 
+
+def run_with_client(test: Test, config: ServeConfig | None = None) -> None:
+    registry = CollectorRegistry()
+    run_app(test, create_app(config or ServeConfig(), registry), registry)
+
+
+def run_app(test: Test, app: ServiceApp, registry: CollectorRegistry) -> None:
     async def main() -> None:
         async with app.starlette.router.lifespan_context(app.starlette):
             transport = httpx.ASGITransport(app=app)
@@ -248,6 +250,34 @@ def test_quality_off_keeps_the_quality_series_empty() -> None:
                                     {"model": "digits", "version": "1"}) is None
 
     run_with_client(test, ServeConfig(quality=False))
+
+
+def test_records_are_folded_as_model_calls_go_without_a_scrape(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handler appends a record per success and the batch observer folds them: memory
+    stays bounded between scrapes, and every success is counted."""
+    from inferwatch.metrics import instruments
+
+    monkeypatch.setattr(instruments, "_FOLD_AT", 8)
+    registry = CollectorRegistry()
+    app = create_app(ServeConfig(), registry)
+    assert app.service.metrics is not None
+    records = app.service.metrics._records
+    png = digit_png(heldout_digits().images[0])
+
+    async def test(c: Client, reg: CollectorRegistry) -> None:
+        longest = 0
+        for _ in range(60):  # one model call each
+            assert (await c.post("/predictions/digits", content=png)).status_code == 200
+            longest = max(longest, len(records))
+        assert longest == 8 * instruments._RAW_RECORD  # folded at the next model call
+        answers = await asyncio.gather(*(c.post("/predictions/digits", content=png)
+                                         for _ in range(40)))
+        assert {r.status_code for r in answers} == {200}
+        assert count(reg, "inference_requests_total") == 100  # the scrape folds the rest
+        assert count(reg, "inference_stage_seconds_count", stage="postprocess") == 100
+
+    run_app(test, app, registry)
 
 
 def test_no_metrics_serves_predictions_without_instruments_or_metrics_route() -> None:

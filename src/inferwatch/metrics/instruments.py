@@ -433,9 +433,9 @@ class RequestRecorder:
 
     A handler that also calls :meth:`batch` for every model call may write
     ``recorder.append(recorder.pack(<succeeded's arguments>, time.perf_counter()))``
-    instead: the same record, with no Python function called (``serve``'s handler; about
-    0.3 us a request less in ``serve``, ``bench/overhead.py --asgi``). ``batch`` then folds
-    the records when they grow too many, as ``succeeded`` does.
+    instead: the same record, with no Python function called (``serve``'s handler: about
+    0.3 us a request less, in process, measured side by side; docs/benchmarks.md). ``batch``
+    then folds the records when they grow too many, as ``succeeded`` does.
     """
 
     __slots__ = ("_batches", "_index", "_metrics", "_records", "active", "append", "model",
