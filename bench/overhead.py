@@ -407,15 +407,16 @@ def main() -> None:
                       'wrk.body = f:read("*all")\nf:close()\n')
 
     metric_updates()
+    # Launchers patch a whole process: --one-process cannot take them, --asgi only those it
+    # applies to one app.
+    unusable = set(LAUNCHERS) - (IN_PROCESS if args.asgi else set())
     chosen = (args.services.split(",") if args.services else
-              [n for n, f in SERVICES.items()
-               if not set(f) & (set(LAUNCHERS) - (IN_PROCESS if args.asgi else set()))]
+              [n for n, f in SERVICES.items() if not set(f) & unusable]
               if args.one_process or args.asgi else list(SERVICES))
     names = [n for n in SERVICES if n in {*chosen, "off"}]
     flags = {n: SERVICES[n] for n in names}
     if (args.one_process or args.asgi) and (args.against or any(
-            f in LAUNCHERS and not (args.asgi and f in IN_PROCESS)
-            for n in names for f in flags[n])):
+            set(flags[n]) & unusable for n in names)):
         sys.exit(f"{ONE_PROCESS} and --asgi take services made by flags, and no --against")
     sources: dict[str, Path] = {}
     if args.against:
