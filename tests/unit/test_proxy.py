@@ -2,7 +2,10 @@
 
 import asyncio
 import contextlib
+import http.client
 import json
+import logging
+import re
 import socket
 import threading
 import time
@@ -31,6 +34,12 @@ CHUNK_GAP = 0.15
 
 @contextmanager
 def proxying(upstream: str, **options: Any) -> Iterator[tuple[str, CollectorRegistry]]:
+    with running_proxy(upstream, **options) as proxy:
+        yield f"http://127.0.0.1:{proxy.port}", proxy.registry
+
+
+@contextmanager
+def running_proxy(upstream: str, **options: Any) -> Iterator[ProxyServer]:
     """A ProxyServer on a free port, on its own event loop in a thread."""
     registry = CollectorRegistry()
     proxy = ProxyServer(ProxyConfig(upstream, port=0, **options), registry)
@@ -48,7 +57,7 @@ def proxying(upstream: str, **options: Any) -> Iterator[tuple[str, CollectorRegi
     thread.start()
     assert ready.wait(10)
     try:
-        yield f"http://127.0.0.1:{proxy.port}", registry
+        yield proxy
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
@@ -134,11 +143,12 @@ def test_counts_match_serve_exactly_on_every_route() -> None:
 
 
 def test_stream_is_passed_chunk_by_chunk_with_time_to_first_byte(upstream: Upstream) -> None:
-    with proxying(upstream.url, models=["llm"]) as (url, registry):
+    with proxying(upstream.url, models=["llm"]) as (url, registry), \
+            httpx.Client() as client:  # made before the clock starts: it takes up to 0.5 s
         arrivals = []
         start = time.perf_counter()
-        with httpx.stream("POST", f"{url}/v1/chat/completions",
-                          json={"model": "llm", "stream": True}) as response:
+        with client.stream("POST", f"{url}/v1/chat/completions",
+                           json={"model": "llm", "stream": True}) as response:
             assert response.status_code == 200
             assert response.headers["transfer-encoding"] == "chunked"
             for chunk in response.iter_raw():
@@ -281,11 +291,13 @@ def test_seed_route_decodes_base64_and_rejects_bad_input(upstream: Upstream) -> 
         assert r.status_code == 200 and r.json()["path"] == "/predictions/m"
         assert upstream.seen[-1]["body"] == b"hello"
         for body, reason in ((b"", "empty_body"), (b"{", "invalid_json"),
-                             (b'{"image": 1}', "invalid_json"),
+                             (b'{"image": 1}', "invalid_json"), (b"\xff\xfe\x00", "invalid_json"),
+                             (b"1" * 5000, "invalid_json"),
                              (b'{"image_base64": "@@"}', "invalid_image")):
             r = httpx.post(f"{url}/infer", content=body)
             assert r.status_code == 400 and r.json()["error"] == reason, body
-        assert value(registry, "inference_requests_total", "m", "") == 5
+            assert "0x" not in r.text and "\\x" not in r.text, r.text  # words, not bytes
+        assert value(registry, "inference_requests_total", "m", "") == 7
         assert json.loads(httpx.get(f"{url}/ping").text)["path"] == "/ping"
 
 
@@ -337,3 +349,116 @@ def test_discovery_waits_for_an_upstream_that_starts_later() -> None:
         server.should_exit = True
         serving_thread.join(10)
         sock.close()
+
+
+DEEP = b"[" * 1500 + b"]" * 1500  # 3 KB, deeper than Python's recursion limit
+
+
+def one_connection(url: str) -> http.client.HTTPConnection:
+    host, port = url.removeprefix("http://").split(":")
+    return http.client.HTTPConnection(host, int(port), timeout=10)
+
+
+def test_deep_json_is_a_client_error_on_a_connection_that_stays_usable(
+        upstream: Upstream, caplog: pytest.LogCaptureFixture) -> None:
+    with proxying(upstream.url, models=["m"]) as (url, registry):
+        conn = one_connection(url)
+        # A /v1 body the proxy cannot read for its model would crash a Python upstream too.
+        for path, body, model in (
+                ("/infer", DEEP, "m"),
+                ("/v1/chat/completions", b'{"model": "m", "messages": %s}' % DEEP, "_unknown")):
+            conn.request("POST", path, body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            assert (r.status, json.loads(r.read())) == (400, {
+                "code": 400, "error": "invalid_json", "message": "invalid JSON: nested too deeply"})
+            sock = conn.sock
+            conn.request("POST", "/predictions/m", b"x")
+            assert conn.getresponse().read() and conn.sock is sock  # kept alive, still usable
+            assert value(registry, "inference_error_reasons_total", model, "",
+                         reason="invalid_json") == 1
+            assert value(registry, "inference_errors_total", model, "") == 0
+            assert value(registry, "inference_in_flight_requests", model, "") == 0
+        conn.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_bug_in_the_proxy_is_answered_500_and_logged(
+        upstream: Upstream, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    with proxying(upstream.url, models=["m"]) as (url, registry):
+        for n, where in enumerate(("inferwatch.proxy.connection._copy_headers",
+                                   "inferwatch.proxy.exchange.Exchange.upstream_headers",
+                                   "inferwatch.proxy.connection.classify"), 1):
+            with monkeypatch.context() as patch:
+                patch.setattr(where, broken)
+                conn = one_connection(url)
+                conn.request("POST", "/predictions/m", b"x")
+                r = conn.getresponse()
+                assert (r.status, r.getheader("connection")) == (500, "close"), where
+                assert json.loads(r.read())["error"] == "proxy_internal"
+                conn.close()
+            failures = [r for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(failures) == n and failures[-1].exc_info, where  # once, with traceback
+            assert "proxy_internal" in failures[-1].getMessage()
+        # classify failing, the request has no model yet: logged and answered, not counted.
+        assert value(registry, "inference_error_reasons_total", "m", "",
+                     reason="proxy_internal") == 2
+        assert value(registry, "inference_errors_total", "m", "") == 2
+        assert value(registry, "inference_in_flight_requests", "m", "") == 0
+        assert httpx.post(f"{url}/predictions/m", content=b"x").status_code == 200
+
+
+def test_pipelined_requests_are_read_one_ahead(upstream: Upstream) -> None:
+    limit = 1 << 20
+    read_size = 256 << 10  # what the event loop reads at once: part of the request behind
+    with running_proxy(upstream.url, models=["m", "slow"], max_body_bytes=limit) as proxy:
+        loop = proxy.pool.loop if proxy.pool else None
+        assert loop is not None
+        peak = {"queued": 0, "bytes": 0}
+
+        def sample() -> None:  # on the proxy's loop, so it sees the state between reads
+            for client in proxy.clients:
+                partial = sum(map(len, client._body)) if client.current is not None else 0
+                peak["queued"] = max(peak["queued"], len(client.queue))
+                peak["bytes"] = max(peak["bytes"],
+                                    sum(len(ex.body) for ex in client.queue) + partial)
+            loop.call_later(0.002, sample)
+
+        loop.call_soon_threadsafe(sample)
+        models = [b"slow"] + [b"m"] * 5  # the first is answered after 1 s
+        requests = b"".join(
+            b"POST /predictions/%s?i=%d HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (
+                model, i, limit, b"x" * limit) for i, model in enumerate(models))
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as s:
+            s.sendall(requests)
+            received = b""
+            while received.count(b"HTTP/1.1 200 OK") < len(models) or not received.endswith(
+                    b"}"):
+                chunk = s.recv(65536)
+                assert chunk, received
+                received += chunk
+        assert [int(i) for i in re.findall(rb'"query":"i=(\d)"', received)] == list(
+            range(len(models)))  # answered in order
+        assert peak["queued"] == 1  # one request read ahead, no more
+        assert peak["bytes"] <= limit + read_size, peak
+
+
+def test_a_client_is_not_timed_while_the_proxy_does_not_read(upstream: Upstream) -> None:
+    with proxying(upstream.url, models=["m", "slow"], client_timeout=0.6) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        request = b"POST /predictions/%s HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n1"
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            # The third request's head comes in part with the second one, while the first
+            # (1 s) is active: the proxy stops reading, so its end waits unread, for longer
+            # than client_timeout, and the client is not to blame.
+            s.sendall(request % b"slow" + request % b"m" + b"POST /predictions/m HTTP/1.1\r\n")
+            time.sleep(0.2)
+            s.sendall(b"Host: x\r\nContent-Length: 1\r\n\r\n1")
+            received = b""
+            while received.count(b"HTTP/1.1 200 OK") < 3 or not received.endswith(b"}"):
+                chunk = s.recv(65536)
+                assert chunk, received
+                received += chunk

@@ -51,8 +51,8 @@ ERROR_REASONS = frozenset(
     {
         "invalid_json", "invalid_image", "invalid_shape", "empty_body", "body_too_large",
         "bad_request", "unsupported_media_type", "unknown_model", "method_not_allowed", "not_found",
-        "overloaded", "timeout", "internal", "injected", "upstream_connect",
-        "upstream_timeout", "upstream_5xx", "upstream_4xx", "client_closed",
+        "overloaded", "timeout", "internal", "injected", "upstream_connect", "proxy_internal",
+        "upstream_timeout", "upstream_5xx", "upstream_4xx", "client_closed", "image_too_large",
     }
 )
 

@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import json
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httptools
 
 from inferwatch.metrics.exposition import render_exposition
-from inferwatch.proxy.exchange import Exchange
+from inferwatch.proxy.exchange import Exchange, logger
 from inferwatch.proxy.routes import BAD_REQUEST, Route, classify, split_target
 from inferwatch.proxy.upstream import UpstreamPool
 
@@ -29,7 +28,7 @@ _REQUEST_DROP = frozenset({
     b"content-length", b"expect", b"x-forwarded-for",
 })
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_MAX_PIPELINED = 8
+_TOO_DEEP = "invalid JSON: nested too deeply"
 
 
 class ClientConnection(asyncio.Protocol):
@@ -79,10 +78,13 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
         for ex in pending:
             if ex is not None and not ex.done:
-                if ex.upstream is not None:
-                    up, ex.upstream = ex.upstream, None
-                    up.abort()
-                ex.finish(499, "client_closed")
+                try:
+                    if ex.upstream is not None:
+                        up, ex.upstream = ex.upstream, None
+                        up.abort()
+                    ex.finish(499, "client_closed")
+                except Exception as exc:
+                    ex.crash(exc)
 
     def data_received(self, data: bytes) -> None:
         self.last_data = self.loop.time()
@@ -92,10 +94,18 @@ class ClientConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._give_up(None)  # no upgrades or CONNECT: answer what came before, then close
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, httptools.HttpParserError):  # raised by on_url or on_header
+                self._give_up("malformed HTTP request")
+            else:
+                logger.error("proxy_internal: reading a request failed", exc_info=cause)
+                self._give_up("the proxy failed to read this request; its log has the details",
+                              internal=True)
         except httptools.HttpParserError:
             self._give_up("malformed HTTP request")
 
-    def _give_up(self, error: str | None) -> None:
+    def _give_up(self, error: str | None, *, internal: bool = False) -> None:
         """Stop reading; close once the requests already received are answered."""
         self._stop_reading()
         self.current = None
@@ -108,6 +118,9 @@ class ClientConnection(asyncio.Protocol):
             ex = Exchange(self, BAD_REQUEST, b"", b"", b"", [])
             ex.close_after = True
             self.active = ex
+            if internal:
+                ex.respond(500, "proxy_internal", error)
+                return
             too_large = self._header_bytes > self.proxy.config.max_header_bytes
             ex.respond(431 if too_large else 400, "bad_request",
                        "request headers too large" if too_large else error)
@@ -209,8 +222,10 @@ class ClientConnection(asyncio.Protocol):
         if self.active is None:
             self._start(ex)
             return
+        # Read no further until the active one is answered: a pipelining client gets one
+        # request buffered ahead (with what its last read held), not one per request sent.
         self.queue.append(ex)
-        if len(self.queue) >= _MAX_PIPELINED and self.transport is not None and not self.paused:
+        if self.transport is not None and not self.paused:
             self.paused = True
             self.transport.pause_reading()
 
@@ -226,9 +241,16 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.queue:
             self._start(self.queue.popleft())
-        if self.paused and len(self.queue) < _MAX_PIPELINED and not self.ignoring:
+        if self.paused and not self.queue and not self.ignoring:
             self.paused = False
             self.transport.resume_reading()
+
+    def drop(self, ex: Exchange) -> None:
+        """Close the connection at once: answering ``ex`` failed inside the proxy."""
+        if self.active is ex:
+            self.active = None
+        self._stop_reading()
+        self.close()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
@@ -246,7 +268,8 @@ class ClientConnection(asyncio.Protocol):
         timeout = self.proxy.config.client_timeout
         now = self.loop.time()
         idle_for = now - self.last_data
-        slow = self.began and now - self.began >= timeout and not self.ignoring
+        # While paused, the request read in part waits for the proxy, not for the client.
+        slow = self.began and now - self.began >= timeout and not (self.ignoring or self.paused)
         if slow or (self.active is None and idle_for >= timeout):
             self.transport.close()
             return
@@ -256,10 +279,20 @@ class ClientConnection(asyncio.Protocol):
 
     def _start(self, ex: Exchange) -> None:
         self.active = ex
+        try:
+            self._answer(ex)
+        except Exception as exc:  # a bug in the proxy: the request still gets its answer
+            ex.crash(exc)
+
+    def _answer(self, ex: Exchange) -> None:
         kind = ex.route.kind
         proxy = self.proxy
         if kind == "openai":
-            ex.model = _openai_model(ex.body)
+            try:
+                ex.model = _openai_model(ex.body)
+            except ValueError as exc:
+                ex.respond(400, "invalid_json", str(exc))
+                return
         if ex.counted:
             ex.gauge = proxy.metrics.in_flight_gauge(ex.model)
             ex.gauge.inc()
@@ -293,9 +326,9 @@ class ClientConnection(asyncio.Protocol):
             ex.respond(400, "empty_body", "the request body is empty")
             return
         try:
-            payload = json.loads(ex.body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            ex.respond(400, "invalid_json", f"invalid JSON: {exc}")
+            payload = _load_json(ex.body)
+        except ValueError as exc:
+            ex.respond(400, "invalid_json", str(exc))
             return
         encoded = payload.get("image_base64") if isinstance(payload, dict) else None
         if not isinstance(encoded, str):
@@ -356,12 +389,40 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
     return ""
 
 
+def _load_json(body: bytes) -> Any:
+    """``json.loads``, failing with a ValueError that says what is wrong in words: never the
+    exception's own text, which quotes the input's bytes.
+
+    >>> _load_json(b"[" * 100_000)
+    Traceback (most recent call last):
+    ...
+    ValueError: invalid JSON: nested too deeply
+    """
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise ValueError("invalid JSON: the body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+                         ) from None
+    except ValueError:  # an integer beyond sys.get_int_max_str_digits()
+        raise ValueError("invalid JSON: a number with too many digits") from None
+    except RecursionError:
+        raise ValueError(_TOO_DEEP) from None
+
+
 def _openai_model(body: bytes) -> str | None:
-    """The ``"model"`` of an OpenAI-style JSON body; None when there is none."""
+    """The ``"model"`` of an OpenAI-style JSON body; None when there is none, or when the body
+    is no JSON, which the upstream answers itself. A body nested deeper than Python's parsers
+    go (the upstream's too, when it is a Python server) raises ValueError."""
     if b'"model"' not in body:
         return None
-    with contextlib.suppress(ValueError):
+    try:
         payload = json.loads(body)
-        if isinstance(payload, dict) and isinstance(payload.get("model"), str):
-            return str(payload["model"])
+    except RecursionError:
+        raise ValueError(_TOO_DEEP) from None
+    except ValueError:
+        return None
+    if isinstance(payload, dict) and isinstance(payload.get("model"), str):
+        return str(payload["model"])
     return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,8 @@ from inferwatch.proxy.routes import Route
 if TYPE_CHECKING:
     from inferwatch.proxy.connection import ClientConnection
     from inferwatch.proxy.upstream import UpstreamConnection
+
+logger = logging.getLogger("inferwatch.proxy")
 
 # Hop-by-hop headers (RFC 9110 7.6.1): never relayed to the client.
 _RESPONSE_DROP = frozenset({
@@ -149,6 +152,12 @@ class Exchange:
             self.fail(reason)
 
     def on_timer(self) -> None:
+        try:
+            self._check_timeout()
+        except Exception as exc:
+            self.crash(exc)
+
+    def _check_timeout(self) -> None:
         self.timer = None
         if self.done:
             return
@@ -207,10 +216,9 @@ class Exchange:
             return
         self.done = True
         self._cancel_timer()
+        self._release_gauge()
         if self.counted:
             metrics = self.client.proxy.metrics
-            if self.gauge is not None:
-                self.gauge.dec()
             if reason is None and status >= 400:
                 reason = "upstream_5xx" if status >= 500 else "upstream_4xx"
             metrics.observe_request(self.model, status, time.perf_counter() - self.start,
@@ -222,3 +230,34 @@ class Exchange:
         if last:
             self.client.write(last)
         self.client.finished(self)
+
+    def _release_gauge(self) -> None:
+        if self.gauge is not None:
+            gauge, self.gauge = self.gauge, None
+            gauge.dec()
+
+    def crash(self, exc: Exception) -> None:
+        """A bug in the proxy, neither the client's doing nor the upstream's: logged, answered
+        500 ``proxy_internal`` when no byte went out yet, and the connection closed after, as
+        its state is not to be trusted."""
+        logger.error("proxy_internal: %s %s failed", self.method.decode("latin-1"),
+                     self.path.decode("latin-1"), exc_info=exc)
+        self.close_after = True
+        if self.upstream is not None:
+            up, self.upstream = self.upstream, None
+            up.abort()
+        if not self.done:
+            try:
+                if self.wrote:
+                    self.finish(500, "proxy_internal")
+                else:
+                    self.pending = None
+                    self.respond(500, "proxy_internal", "the proxy failed on this request; "
+                                 "its log has the details")
+                return
+            except Exception:  # answering failed too: what the request holds is let go below
+                logger.exception("proxy_internal: answering the failed request failed")
+        self.done = True
+        self._cancel_timer()
+        self._release_gauge()
+        self.client.drop(self)

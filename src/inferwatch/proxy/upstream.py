@@ -27,6 +27,9 @@ class ResponseSink(Protocol):
         idle pooled connection that the upstream closed before answering anything."""
 
     def upstream_unreachable(self, reason: str) -> None: ...
+    def crash(self, exc: Exception) -> None:
+        """One of the calls above failed: a bug in the proxy. Answer, and let go of this
+        connection (aborted through ``upstream``, when it is still set)."""
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -71,12 +74,20 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200:  # an interim response (103 Early Hints): the real one follows
             self.headers = []
             return
-        if self.sink is not None:
-            self.sink.upstream_headers(status, self.headers)
+        sink = self.sink
+        if sink is not None:
+            try:
+                sink.upstream_headers(status, self.headers)
+            except Exception as exc:
+                sink.crash(exc)
 
     def on_body(self, body: bytes) -> None:
-        if self.sink is not None:
-            self.sink.upstream_body(body)
+        sink = self.sink
+        if sink is not None:
+            try:
+                sink.upstream_body(body)
+            except Exception as exc:
+                sink.crash(exc)
 
     def on_message_complete(self) -> None:
         if self.parser.get_status_code() < 200:
@@ -90,7 +101,10 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self.close()
         if sink is not None:
-            sink.upstream_done()
+            try:
+                sink.upstream_done()
+            except Exception as exc:
+                sink.crash(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -98,7 +112,10 @@ class UpstreamConnection(asyncio.Protocol):
         sink, self.sink = self.sink, None
         if sink is not None:
             sink.upstream = None
-            sink.upstream_lost(self.reused and not self.received)
+            try:
+                sink.upstream_lost(self.reused and not self.received)
+            except Exception as exc:
+                sink.crash(exc)
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.paused:
@@ -153,18 +170,21 @@ class UpstreamPool:
 
     async def _connect(self, sink: ResponseSink, data: bytes) -> None:
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, conn = await self.loop.create_connection(
-                    lambda: UpstreamConnection(self), self.host, self.port)
-        except TimeoutError:
-            sink.upstream_unreachable("upstream_timeout")
-        except OSError:
-            sink.upstream_unreachable("upstream_connect")
-        else:
-            if sink.active:
-                conn.send(sink, data)
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    _, conn = await self.loop.create_connection(
+                        lambda: UpstreamConnection(self), self.host, self.port)
+            except TimeoutError:
+                sink.upstream_unreachable("upstream_timeout")
+            except OSError:
+                sink.upstream_unreachable("upstream_connect")
             else:
-                self.release(conn)
+                if sink.active:
+                    conn.send(sink, data)
+                else:
+                    self.release(conn)
+        except Exception as exc:
+            sink.crash(exc)
 
     def release(self, conn: UpstreamConnection) -> None:
         conn.resume_reading()
