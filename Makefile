@@ -15,11 +15,17 @@ UP_ARGS ?=
 # the tests run it as a subprocess.
 MLSERVER_VENV := .venv-mlserver
 MLSERVER_PACKAGES := mlserver==1.7.1 mlserver-sklearn==1.7.1
+# TorchServe, installed as its users do: Java from Debian, TorchServe from PyPI in a venv of
+# its own (about 80 s, 970 MB). torch==2.13.0 is the CPU build on these machines (unpinned,
+# pip fetches the CUDA one: GBs); TorchServe's workers import PyYAML without declaring it.
+JAVA := openjdk-17-jre-headless
+TORCHSERVE_VENV := .venv-torchserve
+TORCHSERVE_PACKAGES := torchserve==0.12.0 torch-model-archiver==0.12.0 torch==2.13.0 PyYAML
 
 .PHONY: up test deps lint clean assets
 
-# Installs the Prometheus binaries, and Chromium for the browser test, with apt when missing
-# (needs root).
+# Installs the Prometheus binaries, Chromium for the browser test and Java for TorchServe's,
+# with apt when missing (needs root).
 deps:
 	@missing=""; for b in $(BINARIES); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
@@ -47,6 +53,14 @@ deps:
 	    echo "note: the Compose tests need $(COMPOSE): apt-get install -y docker-compose"; \
 	  fi; \
 	fi
+	@if ! command -v java >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $(JAVA) with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(JAVA) >/dev/null; \
+	  else \
+	    echo "note: the TorchServe tests need java: apt-get install -y $(JAVA)"; \
+	  fi; \
+	fi
 
 $(VENV)/.venv-ok:
 	$(PYTHON) -m venv $(VENV) || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
@@ -70,6 +84,11 @@ $(MLSERVER_VENV)/.installed: $(VENV)/.venv-ok
 	$(MLSERVER_VENV)/bin/pip install -q $(MLSERVER_PACKAGES)
 	touch $@
 
+$(TORCHSERVE_VENV)/.installed: $(VENV)/.venv-ok
+	$(PYTHON) -m venv $(TORCHSERVE_VENV)
+	$(TORCHSERVE_VENV)/bin/pip install -q $(TORCHSERVE_PACKAGES)
+	touch $@
+
 up: deps $(VENV)/.installed-run
 	$(BIN)/inferwatch up $(UP_ARGS)
 
@@ -77,7 +96,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
 
-test: deps $(VENV)/.installed-test $(MLSERVER_VENV)/.installed lint
+test: deps $(VENV)/.installed-test $(MLSERVER_VENV)/.installed $(TORCHSERVE_VENV)/.installed lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 # Re-vendors the dashboard's charting library after a version change in web/package.json;
@@ -89,4 +108,4 @@ assets:
 	cp web/node_modules/uplot/LICENSE $(VENDOR)/uPlot.LICENSE
 
 clean:
-	rm -rf $(VENV) $(MLSERVER_VENV) run generated build
+	rm -rf $(VENV) $(MLSERVER_VENV) $(TORCHSERVE_VENV) run generated build
