@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from inferwatch.stack.native import quantile_note
 from inferwatch.stack.profiles import DEFAULT, Profile
 
 __all__ = [
@@ -160,7 +161,8 @@ SEED_PANELS = (
           f"sum by (model) (rate(inference_requests_total{{{_S}}}{_W}))", "reqps"),
     Panel("latency_avg", "Average latency",
           _ratio_of_rates("inference_latency_seconds", "model"), "s", width=6),
-    Panel("latency_p95", "p95 latency", _quantile(0.95), "s", width=6),
+    Panel("latency_p95", "p95 latency", _quantile(0.95), "s", width=6,
+          description=quantile_note()),
     Panel("error_ratio", "Error ratio (5xx)",
           f"sum by (model) (rate(inference_errors_total{{{_S}}}{_W}))"
           f" / sum by (model) (rate(inference_requests_total{{{_S}}}{_W}))",
@@ -189,9 +191,11 @@ PANELS = (
           f"sum by (code) (rate(inference_responses_total{{{_S}}}{_W}))", "reqps",
           legend="{{code}}"),
     _LATENCY_AVG,
-    Panel("latency_p50", "p50 latency", _quantile(0.5), "s", width=6),
+    Panel("latency_p50", "p50 latency", _quantile(0.5), "s", width=6,
+          description=quantile_note()),
     _LATENCY_P95,
-    Panel("latency_p99", "p99 latency", _quantile(0.99), "s", width=6),
+    Panel("latency_p99", "p99 latency", _quantile(0.99), "s", width=6,
+          description=quantile_note()),
     Panel("stage_latency", "Mean time per stage",
           _ratio_of_rates("inference_stage_seconds", "model, stage"), "s",
           legend="{{model}} {{stage}}",

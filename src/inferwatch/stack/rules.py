@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from inferwatch.stack.native import NATIVE_SERVERS, NativeServer
 from inferwatch.stack.profiles import Profile, parse_duration
 from inferwatch.stack.slo import SLO, load_slos
 
@@ -122,6 +123,14 @@ def service_recordings(profile: Profile) -> list[RecordingRule]:
         f"histogram_quantile(0.95, sum by (model, stage, le) "
         f"(rate(inference_stage_seconds_bucket[{w}])))"))
     return rules
+
+
+def native_recordings(servers: Sequence[NativeServer] = NATIVE_SERVERS) -> list[RecordingRule]:
+    """Each server's own series under the canonical names (see ``stack/native.py``): the
+    rules below, the panels and ``diagnose`` then read a server without inferwatch in front
+    of it. The canonical names are kept, not ``level:metric:operations``, for that reason."""
+    return [RecordingRule(record, expr, labels)
+            for server in servers for record, expr, labels in server.recorded()]
 
 
 # The node-mixin formulas (node_exporter's own mixin), per instance. ``node_job`` is the
@@ -333,6 +342,7 @@ def rule_groups(profile: Profile, slos: Sequence[SLO] | None = None,
                 node_job: str = "node") -> list[RuleGroup]:
     slos = load_slos() if slos is None else slos
     groups = [
+        RuleGroup("inferwatch-native", native_recordings()),
         RuleGroup("inferwatch-service-recording", service_recordings(profile)),
         RuleGroup("inferwatch-host-recording", host_recordings(profile, node_job)),
         RuleGroup("inferwatch-alerts", service_alerts(profile, slos)),

@@ -1,0 +1,273 @@
+"""Inference servers' own metrics, recorded under inferwatch's names.
+
+TorchServe, Triton, vLLM and MLServer export Prometheus series of their own. Recording rules
+(``rules.native_recordings``) copy each server's series into inferwatch's canonical ones
+(``inference_requests_total``, ``inference_latency_seconds_sum`` ...): the model's label
+renamed to ``model``, microseconds turned into seconds, and ``source="<server>"`` added.
+Every recording rule, alert, dashboard panel and ``inferwatch diagnose`` reads the canonical
+names only, so each works on a server that no inferwatch process measures, and no query is
+written a second time for it. A model that inferwatch measures itself (``serve`` or the proxy: its
+``inference_requests_total`` has no ``source``) is left out of the mapping, so a server
+behind the proxy is never counted twice.
+
+>>> rule = TORCHSERVE.expr(TORCHSERVE.series[0])
+>>> rule.startswith("(sum without (model_name, model_version, hostname) (label_replace(")
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+__all__ = [
+    "COLUMNS",
+    "MEASURED",
+    "MLSERVER",
+    "NATIVE_SERVERS",
+    "TORCHSERVE",
+    "TRITON",
+    "VLLM",
+    "Mapped",
+    "NativeServer",
+    "coverage_table",
+    "quantile_note",
+]
+
+MEASURED = 'inference_requests_total{source=""}'
+"""The models that inferwatch measures itself: ``serve``, the proxy and the metrics library
+create this series for every model they know, at zero, and never with a ``source``."""
+
+MICRO = 1e-6  # microseconds to seconds
+
+
+@dataclass(frozen=True)
+class Mapped:
+    """One canonical series: the sum of the server's ``natives``, times ``scale``."""
+
+    record: str
+    natives: tuple[str, ...]
+    scale: float = 1.0
+    stage: str | None = None  # the ``stage`` label of inference_stage_seconds_*
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"stage": self.stage} if self.stage else {}
+
+
+def _histogram(record: str, native: str, stage: str | None = None,
+               buckets: bool = True) -> tuple[Mapped, ...]:
+    """A native histogram (or summary) in seconds onto a canonical one."""
+    parts = ("sum", "count", "bucket") if buckets else ("sum", "count")
+    return tuple(Mapped(f"{record}_{p}", (f"{native}_{p}",), stage=stage) for p in parts)
+
+
+@dataclass(frozen=True)
+class NativeServer:
+    """What one server exports, and what it cannot give (``gaps``, by column of the
+    coverage table)."""
+
+    name: str  # the scrape job (stack.config.KNOWN_SERVERS) and the ``source`` label
+    title: str
+    release: str  # the release whose documented series are mapped
+    docs: str
+    series: tuple[Mapped, ...]
+    gaps: Mapping[str, str]
+    proxy_adds: str
+    model_label: str = "model"
+    version_label: str = "version"
+    drop: tuple[str, ...] = ()  # labels summed away: reasons, engines, host names
+
+    def maps(self, record: str, stage: str | None = None) -> list[Mapped]:
+        return [m for m in self.series
+                if m.record == record and (stage is None or m.stage == stage)]
+
+    def _relabelled(self, natives: tuple[str, ...], op: str = "sum") -> str:
+        """The native series with ``model`` and ``version`` labels, the others aggregated
+        away with ``op``.
+
+        ``without``, not ``by``: the target's labels (instance, job, a pod's) stay, so each
+        result sums series of one process only, whose counters reset together.
+        """
+        names = "|".join(natives)
+        expr = natives[0] if len(natives) == 1 else f'{{__name__=~"{names}"}}'
+        dropped = []
+        for canonical, native in (("model", self.model_label), ("version", self.version_label)):
+            if native != canonical:
+                expr = f'label_replace({expr}, "{canonical}", "$1", "{native}", "(.+)")'
+                dropped.append(native)
+        return f"{op} without ({', '.join((*dropped, *self.drop))}) ({expr})"
+
+    def expr(self, mapped: Mapped) -> str:
+        expr = self._relabelled(mapped.natives)
+        if mapped.scale != 1:
+            expr = f"{expr} * {mapped.scale:g}"
+        return f"({expr}) unless on (model) {MEASURED}"
+
+    def model_info_expr(self) -> str:
+        """One series per model the server reports requests for, like ``inference_model_info``."""
+        requests = self.maps("inference_requests_total")[0]
+        return f"({self._relabelled(requests.natives, 'group')}) unless on (model) {MEASURED}"
+
+    def recorded(self) -> list[tuple[str, str, dict[str, str]]]:
+        """(record, expr, labels) of every rule, the model info first."""
+        rules = [("inference_model_info", self.model_info_expr(),
+                  {"source": self.name, "runtime": self.name})]
+        rules += [(m.record, self.expr(m), {"source": self.name, **m.labels})
+                  for m in self.series]
+        return rules
+
+
+# Documented in https://pytorch.org/serve/metrics.html; the default ts/configs/metrics.yaml
+# of 0.12 gives the labels. Latency and queue time are counters of microseconds, added per
+# successful response; ts_inference_requests_total counts every request, so the mean
+# latency divides by all requests.
+TORCHSERVE = NativeServer(
+    "torchserve", "TorchServe", "0.12, `metrics_mode=prometheus`",
+    "https://pytorch.org/serve/metrics.html",
+    series=(
+        Mapped("inference_requests_total", ("ts_inference_requests_total",)),
+        Mapped("inference_latency_seconds_sum", ("ts_inference_latency_microseconds",), MICRO),
+        Mapped("inference_latency_seconds_count", ("ts_inference_requests_total",)),
+        Mapped("inference_stage_seconds_sum", ("ts_queue_latency_microseconds",), MICRO,
+               "queue"),
+        Mapped("inference_stage_seconds_count", ("ts_inference_requests_total",),
+               stage="queue"),
+    ),
+    gaps={"errors": "`Requests5XX` counts every API's answers per host, not per model",
+          "latency quantiles": "latencies are totals (counters of microseconds), no histogram",
+          "batch": "batch sizes are configured, not measured"},
+    proxy_adds="5xx errors per model and by reason, status codes, a latency histogram "
+               "(quantiles, the latency SLO), requests in flight",
+    model_label="model_name", version_label="model_version", drop=("hostname",),
+)
+
+# https://github.com/triton-inference-server/server/blob/r24.04/docs/user_guide/metrics.md:
+# durations are counters of microseconds over successful requests (a summary's _count
+# matches nv_inference_request_success); failures carry a `reason` label in later releases.
+TRITON = NativeServer(
+    "triton", "Triton", "r24.04",
+    "https://github.com/triton-inference-server/server/blob/r24.04/docs/user_guide/metrics.md",
+    series=(
+        Mapped("inference_requests_total",
+               ("nv_inference_request_success", "nv_inference_request_failure")),
+        Mapped("inference_errors_total", ("nv_inference_request_failure",)),
+        Mapped("inference_latency_seconds_sum", ("nv_inference_request_duration_us",), MICRO),
+        Mapped("inference_latency_seconds_count", ("nv_inference_request_success",)),
+        Mapped("inference_stage_seconds_sum", ("nv_inference_queue_duration_us",), MICRO,
+               "queue"),
+        Mapped("inference_stage_seconds_count", ("nv_inference_request_success",),
+               stage="queue"),
+        Mapped("inference_batch_size_sum", ("nv_inference_count",)),
+        Mapped("inference_batch_size_count", ("nv_inference_exec_count",)),
+        Mapped("inference_stage_seconds_sum",
+               ("nv_inference_compute_input_duration_us",
+                "nv_inference_compute_infer_duration_us",
+                "nv_inference_compute_output_duration_us"), MICRO, "compute"),
+        Mapped("inference_stage_seconds_count", ("nv_inference_request_success",),
+               stage="compute"),
+        Mapped("inference_queue_depth", ("nv_inference_pending_request_count",)),
+    ),
+    gaps={"latency quantiles": "counters of microseconds; the optional summaries "
+                               "(`--metrics-config summary_latencies=true`) hold per-process "
+                               "quantiles that cannot be aggregated"},
+    proxy_adds="status codes and reasons, a latency histogram (quantiles, the latency SLO), "
+               "the HTTP layer's time",
+    drop=("reason",),
+)
+
+# https://docs.vllm.ai/en/v0.9.1/usage/metrics.html (the V1 engine): histograms in seconds,
+# a series per engine (`engine` label) and finish reason, summed here.
+VLLM = NativeServer(
+    "vllm", "vLLM", "0.9 (V1 engine)", "https://docs.vllm.ai/en/v0.9.1/usage/metrics.html",
+    series=(
+        Mapped("inference_requests_total", ("vllm:request_success_total",)),
+        *_histogram("inference_latency_seconds", "vllm:e2e_request_latency_seconds"),
+        *_histogram("inference_stage_seconds", "vllm:request_queue_time_seconds", "queue"),
+        *_histogram("inference_stage_seconds", "vllm:request_inference_time_seconds",
+                    "compute"),
+        *_histogram("inference_time_to_first_byte_seconds", "vllm:time_to_first_token_seconds"),
+        Mapped("inference_queue_depth", ("vllm:num_requests_waiting",)),
+        Mapped("inference_in_flight_requests",
+               ("vllm:num_requests_running", "vllm:num_requests_waiting")),
+    ),
+    gaps={"errors": "there is no failure counter; `vllm:request_success_total` counts every "
+                    "finished request, aborted ones included",
+          "batch": "`vllm:num_requests_running` is the running batch, a gauge"},
+    proxy_adds="5xx errors and reasons (the error SLO), status codes, the HTTP layer's time",
+    model_label="model_name", drop=("engine", "finished_reason"),
+)
+
+# https://docs.seldon.ai/mlserver/user-guide/metrics; the duration summary and the labels
+# are those of MLServer 1.7.1's mlserver/handlers/dataplane.py. Its REST histogram
+# (rest_server_request_duration_seconds) is per route, `/v2/models/{model_name}/infer`,
+# not per model.
+MLSERVER = NativeServer(
+    "mlserver", "MLServer", "1.7", "https://docs.seldon.ai/mlserver/user-guide/metrics",
+    series=(
+        Mapped("inference_requests_total",
+               ("model_infer_request_success_total", "model_infer_request_failure_total")),
+        Mapped("inference_errors_total", ("model_infer_request_failure_total",)),
+        *_histogram("inference_latency_seconds", "model_infer_request_duration",
+                    buckets=False),
+    ),
+    gaps={"latency quantiles": "the per-model duration is a summary without quantiles; the "
+                               "REST histogram is per route",
+          "queue time": "`batch_request_queue` is the queue's length, not a time",
+          "batch": "not exported"},
+    proxy_adds="errors as 5xx only, unknown models folded into `_unknown` (MLServer's "
+               "failures count them, under the requested name), status codes and reasons, a "
+               "latency histogram (quantiles, the latency SLO)",
+)
+
+NATIVE_SERVERS = (TORCHSERVE, TRITON, VLLM, MLSERVER)
+
+# The coverage table's columns: (title, canonical series, stage).
+COLUMNS = (
+    ("requests", ("inference_requests_total",), None),
+    ("errors", ("inference_errors_total",), None),
+    ("latency mean", ("inference_latency_seconds_sum", "inference_latency_seconds_count"),
+     None),
+    ("latency quantiles", ("inference_latency_seconds_bucket",), None),
+    ("queue time", ("inference_stage_seconds_sum", "inference_stage_seconds_count"), "queue"),
+    ("batch", ("inference_batch_size_sum", "inference_batch_size_count"), None),
+)
+
+
+def _cell(server: NativeServer, title: str, records: Iterable[str], stage: str | None) -> str:
+    found = [m for record in records for m in server.maps(record, stage)]
+    if not found:
+        return f"no: {server.gaps[title]}"
+    natives = dict.fromkeys(" + ".join(f"`{n}`" for n in m.natives) for m in found)
+    return " / ".join(natives)
+
+
+def coverage_table(servers: Iterable[NativeServer] = NATIVE_SERVERS) -> str:
+    """The Markdown table of docs/proxy.md: what each server's own series give."""
+    head = ["server", *(title for title, _, _ in COLUMNS), "what the proxy adds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in servers:
+        cells = [f"[{s.title} {s.release}]({s.docs})",
+                 *(_cell(s, title, records, stage) for title, records, stage in COLUMNS),
+                 s.proxy_adds]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _and(names: list[str]) -> str:
+    return " and ".join(filter(None, (", ".join(names[:-1]), *names[-1:])))
+
+
+def quantile_note(servers: Iterable[NativeServer] = NATIVE_SERVERS) -> str:
+    """The latency quantile panels' description: which servers' models they can show.
+
+    >>> print(quantile_note([VLLM, TRITON, MLSERVER])[:80])
+    From latency histograms: inferwatch's own, or a server's (vLLM). Triton and MLSe
+    """
+    servers = list(servers)
+    with_ = [s.title for s in servers if s.maps("inference_latency_seconds_bucket")]
+    without = [s.title for s in servers if not s.maps("inference_latency_seconds_bucket")]
+    return (f"From latency histograms: inferwatch's own, or a server's ({_and(with_)}). "
+            f"{_and(without)} export no per-model latency histogram: their models show in "
+            "the average latency only, and have no latency SLO; `inferwatch proxy` in front "
+            "adds both (docs/proxy.md).")
