@@ -9,13 +9,16 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from inferwatch.stack.config import HOST, StackPorts
+
+if TYPE_CHECKING:
+    from inferwatch.stack.inbox import InboxFollower
 
 app = typer.Typer(help="Monitor real-time AI inference services with Prometheus.",
                   no_args_is_help=True, add_completion=False)
@@ -309,6 +312,10 @@ def up(
     prometheus_password_file: Annotated[Path | None, typer.Option(
         help="File (mode 0600) holding the Prometheus password, with --prometheus-auth.")
     ] = None,
+    prometheus_lifecycle: Annotated[bool, typer.Option(
+        "--prometheus-lifecycle",
+        help="Enable Prometheus' /-/reload and /-/quit (off: anyone who reaches the port "
+             "could stop monitoring); `kill -HUP` reloads without it.")] = False,
 ) -> None:
     """Start the service, Prometheus, Alertmanager, node_exporter, a Pushgateway, an alert
     inbox and the dashboard page."""
@@ -338,7 +345,7 @@ def up(
             resnet18_weights=resnet18_weights, receivers=receivers_from_env(),
             workers=workers, replicas=replicas, bind=bind, prometheus_user=prometheus_auth,
             prometheus_password=given_password(prometheus_password_file)
-            if prometheus_auth else None,
+            if prometheus_auth else None, prometheus_lifecycle=prometheus_lifecycle,
         )
         for warning in exposure_warnings(opts):
             console.print(f"[bold yellow]warning:[/] {warning}")
@@ -361,7 +368,9 @@ def up(
         nonlocal stopping
         stopping = True
 
-    seen = 0
+    from inferwatch.stack.inbox import InboxFollower
+
+    inbox = InboxFollower(opts.run_dir / "inbox.jsonl")
     try:
         # Handle SIGINT ourselves too: a shell that starts us in the background ignores it,
         # and Python then installs no KeyboardInterrupt handler.
@@ -370,7 +379,7 @@ def up(
         _print_stack(opts.run_dir)
         console.print("Alert notifications appear below. Ctrl-C stops everything.")
         while not stopping:
-            seen = _print_new_notifications(opts.run_dir / "inbox.jsonl", seen)
+            _print_new_notifications(inbox)
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass  # arrived before our handler was installed
@@ -380,16 +389,17 @@ def up(
         console.print("stopped.")
 
 
-def _print_new_notifications(path: Path, seen: int) -> int:
-    from inferwatch.stack.inbox import describe, read_inbox
+def _print_new_notifications(inbox: InboxFollower) -> None:
+    from rich.text import Text
 
-    records = read_inbox(path)
-    for record in records[seen:]:
+    from inferwatch.stack.inbox import describe
+
+    for record in inbox.new_records():
         stamp = time.strftime("%H:%M:%S", time.localtime(record["received_at"]))
         status = record["notification"].get("status")
-        colour = "red" if status == "firing" else "green"
-        console.print(f"[{colour}]{stamp} {describe(record['notification'])}[/]")
-    return len(records)
+        # A Text, not markup: label values are whatever was posted to the inbox.
+        console.print(Text(f"{stamp} {describe(record['notification'])}",
+                           style="red" if status == "firing" else "green"))
 
 
 def _print_stack(run_dir: Path) -> None:

@@ -70,3 +70,43 @@ def test_up_in_foreground_stops_everything_on_sigint(tmp_path: Path) -> None:
     assert "stopped." in out
     assert not any(alive(p) for p in processes)
     assert not (run_dir / "state.json").exists()
+
+
+def test_up_in_foreground_survives_what_anyone_posts_to_the_inbox(tmp_path: Path) -> None:
+    import signal
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inferwatch", "up", "--fast", "--auto-ports", "--traffic", "0",
+         "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    lines = []
+    try:
+        for line in proc.stdout:  # the process is killed in `finally` should it hang
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        port = json.loads((run_dir / "state.json").read_text())["ports"]["inbox"]
+        inbox = f"http://127.0.0.1:{port}/alerts"
+        with (run_dir / "inbox.jsonl").open("a") as f:
+            f.write('{"received_at": 1, "notification": {"alerts": [1]}}\nnot json\n')
+        assert httpx.post(inbox, json={"alerts": [1]}).status_code == 400
+        for model in ("[/x]", "\x1b[2J"):
+            httpx.post(inbox, json={"status": "firing", "alerts": [{
+                "status": "firing", "labels": {"alertname": "Posted", "model": model}}]}
+                       ).raise_for_status()
+        for line in proc.stdout:
+            lines.append(line)
+            if "model=\\x1b[2J" in line:
+                break
+        assert proc.poll() is None, "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    printed = "".join(lines)
+    assert "FIRING Posted model=[/x]" in printed and "\x1b" not in printed, printed
+    assert proc.returncode == 0 and "stopped." in out, printed + out

@@ -1,6 +1,6 @@
-"""Prometheus behind basic auth, started by the stack's runner: it refuses anonymous
-requests, and every inferwatch client of it (readiness, self-scrape, PrometheusAPI, the
-dashboard page, doctor) gets through with the credentials."""
+"""Prometheus and Alertmanager behind basic auth, started by the stack's runner: they refuse
+anonymous requests, and every inferwatch client of them (readiness, scrapes, alert delivery,
+PrometheusAPI, the dashboard page, doctor) gets through with the credentials."""
 
 import json
 import stat
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from inferwatch.operate.drills import wait_for_notification
 from inferwatch.operate.promapi import PrometheusAPI, PrometheusError
 from inferwatch.stack.config import StackPorts, url
 from inferwatch.stack.profiles import FAST
@@ -23,9 +24,12 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                         ports=StackPorts.free(), prometheus_user="ops")
     stack = Stack(opts)
     stack.write_config()
-    # Its readiness check only passes with the credentials.
-    stack.start_components([c for c in components(opts) if c.name in ("prometheus",
-                                                                       "dashboard")])
+    # An alert that fires at once: it must reach the inbox through Alertmanager's auth.
+    (opts.run_dir / "rules" / "always.yml").write_text(
+        "groups:\n- name: always\n  rules:\n  - alert: AuthCheck\n    expr: vector(1)\n")
+    # Their readiness checks only pass with the credentials.
+    stack.start_components([c for c in components(opts) if c.name in (
+        "inbox", "alertmanager", "prometheus", "dashboard")])
     yield stack
     stack.stop()
 
@@ -71,6 +75,24 @@ def test_client_with_credentials_queries_and_prometheus_scrapes_itself(guarded: 
         prom.close()
 
 
+def test_alertmanager_requires_the_credentials_and_alerts_still_arrive(guarded: Stack) -> None:
+    base = url(guarded.opts.ports.alertmanager)
+    user, password = credentials(guarded)
+    assert httpx.get(f"{base}/api/v2/alerts").status_code == 401
+    assert httpx.get(f"{base}/api/v2/alerts", auth=(user, password + "x")).status_code == 401
+    assert httpx.get(f"{base}/api/v2/alerts", auth=(user, password)).status_code == 200
+    wait_for_notification(guarded.opts.run_dir / "inbox.jsonl", "AuthCheck", "firing", 0, 60)
+    prom = PrometheusAPI(url(guarded.opts.ports.prometheus), auth=(user, password))
+    try:
+        prom.wait_for_scrape("alertmanager", after=0)
+    finally:
+        prom.close()
+    # The dashboard page's list of active alerts comes from Alertmanager.
+    alerts = httpx.get(f"{url(guarded.opts.ports.dashboard)}/api/alerts", timeout=10)
+    assert alerts.status_code == 200, alerts.text
+    assert "AuthCheck" in {a["labels"]["alertname"] for a in alerts.json()["alerts"]}
+
+
 def test_dashboard_page_queries_with_the_credentials(guarded: Stack) -> None:
     response = httpx.get(f"{url(guarded.opts.ports.dashboard)}/api/variables", timeout=10)
     assert response.status_code == 200, response.text
@@ -79,11 +101,13 @@ def test_dashboard_page_queries_with_the_credentials(guarded: Stack) -> None:
 
 
 def test_doctor_reads_the_credentials_from_the_run_dir(guarded: Stack) -> None:
-    def prometheus_finding(*args: str) -> dict[str, str]:
+    def findings(*args: str) -> dict[str, str]:
         out = subprocess.run([sys.executable, "-m", "inferwatch", "doctor", "--json", *args],
                              capture_output=True, text=True, timeout=120, check=False).stdout
-        return next(f for f in json.loads(out) if f["check"] == "prometheus")
+        return {f["check"]: f["status"] for f in json.loads(out)
+                if f["check"] in ("prometheus", "alertmanager", "receivers")}
 
-    assert prometheus_finding("--run-dir", str(guarded.opts.run_dir))["status"] == "ok"
-    anonymous = prometheus_finding("--prometheus", url(guarded.opts.ports.prometheus))
-    assert anonymous["status"] == "fail"
+    assert findings("--run-dir", str(guarded.opts.run_dir)) == {
+        "prometheus": "ok", "alertmanager": "ok", "receivers": "ok"}
+    anonymous = findings("--prometheus", url(guarded.opts.ports.prometheus))
+    assert anonymous["prometheus"] == "fail"

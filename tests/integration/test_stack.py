@@ -1,5 +1,6 @@
 import math
 import socket
+import stat
 import time
 
 import httpx
@@ -51,6 +52,26 @@ def test_every_target_up_and_seed_rule_loaded(stack: Stack, prom: PrometheusAPI)
     assert set(loaded.values()) <= {"ok", "unknown"}, loaded
     ams = httpx.get(f"{prom.url}/api/v1/alertmanagers").json()["data"]["activeAlertmanagers"]
     assert ams and str(stack.opts.ports.alertmanager) in ams[0]["url"]
+
+
+def test_prometheus_lifecycle_api_is_off_by_default(stack: Stack, prom: PrometheusAPI) -> None:
+    # /-/quit only once /-/reload proved it refused: it would stop this module's stack.
+    assert httpx.post(f"{prom.url}/-/reload").status_code == 403
+    assert httpx.post(f"{prom.url}/-/quit").status_code == 403
+    assert prom.ready()
+
+
+def test_run_dir_is_for_its_owner_only(stack: Stack) -> None:
+    d = stack.opts.run_dir
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    expected = [d / "data", d / "logs" / "inbox.log", d / "inbox.jsonl", d / "prometheus.yml",
+                d / "alertmanager.yml", d / "rules" / "inferwatch.yml", d / "state.json",
+                d / "data" / "prometheus" / "wal", d / "data" / "alertmanager"]
+    assert all(p.exists() for p in expected), [p for p in expected if not p.exists()]
+    # What the components wrote themselves (TSDB, silences) included.
+    shared = {str(p.relative_to(d)): oct(stat.S_IMODE(p.lstat().st_mode))
+              for p in d.rglob("*") if p.lstat().st_mode & 0o077 and not p.is_symlink()}
+    assert shared == {}
 
 
 def test_busy_port_is_named(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -46,17 +46,30 @@ def test_bind_reaches_every_listener_but_the_admin_api(tmp_path: Path) -> None:
     assert urls and all(u.startswith("http://127.0.0.1:") for u in urls)
 
 
-def test_prometheus_auth_reaches_prometheus_and_its_clients(tmp_path: Path) -> None:
+def test_prometheus_auth_reaches_prometheus_alertmanager_and_clients(tmp_path: Path) -> None:
     opts = options(tmp_path, prometheus_user="ops", replicas=2, replica_ports=[18081])
     parts = {p.name: p for p in components(opts)}
-    for name in ("prometheus", "prometheus-global"):
+    for name in ("prometheus", "prometheus-global", "alertmanager"):
         assert f"--web.config.file={tmp_path / 'web-config.yml'}" in parts[name].argv
         assert parts[name].auth is not None and parts[name].auth.username == "ops"
     dashboard = parts["dashboard"].argv
     assert dashboard[dashboard.index("--prometheus-user") + 1] == "ops"
     assert dashboard[dashboard.index("--prometheus-password-file") + 1] == str(
         tmp_path / "prometheus-password")
-    assert not any("web.config" in a for a in parts["alertmanager"].argv)
+    assert not any("web.config" in a for p in components(options(tmp_path)) for a in p.argv)
+
+
+def test_prometheus_lifecycle_api_only_when_asked(tmp_path: Path) -> None:
+    def flags(**kw: object) -> list[str]:
+        return [a for p in components(options(tmp_path, replicas=2, replica_ports=[18081], **kw))
+                for a in p.argv if a == "--web.enable-lifecycle"]
+
+    assert flags() == []
+    assert flags(prometheus_lifecycle=True) == ["--web.enable-lifecycle"] * 2
+    open_warnings = exposure_warnings(options(tmp_path, bind="0.0.0.0"))
+    assert "reload" not in open_warnings[0]
+    assert "reload or shut it down" in exposure_warnings(
+        options(tmp_path, bind="0.0.0.0", prometheus_lifecycle=True))[0]
 
 
 def test_non_loopback_bind_warns_louder_without_prometheus_auth(tmp_path: Path) -> None:

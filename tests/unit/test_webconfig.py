@@ -70,12 +70,14 @@ def test_basic_auth_refuses_bad_names_and_loose_password_files(tmp_path: Path) -
         auth.credentials()
 
 
-def test_prometheus_scrapes_itself_with_the_password_file(tmp_path: Path) -> None:
+def test_prometheus_sends_the_password_file_to_itself_and_alertmanager(tmp_path: Path) -> None:
     auth = BasicAuth("ops", tmp_path / "password")
     config = render_prometheus_config(FAST, StackPorts(), host="10.1.2.3", auth=auth)
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
-    assert jobs["prometheus"]["basic_auth"] == {"username": "ops",
-                                                "password_file": str(tmp_path / "password")}
-    assert all("basic_auth" not in j for name, j in jobs.items() if name != "prometheus")
+    expected = {"username": "ops", "password_file": str(tmp_path / "password")}
+    guarded = ("prometheus", "alertmanager")
+    assert all(jobs[name]["basic_auth"] == expected for name in guarded)
+    assert config["alerting"]["alertmanagers"][0]["basic_auth"] == expected
+    assert all("basic_auth" not in j for name, j in jobs.items() if name not in guarded)
     assert jobs["node"]["static_configs"][0]["targets"] == ["10.1.2.3:9100"]
     assert "basic_auth" not in str(render_prometheus_config(FAST, StackPorts()))

@@ -35,6 +35,7 @@ class Doctor:
                  grafana_provisioning: Path | None = None, in_containers: bool = False,
                  timeout: float = 5.0, auth: tuple[str, str] | None = None) -> None:
         self.prom = PrometheusAPI(prometheus, timeout=timeout, auth=auth)
+        self.auth = auth  # the stack's Alertmanager requires the same user
         self.alertmanager = alertmanager.rstrip("/") if alertmanager else None
         self.grafana_provisioning = grafana_provisioning
         self.in_containers = in_containers
@@ -67,7 +68,7 @@ class Doctor:
                         f"the last reload failed (at {info.get('lastConfigTime', '?')}); "
                         "Prometheus runs on its previous configuration and rules",
                         "run `promtool check config` and `promtool check rules` on the files, "
-                        "fix them, then reload (POST /-/reload)")]
+                        "fix them, then reload (kill -HUP the Prometheus process)")]
 
     def targets(self) -> list[Finding]:
         targets = self.prom.targets()
@@ -116,7 +117,8 @@ class Doctor:
         for am in active:
             base = am["url"].rsplit("/api/", 1)[0]
             try:
-                ready = httpx.get(f"{base}/-/ready", timeout=self.timeout).status_code == 200
+                ready = httpx.get(f"{base}/-/ready", timeout=self.timeout,
+                                  auth=self.auth).status_code == 200
             except httpx.HTTPError as exc:
                 ready, why = False, str(exc)
             else:
@@ -138,7 +140,8 @@ class Doctor:
         found = []
         for base in urls:
             try:
-                status = httpx.get(f"{base}/api/v2/status", timeout=self.timeout).json()
+                status = httpx.get(f"{base}/api/v2/status", timeout=self.timeout,
+                                   auth=self.auth).json()
             except httpx.HTTPError:
                 continue  # reported by alertmanager_wiring
             config = yaml.safe_load(status["config"]["original"]) or {}

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from inferwatch.stack.webconfig import BasicAuth
 
 HOST = "127.0.0.1"  # the default bind address of every component, and always the admin API's
+# Anyone who reaches the Pushgateway can push series: past this many in one scrape, Prometheus
+# drops the scrape (the pushgateway target goes down) rather than store them all.
+PUSHGATEWAY_SAMPLE_LIMIT = 10_000
 
 
 def connect_host(bind: str) -> str:
@@ -144,14 +147,12 @@ def render_prometheus_config(profile: Profile, ports: StackPorts,
                              ) -> dict[str, Any]:
     """``known_servers`` adds a scrape job per ``{name: "host:port" or None}``, see
     ``KNOWN_SERVERS``; ``host`` is where the stack's components are reached; ``auth`` is
-    the basic auth Prometheus itself requires, so its scrape of itself sends it."""
+    the basic auth Prometheus and Alertmanager require, so Prometheus sends it to both."""
 
     def job(name: str, port: int) -> dict[str, Any]:
         return {"job_name": name, "static_configs": [{"targets": [address(port, host)]}]}
 
-    own = job("prometheus", ports.prometheus)
-    if auth is not None:
-        own["basic_auth"] = auth.client_config()
+    credentials = {"basic_auth": auth.client_config()} if auth is not None else {}
 
     return {
         "global": {
@@ -161,15 +162,17 @@ def render_prometheus_config(profile: Profile, ports: StackPorts,
         },
         "rule_files": ["rules/*.yml"],
         "alerting": {"alertmanagers": [
-            {"static_configs": [{"targets": [address(ports.alertmanager, host)]}]}
+            {"static_configs": [{"targets": [address(ports.alertmanager, host)]}],
+             **credentials}
         ]},
         "scrape_configs": [
             job("inference", ports.service),
             job("node", ports.node_exporter),
-            job("alertmanager", ports.alertmanager),
-            own,
+            {**job("alertmanager", ports.alertmanager), **credentials},
+            {**job("prometheus", ports.prometheus), **credentials},
             # Pushed series carry the job and instance of the batch job that pushed them.
-            {**job("pushgateway", ports.pushgateway), "honor_labels": True},
+            {**job("pushgateway", ports.pushgateway), "honor_labels": True,
+             "sample_limit": PUSHGATEWAY_SAMPLE_LIMIT},
             *(known_server_job(name, target) for name, target in (known_servers or {}).items()),
         ],
     }

@@ -96,6 +96,8 @@ class StackOptions:
     prometheus_user: str | None = None  # basic auth on Prometheus when set
     # From a 0600 file or the environment; a random one when None. Never a default.
     prometheus_password: str | None = field(default=None, repr=False)
+    # /-/reload and /-/quit: unauthenticated without prometheus_user; SIGHUP reloads anyway.
+    prometheus_lifecycle: bool = False
 
     @property
     def service_ports(self) -> list[int]:
@@ -103,6 +105,18 @@ class StackOptions:
 
     def service_name(self, index: int) -> str:
         return "service" if self.replicas == 1 else f"service-{index}"
+
+
+def _private_dir(path: Path) -> Path:
+    """``path``, created or narrowed to 0700: what the stack keeps there (metrics, alerts,
+    logs) is what --prometheus-auth protects, so another local user may not read it."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)  # an existing directory keeps its mode through mkdir
+    return path
+
+
+def _open_private(path: Path, flags: int) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o600)
 
 
 def admin_token_path(run_dir: Path) -> Path:
@@ -114,7 +128,8 @@ def web_config_path(run_dir: Path) -> Path:
 
 
 def prometheus_auth(opts: StackOptions) -> BasicAuth | None:
-    """The credentials Prometheus requires; the password file lives in the run directory."""
+    """The credentials Prometheus and Alertmanager require; the password file lives in the run
+    directory."""
     if opts.prometheus_user is None:
         return None
     return BasicAuth(opts.prometheus_user, opts.run_dir / "prometheus-password")
@@ -125,12 +140,14 @@ def exposure_warnings(opts: StackOptions) -> list[str]:
     too late."""
     if is_loopback(opts.bind):
         return []
-    warnings = [f"binding {opts.bind}: the service, node_exporter, Alertmanager, the "
+    alertmanager = "Alertmanager, " if opts.prometheus_user is None else ""
+    warnings = [f"binding {opts.bind}: the service, node_exporter, {alertmanager}the "
                 "Pushgateway, the alert inbox and the dashboard page answer anyone who can "
                 "reach this address, without authentication (see docs/security.md)"]
     if opts.prometheus_user is None:
+        control = " and reload or shut it down" if opts.prometheus_lifecycle else ""
         warnings.insert(0, f"binding {opts.bind} without --prometheus-auth: anyone who can "
-                           "reach it can query Prometheus and reload or shut it down")
+                           f"reach it can query Prometheus{control}")
     return warnings
 
 
@@ -138,7 +155,9 @@ def _prometheus(opts: StackOptions, config: Path, data: str, port: int,
                 *extra: str) -> list[str]:
     argv = [find_binary("prometheus"), f"--config.file={config}",
             f"--storage.tsdb.path={opts.run_dir / 'data' / data}",
-            f"--web.listen-address={address(port, opts.bind)}", "--web.enable-lifecycle", *extra]
+            f"--web.listen-address={address(port, opts.bind)}", *extra]
+    if opts.prometheus_lifecycle:
+        argv.append("--web.enable-lifecycle")
     if opts.prometheus_user is not None:
         argv.append(f"--web.config.file={web_config_path(opts.run_dir)}")
     return argv
@@ -155,6 +174,8 @@ def components(opts: StackOptions) -> list[Component]:
         return f"--web.listen-address={address(port, bind)}"
 
     auth = prometheus_auth(opts)
+    # Alertmanager shares Prometheus' user: Prometheus sends alerts with it (config.py).
+    web_config = [f"--web.config.file={web_config_path(d)}"] if auth else []
     python = [sys.executable, "-m", "inferwatch"]
     services = []
     for index, port in enumerate(opts.service_ports):
@@ -186,9 +207,9 @@ def components(opts: StackOptions) -> list[Component]:
         Component("alertmanager", [
             find_binary("alertmanager"), f"--config.file={d / 'alertmanager.yml'}",
             f"--storage.path={d / 'data' / 'alertmanager'}",
-            listen(p.alertmanager),
+            listen(p.alertmanager), *web_config,
             "--cluster.listen-address=",  # no gossip: a single local instance
-        ], f"{url(p.alertmanager)}/-/ready", url(p.alertmanager)),
+        ], f"{url(p.alertmanager)}/-/ready", url(p.alertmanager), auth),
     ]
     prometheus_flags = [f"--rules.alert.resend-delay={opts.profile.resend_delay}"]
     if opts.replicas > 1:
@@ -273,11 +294,17 @@ class Stack:
         stops the start here, with promtool's message."""
         opts, host = self.opts, connect_host(self.opts.bind)
         auth = prometheus_auth(opts)
-        write_stack_config(opts.run_dir, opts.profile, opts.ports, opts.receivers,
-                           host=host, auth=auth)
+        _private_dir(opts.run_dir)
+        _private_dir(opts.run_dir / "data")  # the components' own files: umask 077, _spawn
+        written = write_stack_config(opts.run_dir, opts.profile, opts.ports, opts.receivers,
+                                     host=host, auth=auth)
         if opts.replicas > 1:
-            write_scaleout_config(opts.run_dir, opts.profile, opts.ports, opts.service_ports,
-                                  host=host, auth=auth)
+            written.update(write_scaleout_config(
+                opts.run_dir, opts.profile, opts.ports, opts.service_ports, host=host,
+                auth=auth))
+        for path in written.values():
+            path.chmod(0o600)
+            path.parent.chmod(0o700)
         # A fresh token per stack: chaos needs it, and it never leaves the run directory.
         write_secret_file(admin_token_path(opts.run_dir), secrets.token_urlsafe(32))
         if auth is not None:
@@ -304,14 +331,14 @@ class Stack:
             raise
 
     def _spawn(self, part: Component) -> RunningProcess:
-        logs = self.opts.run_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        log_path = logs / f"{part.name}.log"
-        with log_path.open("ab") as log:
+        _private_dir(self.opts.run_dir)
+        log_path = _private_dir(self.opts.run_dir / "logs") / f"{part.name}.log"
+        with os.fdopen(_open_private(log_path, os.O_APPEND), "ab") as log:
+            # umask 077: what each component creates (TSDB, silences, inbox) is owner-only.
             proc = subprocess.Popen(part.argv, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL,
                                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                    start_new_session=True)
+                                    start_new_session=True, umask=0o077)
         self._popen[proc.pid] = proc
         self._components[part.name] = part
         return RunningProcess(part.name, proc.pid, part.argv, str(log_path), part.url)
@@ -374,7 +401,8 @@ class Stack:
                  "prometheus_auth": auth and {"username": auth.username,
                                               "password_file": str(auth.password_file)},
                  "processes": [asdict(p) for p in self.processes]}
-        self.state_path.write_text(json.dumps(state, indent=2))
+        with os.fdopen(_open_private(self.state_path, os.O_TRUNC), "w") as f:
+            f.write(json.dumps(state, indent=2))
 
     def __enter__(self) -> Stack:
         self.start()

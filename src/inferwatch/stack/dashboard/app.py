@@ -39,7 +39,7 @@ class DashboardConfig:
     profile: Profile = DEFAULT
     dashboard: Dashboard = field(default=DASHBOARD)
     timeout: float = 10.0
-    # (user, password) sent to Prometheus; never to the page.
+    # (user, password) sent to Prometheus and Alertmanager; never to the page.
     prometheus_auth: tuple[str, str] | None = field(default=None, repr=False)
 
 
@@ -104,7 +104,9 @@ def create_dashboard_app(config: DashboardConfig,
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             for name, base, auth in (("prometheus", config.prometheus, config.prometheus_auth),
-                                     ("alertmanager", config.alertmanager, None)):
+                                     # The stack's Alertmanager shares Prometheus' user.
+                                     ("alertmanager", config.alertmanager,
+                                      config.prometheus_auth)):
                 if base:
                     clients[name] = await stack.enter_async_context(httpx.AsyncClient(
                         base_url=base.rstrip("/"), timeout=config.timeout, transport=transport,
