@@ -93,6 +93,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from quantiles import resnet18_payloads
 
 from inferwatch.cli import serve_options, serve_together
+from inferwatch.httplimits import HttpLimits
 from inferwatch.metrics import InferenceMetrics, RequestRecorder, model_from_path
 from inferwatch.metrics.instruments import _SharedRecorder
 from inferwatch.metrics.quality import FeedbackStore, QualityWorker
@@ -189,7 +190,8 @@ def serve_all(model: str, services: list[str]) -> None:
         apps.append((int(port), create_app(serve_config(flags, model))))
     prepare_serving_process()
     configs = [uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                              access_log=False, **serve_options()) for port, app in apps]
+                              access_log=False, **serve_options(), **HttpLimits().uvicorn_options())
+               for port, app in apps]
     serve_together(uvicorn.Server(configs[0]), configs[1:])
 
 

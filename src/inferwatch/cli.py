@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from inferwatch.httplimits import HttpLimits
 from inferwatch.stack.config import HOST, StackPorts
 
 if TYPE_CHECKING:
@@ -30,11 +31,29 @@ PrometheusUser = Annotated[str | None, typer.Option(
          "$INFERWATCH_PROMETHEUS_PASSWORD (default: the stack's, with --run-dir).")]
 PrometheusPasswordFile = Annotated[Path | None, typer.Option(
     help="File (mode 0600) holding the Prometheus password, with --prometheus-user.")]
+# The limits of every HTTP server we run (see inferwatch.httplimits).
+MaxHeaderBytes = Annotated[int, typer.Option(
+    help="Largest request line and headers; beyond, 431.")]
+HeaderTimeout = Annotated[float, typer.Option(
+    help="Seconds a client has to send a request's headers (from connect or from its first "
+         "byte); then the connection is closed.")]
+KeepAliveTimeout = Annotated[float, typer.Option(
+    help="Seconds an idle connection stays open between requests.")]
+MaxConnections = Annotated[int, typer.Option(
+    help="Open connections per process; one more is answered 503 and closed.")]
 
 
 def _fail(message: str) -> typer.Exit:
     console.print(f"[bold red]error:[/] {message}")
     return typer.Exit(2)
+
+
+def _http_limits(max_header_bytes: int, header_timeout: float, keep_alive_timeout: float,
+                 max_connections: int) -> HttpLimits:
+    try:
+        return HttpLimits(max_header_bytes, header_timeout, keep_alive_timeout, max_connections)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _prometheus_credentials(user: str | None, password_file: Path | None,
@@ -113,6 +132,10 @@ def serve(
     worker_dir: Annotated[Path | None, typer.Option(
         help="With --workers > 1: directory of the workers' shared metric files "
              "(default: a new temporary directory, removed at exit).")] = None,
+    max_header_bytes: MaxHeaderBytes = HttpLimits.max_header_bytes,
+    header_timeout: HeaderTimeout = HttpLimits.header_timeout,
+    keep_alive_timeout: KeepAliveTimeout = HttpLimits.keep_alive_timeout,
+    max_connections: MaxConnections = HttpLimits.max_connections,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
 ) -> None:
     """Run the inference service (TorchServe and Open Inference Protocol v2 routes)."""
@@ -130,9 +153,10 @@ def serve(
         queue_capacity=queue_capacity, max_body_bytes=max_body_bytes, quality=quality,
         metrics=metrics,
     )
+    limits = _http_limits(max_header_bytes, header_timeout, keep_alive_timeout, max_connections)
     if workers > 1:
         raise typer.Exit(_serve_workers(config, host, port, workers, worker_dir, admin_port,
-                                        log_level, serve_options()))
+                                        log_level, serve_options(), limits))
     if worker_dir is not None:
         raise _fail("--worker-dir needs --workers > 1")
     try:
@@ -143,21 +167,22 @@ def serve(
         raise _fail(str(exc)) from None
     prepare_serving_process()
     main = uvicorn.Server(uvicorn.Config(
-        asgi, host=host, port=port, log_level="warning", access_log=False, **serve_options()))
+        asgi, host=host, port=port, log_level="warning", access_log=False, **serve_options(),
+        **limits.uvicorn_options()))
     if admin is None or admin_port is None:
         main.run()
         return
     side = uvicorn.Config(admin, host=ADMIN_HOST, port=admin_port, log_level="warning",
-                          access_log=False)
+                          access_log=False, **limits.uvicorn_options())
     serve_together(main, [side])
 
 
 def serve_options() -> dict[str, Any]:
-    """How `serve` runs uvicorn. The service never reads client addresses, so it trusts no
-    X-Forwarded-* header and skips uvicorn's middleware for them; no Server header tells
-    scanners what runs here."""
-    return {"loop": _best("uvloop", "auto"), "http": _best("httptools", "auto"),
-            "proxy_headers": False, "server_header": False}
+    """How `serve` runs uvicorn, beside its HttpLimits (which choose the HTTP protocol: a
+    worker process gets them apart, as they are no JSON). The service never reads client
+    addresses, so it trusts no X-Forwarded-* header and skips uvicorn's middleware for them;
+    no Server header tells scanners what runs here."""
+    return {"loop": _best("uvloop", "auto"), "proxy_headers": False, "server_header": False}
 
 
 def serve_together(main: Any, others: list[Any]) -> None:
@@ -230,7 +255,8 @@ def proxy(
 
 
 def _serve_workers(config: Any, host: str, port: int, workers: int, worker_dir: Path | None,
-                   admin_port: int | None, log_level: str, uvicorn_options: dict[str, Any]) -> int:
+                   admin_port: int | None, log_level: str, uvicorn_options: dict[str, Any],
+                   limits: HttpLimits) -> int:
     from inferwatch.serve.workers import Supervisor
 
     if admin_port is not None:
@@ -238,7 +264,7 @@ def _serve_workers(config: Any, host: str, port: int, workers: int, worker_dir: 
         raise _fail("--admin-port works with --workers 1 only")
     supervisor = Supervisor(config, host=host, port=port, workers=workers,
                             directory=worker_dir, log_level=log_level,
-                            uvicorn_options=uvicorn_options)
+                            uvicorn_options=uvicorn_options, http_limits=limits)
     try:
         return supervisor.run()
     except OSError as exc:
@@ -257,14 +283,19 @@ def inbox(
     port: Annotated[int, typer.Option(help="Port.")] = 9095,
     file: Annotated[Path, typer.Option(help="Where notifications are kept (JSON lines).")] =
         Path("inbox.jsonl"),
+    max_header_bytes: MaxHeaderBytes = HttpLimits.max_header_bytes,
+    header_timeout: HeaderTimeout = HttpLimits.header_timeout,
+    keep_alive_timeout: KeepAliveTimeout = HttpLimits.keep_alive_timeout,
+    max_connections: MaxConnections = HttpLimits.max_connections,
 ) -> None:
     """Receive Alertmanager webhook notifications, print and keep them."""
     import uvicorn
 
     from inferwatch.stack.inbox import create_inbox_app
 
+    limits = _http_limits(max_header_bytes, header_timeout, keep_alive_timeout, max_connections)
     uvicorn.run(create_inbox_app(file), host=host, port=port, log_level="warning",
-                access_log=False)
+                access_log=False, **limits.uvicorn_options())
 
 
 def _ports(auto: bool, **ports: int) -> StackPorts:
@@ -543,6 +574,10 @@ def dashboard(
         "default",
     prometheus_user: PrometheusUser = None,
     prometheus_password_file: PrometheusPasswordFile = None,
+    max_header_bytes: MaxHeaderBytes = HttpLimits.max_header_bytes,
+    header_timeout: HeaderTimeout = HttpLimits.header_timeout,
+    keep_alive_timeout: KeepAliveTimeout = HttpLimits.keep_alive_timeout,
+    max_connections: MaxConnections = HttpLimits.max_connections,
 ) -> None:
     """Serve the built-in dashboard page: the Grafana dashboard's panels, without Grafana."""
     import uvicorn
@@ -557,8 +592,9 @@ def dashboard(
             prometheus_auth=_prometheus_credentials(prometheus_user, prometheus_password_file))
     except StackError as exc:
         raise _fail(str(exc)) from None
+    limits = _http_limits(max_header_bytes, header_timeout, keep_alive_timeout, max_connections)
     uvicorn.run(create_dashboard_app(config), host=host, port=port, log_level="warning",
-                access_log=False)
+                access_log=False, **limits.uvicorn_options())
 
 
 render_app = typer.Typer(help="Write configuration: the local stack's (default), Docker "

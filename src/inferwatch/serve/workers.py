@@ -30,6 +30,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.values import close_all_multiprocess_files
 
+from inferwatch.httplimits import HttpLimits
 from inferwatch.metrics.workers import (
     SUPERVISOR,
     CollectorPublisher,
@@ -103,12 +104,14 @@ class Supervisor:
     """Starts ``workers`` processes on one socket, restarts the ones that die.
 
     ``config`` is sent to the workers as JSON; ``directory`` holds the shared metric files
-    (default: a new temporary directory, removed at exit).
+    (default: a new temporary directory, removed at exit); each worker serves under
+    ``http_limits``.
     """
 
     def __init__(self, config: ServeConfig, *, host: str, port: int, workers: int,
                  directory: Path | None = None, log_level: str = "info",
-                 uvicorn_options: dict[str, Any] | None = None) -> None:
+                 uvicorn_options: dict[str, Any] | None = None,
+                 http_limits: HttpLimits | None = None) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.config = config
@@ -118,6 +121,7 @@ class Supervisor:
         self.directory = directory or Path()
         self.log_level = log_level
         self.uvicorn_options = uvicorn_options or {}
+        self.http_limits = http_limits or HttpLimits()
         self._stopping = False
 
     def run(self) -> int:
@@ -189,7 +193,8 @@ class Supervisor:
     def _start(self, slot: _Slot, sock: socket.socket) -> None:
         spec = {"slot": slot.name, "fd": sock.fileno(), "directory": str(self.directory),
                 "supervisor": os.getpid(), "config": config_to_json(self.config),
-                "log_level": self.log_level, "uvicorn": self.uvicorn_options}
+                "log_level": self.log_level, "uvicorn": self.uvicorn_options,
+                "http_limits": dataclasses.asdict(self.http_limits)}
         slot.process = subprocess.Popen([sys.executable, "-c", _WORKER_CODE, json.dumps(spec)],
                                         pass_fds=(sock.fileno(),), stdin=subprocess.DEVNULL)
         log.info("worker %s started (pid %d)", slot.name, slot.process.pid)
@@ -262,8 +267,9 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
             if self.started:
                 announce_slot(directory, slot)  # ready: the supervisor counts it as serving
 
-    server = WorkerServer(uvicorn.Config(app, log_level="warning", access_log=False,
-                                         **spec["uvicorn"]))
+    server = WorkerServer(uvicorn.Config(
+        app, log_level="warning", access_log=False, **spec["uvicorn"],
+        **HttpLimits(**spec["http_limits"]).uvicorn_options()))
     stop_publishing = _publish(CollectorPublisher(app.service.quality_metrics.collector))
     try:
         server.run(sockets=[socket.socket(fileno=spec["fd"])])
