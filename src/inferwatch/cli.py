@@ -229,8 +229,9 @@ def proxy(
         help="Longest wait for the upstream's next byte, in seconds; then 504.")] = 60.0,
     connect_timeout: Annotated[float, typer.Option(help="Upstream connect timeout, s.")
                                ] = 5.0,
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body; beyond, 413.")
-                              ] = 4 << 20,
+    max_body_bytes: Annotated[int, typer.Option(
+        help="Largest request body; beyond, 413. The default is above TorchServe's "
+             "max_request_size (6,553,500).")] = 8 << 20,
     discover_wait: Annotated[float, typer.Option(
         help="Without --model: how long to wait for an unreachable upstream, in seconds.")
     ] = 60.0,

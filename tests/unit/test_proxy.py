@@ -3,13 +3,14 @@
 import asyncio
 import contextlib
 import http.client
+import inspect
 import json
 import logging
 import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ import httpx
 import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 from servers import serving
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -27,6 +29,7 @@ from starlette.routing import Route
 from inferwatch.operate.load import LoadPlan, run_load_sync
 from inferwatch.proxy import DiscoveryError, ProxyConfig, ProxyServer, discover_models
 from inferwatch.serve.app import ServeConfig, create_app
+from inferwatch.stack.panels import VARIABLES
 
 CHUNKS = 4
 CHUNK_GAP = 0.15
@@ -67,6 +70,9 @@ def running_proxy(upstream: str, **options: Any) -> Iterator[ProxyServer]:
 class Upstream:
     url: str = ""
     seen: list[dict[str, Any]] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    """Lets a held stream (``/v1/completions`` with ``"hold"``) go on."""
+    streamed: list[int] = field(default_factory=list)  # bytes each endless stream sent
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +88,17 @@ def upstream() -> Iterator[Upstream]:
             return JSONResponse({"error": "boom"}, 500)
         if model == "fail404":
             return JSONResponse({"error": "no such model"}, 404)
+        if model == "full":  # TorchServe's answers when it sheds load, and when a worker died
+            return JSONResponse({"code": 503, "type": "ServiceUnavailableException",
+                                 "message": "Model \"full\" has no worker to serve inference "
+                                            "request. Please use scale workers API to add "
+                                            "workers."}, 503)
+        if model == "died":
+            return JSONResponse({"code": 507, "type": "InternalServerException",
+                                 "message": "Worker died."}, 507)
+        if model == "buggy":  # TorchServe's answer when the handler raises
+            return JSONResponse({"code": 503, "type": "InternalServerException",
+                                 "message": "Prediction failed"}, 503)
         if model == "slow":
             await asyncio.sleep(1.0)
         return JSONResponse({"path": request.url.path, "query": request.url.query,
@@ -99,13 +116,39 @@ def upstream() -> Iterator[Upstream]:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    async def held(request: Request) -> Response:
+        """An OpenAI-style stream that waits for ``release`` where its body's "hold" says:
+        before its first token, between ``data: [DONE]`` and its end, or never ends."""
+        hold = (await request.json())["hold"]
+
+        async def events() -> AsyncIterator[bytes]:
+            if hold == "first":
+                await asyncio.to_thread(record.release.wait, 10)
+            yield b'data: {"token": 1}\n\n'
+            if hold == "endless":
+                sent = 0
+                try:
+                    while sent < 100 << 20:
+                        yield b"x" * 4096
+                        sent += 4096
+                        await asyncio.sleep(0.001)
+                finally:
+                    record.streamed.append(sent)
+            yield b"data: [DONE]\n\n"
+            if hold == "end":
+                await asyncio.to_thread(record.release.wait, 10)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     async def oip_index(request: Request) -> Response:
         return JSONResponse([{"name": "m2", "version": "3", "state": "READY"}])
 
     app = Starlette(routes=[
-        Route("/predictions/{model}", echo, methods=["POST"]),
+        Route("/predictions/{model}", echo, methods=["POST", "PUT"]),
+        Route("/explanations/{model}", echo, methods=["POST", "PUT"]),
         Route("/ping", echo, methods=["GET"]),
         Route("/v1/chat/completions", stream, methods=["POST"]),
+        Route("/v1/completions", held, methods=["POST"]),
         Route("/v2/repository/index", oip_index, methods=["POST"]),
     ])
     with serving(app, lifespan="off", timeout_keep_alive=1) as url:
@@ -462,3 +505,144 @@ def test_a_client_is_not_timed_while_the_proxy_does_not_read(upstream: Upstream)
                 chunk = s.recv(65536)
                 assert chunk, received
                 received += chunk
+
+
+def test_torchserve_puts_explanations_and_refusals(upstream: Upstream) -> None:
+    with proxying(upstream.url, models=["m", "full", "died", "buggy"]) as (url, registry):
+        r = httpx.put(f"{url}/predictions/m", content=b"image")  # what `curl -T` sends
+        assert r.status_code == 200 and r.json()["length"] == 5
+        assert upstream.seen[-1]["method"] == "PUT"
+        for method in ("POST", "PUT"):  # forwarded, not counted
+            r = httpx.request(method, f"{url}/explanations/m", content=b"image")
+            assert r.status_code == 200 and r.json()["path"] == "/explanations/m"
+        assert value(registry, "inference_requests_total", "m", "") == 1
+        assert value(registry, "inference_latency_seconds_count", "m", "") == 1
+
+        r = httpx.post(f"{url}/predictions/full", content=b"x")  # relayed as is
+        assert r.status_code == 503 and r.json()["type"] == "ServiceUnavailableException"
+        r = httpx.post(f"{url}/predictions/died", content=b"x")
+        assert r.status_code == 507 and r.json()["message"] == "Worker died."
+        # A 503 is load shed: the reason InferenceRequestsShed counts.
+        assert value(registry, "inference_error_reasons_total", "full", "",
+                     reason="overloaded") == 1
+        assert value(registry, "inference_responses_total", "full", "", code="503") == 1
+        assert value(registry, "inference_error_reasons_total", "died", "",
+                     reason="upstream_5xx") == 1
+        assert value(registry, "inference_responses_total", "died", "", code="507") == 1
+        assert value(registry, "inference_responses_total", "died", "", code="5xx") == 0
+        # TorchServe answers a handler's exception 503 too: a failure, not load shed.
+        assert httpx.post(f"{url}/predictions/buggy", content=b"x").status_code == 503
+        assert value(registry, "inference_error_reasons_total", "buggy", "",
+                     reason="upstream_5xx") == 1
+        assert value(registry, "inference_error_reasons_total", "buggy", "",
+                     reason="overloaded") == 0
+        for model in ("full", "died", "buggy"):
+            assert value(registry, "inference_errors_total", model, "") == 1
+
+
+def test_default_body_limit_takes_torchserve_s_largest_request(upstream: Upstream) -> None:
+    from inferwatch.cli import proxy as proxy_command
+
+    torchserve_max_request_size = 6_553_500
+    default = inspect.signature(proxy_command).parameters["max_body_bytes"].default
+    assert default == ProxyConfig("http://127.0.0.1:1").max_body_bytes
+    with proxying(upstream.url, models=["m"]) as (url, registry):
+        r = httpx.post(f"{url}/predictions/m", content=b"x" * torchserve_max_request_size)
+        assert r.status_code == 200 and r.json()["length"] == torchserve_max_request_size
+        assert value(registry, "inference_responses_total", "m", "", code="200") == 1
+
+
+def test_model_info_names_the_model_set_for_the_dashboard(upstream: Upstream) -> None:
+    for models, expected in ((["a", "b"], {("a", ""), ("b", "")}),
+                             (discover_models(upstream.url), {("m2", "3")})):
+        with proxying(upstream.url, models=models) as (url, _):
+            text = httpx.get(f"{url}/metrics").text
+        info = [s for family in text_string_to_metric_families(text)
+                for s in family.samples if s.name == "inference_model_info"]
+        assert {(s.labels["model"], s.labels["version"]) for s in info} == expected
+        assert all(s.value == 1 for s in info)
+        # The dashboard's variables list what this series holds.
+        for variable in VARIABLES:
+            assert variable.metric == "inference_model_info"
+        model = next(v for v in VARIABLES if v.name == "model")
+        assert model.options(s.labels["model"] for s in info) == sorted(m for m, _ in expected)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def released(upstream: Upstream) -> Iterator[Upstream]:
+    """``upstream``, its held streams released after at most 5 s whatever the test does."""
+    upstream.release.clear()
+    failsafe = threading.Timer(5, upstream.release.set)
+    failsafe.start()
+    yield upstream
+    failsafe.cancel()
+    upstream.release.set()
+
+
+def test_stream_head_is_passed_before_the_first_byte(released: Upstream) -> None:
+    with proxying(released.url, models=["llm"]) as (url, registry), httpx.Client() as client:
+        with client.stream("POST", f"{url}/v1/completions",
+                           json={"model": "llm", "hold": "first"}) as response:
+            held = not released.release.is_set()
+            released.release.set()
+            body = response.read()
+        assert held  # the head came while the upstream still held its first token
+        assert body == b'data: {"token": 1}\n\ndata: [DONE]\n\n'
+        assert value(registry, "inference_responses_total", "llm", "", code="200") == 1
+        assert value(registry, "inference_time_to_first_byte_seconds_count", "llm", "") == 1
+
+
+def send_raw(port: int, path: bytes, body: bytes) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body))
+    return s
+
+
+def read_until(s: socket.socket, marker: bytes) -> None:
+    received = b""
+    while marker not in received:
+        chunk = s.recv(65536)
+        assert chunk, received
+        received += chunk
+
+
+def test_a_client_that_leaves_once_the_answer_began_is_counted_as_it_ends(
+        released: Upstream) -> None:
+    with running_proxy(released.url, models=["llm", "slow"]) as proxy:
+        registry = proxy.registry
+        # The openai SDK closes its stream at `data: [DONE]`, before the body's last bytes.
+        with send_raw(proxy.port, b"/v1/completions", b'{"model": "llm", "hold": "end"}') as s:
+            read_until(s, b"data: [DONE]")
+        wait_until(lambda: not proxy.clients)  # the proxy saw the client go
+        assert value(registry, "inference_requests_total", "llm", "") == 0  # still reading
+        released.release.set()
+        wait_until(lambda: value(registry, "inference_requests_total", "llm", "") == 1)
+        assert value(registry, "inference_responses_total", "llm", "", code="200") == 1
+        assert value(registry, "inference_latency_seconds_count", "llm", "") == 1
+        assert value(registry, "inference_error_reasons_total", "llm", "",
+                     reason="client_closed") == 0
+
+        # Gone before the upstream answered: client_closed.
+        with send_raw(proxy.port, b"/predictions/slow", b"x"):
+            pass
+        wait_until(lambda: value(registry, "inference_requests_total", "slow", "") == 1)
+        assert value(registry, "inference_error_reasons_total", "slow", "",
+                     reason="client_closed") == 1
+
+        # An answer that goes on and on is read no further than a bound, then let go.
+        with send_raw(proxy.port, b"/v1/completions",
+                      b'{"model": "llm", "hold": "endless"}') as s:
+            read_until(s, b'{"token": 1}')
+        wait_until(lambda: value(registry, "inference_requests_total", "llm", "") == 2)
+        assert value(registry, "inference_error_reasons_total", "llm", "",
+                     reason="client_closed") == 1
+        wait_until(lambda: bool(released.streamed))  # the upstream saw the proxy go
+        assert value(registry, "inference_in_flight_requests", "llm", "") == 0

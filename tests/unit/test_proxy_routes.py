@@ -10,6 +10,8 @@ from inferwatch.proxy.routes import classify, split_target
     ("POST", "/v2/models/digits/infer", "inference", "digits"),
     ("POST", "/v2/models/digits/versions/1/infer", "inference", "digits"),
     ("POST", "/v2/models/my%20model/infer", "inference", "my model"),
+    ("PUT", "/predictions/resnet18", "inference", "resnet18"),
+    ("PUT", "/predictions/resnet18/2.0", "inference", "resnet18"),
     ("POST", "/infer", "seed", "default"),
     ("POST", "/v1/chat/completions", "openai", None),
     ("POST", "/v1/embeddings", "openai", None),
@@ -25,6 +27,11 @@ from inferwatch.proxy.routes import classify, split_target
     ("GET", "/v2/models/digits/versions/1", "passthrough", None),
     ("GET", "/v1/models", "passthrough", None),
     ("GET", "/v1/models/meta-llama/Llama-3-8B", "passthrough", None),
+    ("POST", "/explanations/resnet18", "passthrough", None),
+    ("PUT", "/explanations/resnet18/2.0", "passthrough", None),
+    ("GET", "/explanations/resnet18", "method_not_allowed", None),
+    ("PUT", "/v2/models/digits/infer", "method_not_allowed", "digits"),
+    ("PUT", "/infer", "method_not_allowed", "default"),
     ("POST", "/ping", "method_not_allowed", None),
     ("DELETE", "/v2/models/digits", "method_not_allowed", None),
     ("GET", "/metrics", "metrics", None),
@@ -42,6 +49,8 @@ from inferwatch.proxy.routes import classify, split_target
     ("GET", "/v2/health/../../admin", "not_found", None),
     ("GET", "//ping", "not_found", None),
     ("POST", "/v2/models/m/versions/1/2/infer", "not_found", None),
+    ("POST", "/explanations/a/b/c", "not_found", None),
+    ("POST", "/explanations/..%2Fadmin", "not_found", None),
 ])
 def test_classify(method: str, path: str, kind: str, model: str | None) -> None:
     route = classify(method, path, "default")

@@ -43,7 +43,7 @@ _pack_batch = struct.Struct("2q").pack
 # Status codes an inference service answers with; anything else is reported by class.
 _KNOWN_CODES = frozenset(
     {200, 201, 204, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429,
-     500, 501, 502, 503, 504}
+     500, 501, 502, 503, 504, 507}  # 507: TorchServe's "Out of resources"
 )
 
 # Error reasons are a closed set: free text never becomes a label value.

@@ -79,10 +79,7 @@ class ClientConnection(asyncio.Protocol):
         for ex in pending:
             if ex is not None and not ex.done:
                 try:
-                    if ex.upstream is not None:
-                        up, ex.upstream = ex.upstream, None
-                        up.abort()
-                    ex.finish(499, "client_closed")
+                    ex.client_lost()
                 except Exception as exc:
                     ex.crash(exc)
 
@@ -352,7 +349,7 @@ class ClientConnection(asyncio.Protocol):
             del lines[1:]
             _copy_headers(ex.headers, _REQUEST_DROP | named, lines)
         lines.append(b"X-Forwarded-For: %s%s\r\n" % (forwarded_for, self.peer))
-        if ex.body or ex.method == b"POST":
+        if ex.body or ex.method in (b"POST", b"PUT"):
             lines.append(b"Content-Length: %d\r\n" % len(ex.body))
         lines.append(b"\r\n")
         lines.append(ex.body)

@@ -23,7 +23,13 @@ _RESPONSE_DROP = frozenset({
     b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade",
 })
 STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+_SERVER_FAILURE = b'"InternalServerException"'
 _UPSTREAM_STATUS = {"upstream_connect": 502, "upstream_timeout": 504}
+# What is read of a response after its client left, so that a response about to end is
+# counted as it ends (the openai SDK closes a stream at its `data: [DONE]`, before the last
+# bytes of the chunked body); beyond, the upstream is let go, as a client that left mid-answer
+# does not want the rest computed.
+_DRAIN_BYTES = 64 << 10
 
 
 def _json_body(status: int, reason: str, message: str) -> bytes:
@@ -35,8 +41,8 @@ class Exchange:
     """One request: received from a client, maybe forwarded, answered exactly once."""
 
     __slots__ = (
-        "body", "chunked", "client", "close_after", "counted", "done", "first_byte", "gauge",
-        "headers", "held", "http11", "keep_alive", "method", "model", "path", "pending",
+        "body", "chunked", "client", "close_after", "counted", "done", "drain", "first_byte",
+        "gauge", "headers", "held", "http11", "keep_alive", "method", "model", "path", "pending",
         "query", "request", "retried", "route", "start", "status", "streamed", "timer",
         "up_close", "up_end", "up_sent", "up_start", "upstream", "wrote",
     )
@@ -65,6 +71,7 @@ class Exchange:
         self.chunked = False
         self.streamed = False
         self.first_byte: float | None = None
+        self.drain: int | None = None  # bytes still read once the client left
         self.request = b""
         self.retried = False
         self.upstream: UpstreamConnection | None = None
@@ -103,10 +110,22 @@ class Exchange:
         if self.close_after or not self.keep_alive:
             lines.append(b"Connection: close\r\n")
         lines.append(b"\r\n")
-        self.pending = b"".join(lines)
+        if self.streamed:
+            # Sent at once: the client may wait long for the first byte (an LLM's first
+            # token), and its timeouts and stream handling start with the head.
+            self.wrote = True
+            self.client.write(b"".join(lines))
+        else:
+            self.pending = b"".join(lines)
 
     def upstream_body(self, chunk: bytes) -> None:
         if not chunk:
+            return
+        if self.drain is not None:
+            self.drain -= len(chunk)
+            if self.drain < 0:
+                self._let_go()
+                self.finish(499, "client_closed")
             return
         if not self.streamed:
             # Held back by one chunk: the last one goes out after the request is counted.
@@ -120,12 +139,10 @@ class Exchange:
                 self.pending += chunk
             self.held = True
             return
+        if self.first_byte is None:
+            self.first_byte = time.perf_counter() - self.start
         if self.chunked:
             chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
-        if self.pending is not None:
-            self.first_byte = time.perf_counter() - self.start
-            chunk, self.pending = self.pending + chunk, None
-        self.wrote = True
         self.client.write(chunk)
 
     def upstream_done(self) -> None:
@@ -135,6 +152,21 @@ class Exchange:
         if self.pending is not None:
             last, self.pending = self.pending + last, None
         self.finish(self.status, None, last)
+
+    def client_lost(self) -> None:
+        """The client went away. Before the upstream's response began, the request is counted
+        ``client_closed`` and the upstream let go; after, the response is read on (within
+        ``--timeout`` and ``_DRAIN_BYTES``) and counted as it ends, with its status."""
+        if self.done:
+            return
+        up = self.upstream
+        if self.status == 0 or up is None or self.client.proxy.closing:
+            self._let_go()
+            self.finish(499, "client_closed")
+            return
+        self.drain = _DRAIN_BYTES
+        self.pending = None  # nobody to write it to
+        up.resume_reading()  # paused while the client could not take more
 
     def upstream_lost(self, retryable: bool) -> None:
         if self.done:
@@ -168,10 +200,14 @@ class Exchange:
         if left > 0:
             self.timer = loop.call_at(loop.time() + left, self.on_timer)
             return
-        if up is not None:
-            self.upstream = None
-            up.abort()
+        self._let_go()
         self.fail("upstream_timeout")
+
+    def _let_go(self) -> None:
+        """Drop the upstream connection: what it still sends is not wanted."""
+        if self.upstream is not None:
+            up, self.upstream = self.upstream, None
+            up.abort()
 
     def _cancel_timer(self) -> None:
         if self.timer is not None:
@@ -184,9 +220,7 @@ class Exchange:
         """Answer 502/504 with a JSON reason; once bytes went out, cut the connection."""
         status = _UPSTREAM_STATUS[reason]
         self._cancel_timer()
-        if self.upstream is not None:
-            up, self.upstream = self.upstream, None
-            up.abort()
+        self._let_go()
         if self.wrote:
             self.close_after = True
             self.finish(status, reason)
@@ -220,7 +254,12 @@ class Exchange:
         if self.counted:
             metrics = self.client.proxy.metrics
             if reason is None and status >= 400:
-                reason = "upstream_5xx" if status >= 500 else "upstream_4xx"
+                # A 503 is the upstream shedding load (TorchServe: "Job queue is full", "no
+                # worker to serve inference request"; serve: overloaded): InferenceRequestsShed.
+                # But TorchServe also answers 503 InternalServerException "Prediction failed"
+                # when a handler raises: a failure, found in the held-back last bytes.
+                reason = ("overloaded" if status == 503 and _SERVER_FAILURE not in last else
+                          "upstream_5xx" if status >= 500 else "upstream_4xx")
             metrics.observe_request(self.model, status, time.perf_counter() - self.start,
                                     reason)
             if self.up_end and self.model is not None:
@@ -243,9 +282,7 @@ class Exchange:
         logger.error("proxy_internal: %s %s failed", self.method.decode("latin-1"),
                      self.path.decode("latin-1"), exc_info=exc)
         self.close_after = True
-        if self.upstream is not None:
-            up, self.upstream = self.upstream, None
-            up.abort()
+        self._let_go()
         if not self.done:
             try:
                 if self.wrote:

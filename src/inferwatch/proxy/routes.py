@@ -14,7 +14,7 @@ RouteKind = Literal[
     "seed",         # POST /infer {"image_base64"}: decoded, sent to /predictions/{default}
     "inference",    # counted pass-through; model from the path
     "openai",       # counted pass-through; model from the JSON body's "model"
-    "passthrough",  # health and metadata, forwarded uncounted
+    "passthrough",  # health, metadata and explanations, forwarded uncounted
     "metrics",      # the proxy's own /metrics
     "not_found",
     "method_not_allowed",
@@ -71,8 +71,6 @@ def _get_route(parts: list[str]) -> bool:
 
 def _inference_model(parts: list[str]) -> str | None:
     n = len(parts)
-    if parts[0] == "predictions" and n in (2, 3):
-        return parts[1]
     if parts[0] == "v2" and n >= 4 and parts[1] == "models" and parts[-1] == "infer" and (
             n == 4 or (n == 6 and parts[3] == "versions")):
         return parts[2]
@@ -99,6 +97,14 @@ def classify(method: str, path: str, default_model: str | None) -> Route:
     post = method == "POST"
     if parts == ["infer"]:
         return Route("seed" if post else "method_not_allowed", default_model, True)
+    if parts[0] in ("predictions", "explanations") and len(parts) in (2, 3):
+        # TorchServe takes PUT as POST: its README sends images with `curl -T`, a PUT.
+        sends = post or method == "PUT"
+        if parts[0] == "explanations":
+            # Not counted: an explanation costs many model calls, and its latency in the
+            # histogram would move the inference latency SLO.
+            return PASSTHROUGH if sends else Route("method_not_allowed")
+        return Route("inference" if sends else "method_not_allowed", parts[1], True)
     model = _inference_model(parts)
     if model is not None:
         return Route("inference" if post else "method_not_allowed", model, True)

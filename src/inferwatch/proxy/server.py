@@ -42,7 +42,9 @@ class ProxyConfig:
     timeout: float = 60.0
     """Longest wait for the upstream's next byte (before the head and between chunks)."""
     connect_timeout: float = 5.0
-    max_body_bytes: int = 4 << 20
+    max_body_bytes: int = 8 << 20
+    """Above TorchServe's default ``max_request_size`` (6,553,500): its own limit is the one a
+    client meets."""
     max_header_bytes: int = 64 << 10
     max_idle_connections: int = 256
     client_timeout: float = 75.0
@@ -91,6 +93,10 @@ class ProxyServer:
         kwargs = {"latency_buckets": config.latency_buckets} if config.latency_buckets else {}
         self.metrics = InferenceMetrics(config.models, registry=self.registry, **kwargs)
         self.default_model = config.default_model or next(iter(self.metrics.models), None)
+        for name, version in self.metrics.models.items():
+            # The dashboard lists models and hosts from this series, as it does for serve's;
+            # the runtime is the upstream's, which the proxy cannot see.
+            self.metrics.model_info.labels(name, version, "").set(1)
         parts = urlsplit(config.upstream)
         self.upstream_host = parts.hostname or ""
         self.upstream_port = parts.port or 80
@@ -99,6 +105,7 @@ class ProxyServer:
         self.port = config.port
         self.pool: UpstreamPool | None = None
         self.clients: set[ClientConnection] = set()
+        self.closing = False
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -112,6 +119,7 @@ class ProxyServer:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
+        self.closing = True  # responses are no longer read to their end for a closed client
         if self._server is not None:
             self._server.close()
         for client in list(self.clients):
