@@ -155,7 +155,6 @@ def test_counts_match_torchserve_and_prometheus(served: Served, images: list[lis
     assert_prometheus_agrees(served)
 
 
-@pytest.mark.xfail(strict=True, reason="proxy forwards PUT: issue 21")
 def test_put_is_forwarded_and_counted(served: Served, images: list[list[float]]) -> None:
     # TorchServe takes `curl -T file` (PUT, no Content-Type) as well as POST.
     assert httpx.put(served.ts.inference + PATH, content=body(images[0])).status_code == 200
@@ -241,7 +240,6 @@ def test_queue_full_503_passes_through(served: Served, images: list[list[float]]
                        code="503") == before + statuses.count(503)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21 status mapping")
 def test_queue_full_counted_as_overloaded(served: Served, images: list[list[float]]) -> None:
     before = shed_sample(served, "inference_error_reasons_total", reason="overloaded")
     statuses = queue_full(served, images)
@@ -291,8 +289,20 @@ def test_out_of_memory_507_passes_through(served: Served, images: list[list[floa
     assert shed_sample(served, "inference_errors_total") == before + 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21 status mapping")
 def test_out_of_memory_counted_as_507(served: Served, images: list[list[float]]) -> None:
     before = shed_sample(served, "inference_responses_total", code="507")
     out_of_memory(served, images)
     assert shed_sample(served, "inference_responses_total", code="507") == before + 1
+
+
+def test_handler_exception_503_is_a_failure_not_load_shed(
+        served: Served, images: list[list[float]]) -> None:
+    failed = shed_sample(served, "inference_error_reasons_total", reason="upstream_5xx")
+    shed = shed_sample(served, "inference_error_reasons_total", reason="overloaded")
+    answer = post(served.proxy, SHEDDING, body(images[0], fail="raise"))
+    assert answer.status_code == 503, answer.text
+    assert answer.json() == {"code": 503, "type": "InternalServerException",
+                             "message": "Prediction failed"}
+    assert shed_sample(served, "inference_error_reasons_total",
+                       reason="upstream_5xx") == failed + 1
+    assert shed_sample(served, "inference_error_reasons_total", reason="overloaded") == shed

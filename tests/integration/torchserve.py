@@ -78,6 +78,8 @@ def handle(data, context):
             os._exit(1)
         if request.get("fail") == "memory":
             raise MemoryError("asked to")
+        if request.get("fail") == "raise":
+            raise RuntimeError("asked to")
         time.sleep(request.get("sleep", 0))
         with torch.no_grad():
             x = torch.tensor(request["pixels"], dtype=torch.float32).reshape(1, 64) / 16.0
