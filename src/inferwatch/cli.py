@@ -26,6 +26,19 @@ app = typer.Typer(help="Monitor real-time AI inference services with Prometheus.
 console = Console()
 
 RunDir = Annotated[Path, typer.Option("--run-dir", help="Directory for config, data and logs.")]
+SloFile = Annotated[Path | None, typer.Option("--slo",
+                                              help="SLO file (default: the built-in one).")]
+Monitor = Annotated[list[str] | None, typer.Option(
+    "--monitor", metavar="KIND=HOST:PORT",
+    help="Monitor a server you run (repeat, one per kind): KIND is torchserve, triton, "
+         "mlserver, vllm, or proxy (any server, measured by the proxy only); HOST:PORT its "
+         "inference API. Its metrics address defaults to the kind's port on that host "
+         "(torchserve 8082, triton 8002, mlserver 8082, vllm: the API's); override with "
+         "`,metrics=HOST:PORT` (TorchServe's model list: `,management=HOST:PORT`, default "
+         "8081); `,proxy` puts the proxy before it. SLOs: one per model it lists.")]
+ProxyBefore = Annotated[bool, typer.Option(
+    "--proxy", help="With one --monitor: put `inferwatch proxy` before it (errors per model, "
+                    "a latency histogram); clients then call the proxy.")]
 PrometheusUser = Annotated[str | None, typer.Option(
     help="Prometheus basic-auth user; the password from --prometheus-password-file or "
          "$INFERWATCH_PROMETHEUS_PASSWORD (default: the stack's, with --run-dir).")]
@@ -310,10 +323,16 @@ def up(
         help="default: the seed's 10 s scrape/evaluation; fast: 1 s, short alert delays.")
     ] = "default",
     fast: Annotated[bool, typer.Option("--fast", help="Shorthand for --profile fast.")] = False,
-    model: Annotated[list[str] | None, typer.Option("--model", help="Model(s) to serve.")
-                     ] = None,
+    monitor: Monitor = None,
+    proxy: ProxyBefore = False,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="Model(s) to serve; with --monitor, the server's models (default: "
+                        "the ones it lists).")] = None,
+    slo: SloFile = None,
     resnet18_weights: Annotated[Path | None, typer.Option()] = None,
-    traffic: Annotated[float, typer.Option(help="Demo requests per second (0: none).")] = 20.0,
+    traffic: Annotated[float | None, typer.Option(
+        help="Demo requests per second to the built-in service (0: none; default 20, none "
+             "with --monitor).")] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d",
                                          help="Start and return; stop with `down`.")] = False,
     auto_ports: Annotated[bool, typer.Option("--auto-ports", help="Use free ports.")] = False,
@@ -333,6 +352,7 @@ def up(
                     "global Prometheus receives remote_write (see docs/deploy.md).")] = 1,
     global_prometheus_port: Annotated[int, typer.Option(
         help="The global Prometheus, with --replicas above 1.")] = 9190,
+    proxy_port: Annotated[int, typer.Option(help="The proxy, with --proxy.")] = 8090,
     bind: Annotated[str, typer.Option(
         help="Listen address of every component but the admin API (always 127.0.0.1). "
              "Beyond loopback, add --prometheus-auth and read docs/security.md.")] = HOST,
@@ -350,9 +370,11 @@ def up(
              "could stop monitoring); `kill -HUP` reloads without it.")] = False,
 ) -> None:
     """Start the service, Prometheus, Alertmanager, node_exporter, a Pushgateway, an alert
-    inbox and the dashboard page."""
+    inbox and the dashboard page; with --monitor, all but the service and its traffic, around
+    a server you run (docs/proxy.md)."""
     from inferwatch.secrets import SecretFileError
     from inferwatch.stack.alerting import AlertingConfigError, receivers_from_env
+    from inferwatch.stack.monitor import MonitorError
     from inferwatch.stack.runner import (
         Stack,
         StackError,
@@ -361,30 +383,35 @@ def up(
         profile_named,
     )
     from inferwatch.stack.runner import prometheus_auth as stack_auth
+    from inferwatch.stack.slo import SLOError
     from inferwatch.stack.webconfig import WebConfigError, given_password
 
     if prometheus_password_file is not None and prometheus_auth is None:
         raise _fail("--prometheus-password-file needs --prometheus-auth USER")
     try:
+        servers, slos = _monitored(monitor, proxy, model, slo)
         opts = StackOptions(
             run_dir=run_dir.resolve(), profile=profile_named("fast" if fast else profile),
             ports=_ports(auto_ports, service=service_port, prometheus=prometheus_port,
                          alertmanager=alertmanager_port, node_exporter=node_exporter_port,
                          inbox=inbox_port, dashboard=dashboard_port, admin=admin_port,
                          pushgateway=pushgateway_port,
-                         global_prometheus=global_prometheus_port),
-            models=tuple(model or ["digits"]), traffic_rate=traffic,
+                         global_prometheus=global_prometheus_port, proxy=proxy_port),
+            models=tuple(model or ["digits"]),
+            traffic_rate=(0.0 if servers else 20.0) if traffic is None else traffic,
             resnet18_weights=resnet18_weights, receivers=receivers_from_env(),
             workers=workers, replicas=replicas, bind=bind, prometheus_user=prometheus_auth,
             prometheus_password=given_password(prometheus_password_file)
             if prometheus_auth else None, prometheus_lifecycle=prometheus_lifecycle,
+            monitored=servers, slos=slos,
         )
         for warning in exposure_warnings(opts):
             console.print(f"[bold yellow]warning:[/] {warning}")
         stack = Stack(opts)
         with console.status("starting the stack..."):
             stack.start()
-    except (StackError, AlertingConfigError, WebConfigError, SecretFileError) as exc:
+    except (StackError, AlertingConfigError, WebConfigError, SecretFileError, MonitorError,
+            SLOError) as exc:
         raise _fail(str(exc)) from None
     auth = stack_auth(opts)
     if auth is not None:
@@ -421,6 +448,32 @@ def up(
         console.print("stopped.")
 
 
+def _monitored(monitor: list[str] | None, proxy: bool, models: list[str] | None,
+               slo: Path | None) -> tuple[list[Any], list[Any] | None]:
+    """The servers of --monitor with their models, and SLOs for those models (None: the
+    built-in SLO file's, for the built-in service)."""
+    from inferwatch.stack.monitor import (
+        coverage_notes,
+        discover,
+        monitored_slos,
+        parse_monitors,
+    )
+    from inferwatch.stack.slo import load_slos
+
+    if not monitor:
+        if proxy:
+            raise _fail("--proxy needs --monitor")
+        return [], None if slo is None else load_slos(slo)
+    servers = [discover(s, models or ()) for s in parse_monitors(monitor, proxy)]
+    for note in coverage_notes(servers):
+        console.print(f"[yellow]note:[/] {note}")
+    slos = monitored_slos(servers, slo)
+    for s in servers:
+        console.print(f"monitoring {s.kind} at {s.api} (metrics: {s.metrics or 'the proxy'}); "
+                      f"models: {', '.join(s.models)}")
+    return servers, slos
+
+
 def _print_new_notifications(inbox: InboxFollower) -> None:
     from rich.text import Text
 
@@ -448,9 +501,14 @@ def _print_stack(run_dir: Path) -> None:
     console.print(f"config, data and logs: {run_dir}")
     ports = info.get("ports")
     if ports:
-        console.print(f"Prometheus UI: {_stack_url(info, 'prometheus')}/graph\n"
-                      f"service metrics: {_stack_url(info, 'service')}/metrics\n"
-                      f"Alertmanager UI: {_stack_url(info, 'alertmanager')}/#/alerts")
+        console.print(f"Prometheus UI: {_stack_url(info, 'prometheus')}/graph")
+        inference = info.get("inference", "service")  # None: monitored servers only
+        if inference:
+            console.print(f"{inference} metrics: {_stack_url(info, inference)}/metrics")
+        for server in info.get("monitored", []):
+            console.print(f"monitored {server['kind']}: http://{server['api']}, metrics "
+                          f"{server['metrics'] or 'from the proxy'}")
+        console.print(f"Alertmanager UI: {_stack_url(info, 'alertmanager')}/#/alerts")
         if "pushgateway" in ports:
             console.print(f"Pushgateway (batch jobs): {_stack_url(info, 'pushgateway')}")
         if info.get("replicas", 1) > 1:
@@ -601,8 +659,6 @@ def dashboard(
 render_app = typer.Typer(help="Write configuration: the local stack's (default), Docker "
                          "Compose's or Kubernetes'.")
 app.add_typer(render_app, name="render")
-SloFile = Annotated[Path | None, typer.Option("--slo",
-                                              help="SLO file (default: the built-in one).")]
 
 
 @render_app.callback(invoke_without_command=True)
@@ -614,9 +670,17 @@ def render(
     scrape: Annotated[list[str] | None, typer.Option(
         "--scrape", help="Also scrape a known server's own metrics (repeat): torchserve, "
                          "triton, vllm or mlserver, optionally =HOST:PORT.")] = None,
+    monitor: Monitor = None,
+    proxy: Annotated[bool, typer.Option(
+        "--proxy", help="With one --monitor: scrape `inferwatch proxy` before it, on port "
+                        "8090, as the inference job.")] = False,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="With --monitor: the server's models (default: the ones it lists).")
+    ] = None,
 ) -> None:
     """Write Prometheus config, rules, promtool rule tests, Alertmanager config and the
-    Grafana dashboard with its provisioning files.
+    Grafana dashboard with its provisioning files; with --monitor, for a server you run
+    instead of `inferwatch serve` (as `up --monitor` does).
 
     Email and Slack receivers are configured from INFERWATCH_* environment variables
     (see docs/alerting.md); credentials stay in files that Alertmanager reads.
@@ -625,17 +689,22 @@ def render(
     if ctx.invoked_subcommand is not None:
         return
     from inferwatch.stack.alerting import AlertingConfigError, receivers_from_env
-    from inferwatch.stack.config import write_stack_config
+    from inferwatch.stack.config import Inference, write_stack_config
     from inferwatch.stack.grafana import write_grafana_files
     from inferwatch.stack.runner import StackError, profile_named
     from inferwatch.stack.slo import SLOError, load_slos
 
     try:
         chosen = profile_named(profile)
-        known = {name: target or None for name, _, target in
-                 (item.partition("=") for item in scrape or [])}
+        servers, slos = _monitored(monitor, proxy, model, slo)
+        known: dict[str, str | None] = {s.kind: s.metrics for s in servers if s.metrics}
+        known.update((name, target or None) for name, _, target in
+                     (item.partition("=") for item in scrape or []))
+        inference: Inference = "service" if not servers else "proxy" if any(
+            s.proxied for s in servers) else None
         paths = write_stack_config(out, chosen, StackPorts(), receivers_from_env(),
-                                   load_slos(slo), known_servers=known)
+                                   load_slos(slo) if slos is None else slos,
+                                   known_servers=known, inference=inference)
         paths.update(write_grafana_files(out / "grafana", chosen))
     except (StackError, SLOError, AlertingConfigError, ValueError) as exc:
         raise _fail(str(exc)) from None

@@ -7,7 +7,7 @@ import socket
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
@@ -74,6 +74,7 @@ class StackPorts:
     admin: int = 9097
     pushgateway: int = 9091
     global_prometheus: int = 9190  # the remote_write receiver, with --replicas only
+    proxy: int = 8090  # `inferwatch proxy` before a monitored server, with --proxy only
 
     @classmethod
     def free(cls) -> StackPorts:
@@ -103,28 +104,35 @@ def url(port: int, host: str = HOST) -> str:
     return f"http://{address(port, host)}"
 
 
+Inference = Literal["service", "proxy"] | None
+"""The stack's component that Prometheus scrapes as the ``inference`` job: ``serve``, the
+proxy in front of a monitored server, or none."""
+
+
 @dataclass(frozen=True)
 class KnownServer:
     """An inference server that exports its own Prometheus metrics, worth a scrape job."""
 
     job: str
-    port: int
+    port: int  # of its metrics endpoint
     metrics_path: str
     docs: str
+    api_port: int  # of its inference API, which `inferwatch up --monitor KIND=HOST:PORT` names
+    management_port: int | None = None  # where it lists its models, when not on the API
 
 
 # Their native metrics (GPU, batching, tokens, queue) complement what the proxy measures
 # from outside; ``docs`` says what each metric means.
 KNOWN_SERVERS = {s.job: s for s in (
     KnownServer("torchserve", 8082, "/metrics",  # metrics API; needs metrics_mode=prometheus
-                "https://pytorch.org/serve/metrics_api.html"),
+                "https://pytorch.org/serve/metrics_api.html", 8080, management_port=8081),
     KnownServer("triton", 8002, "/metrics",
                 "https://docs.nvidia.com/deeplearning/triton-inference-server/user-guide/docs/"
-                "user_guide/metrics.html"),
+                "user_guide/metrics.html", 8000),
     KnownServer("vllm", 8000, "/metrics",  # the OpenAI-compatible API port itself
-                "https://docs.vllm.ai/en/latest/usage/metrics.html"),
+                "https://docs.vllm.ai/en/latest/usage/metrics.html", 8000),
     KnownServer("mlserver", 8082, "/metrics",
-                "https://docs.seldon.ai/mlserver/user-guide/metrics"),
+                "https://docs.seldon.ai/mlserver/user-guide/metrics", 8080),
 )}
 
 
@@ -144,10 +152,12 @@ def known_server_job(name: str, target: str | None = None) -> dict[str, Any]:
 def render_prometheus_config(profile: Profile, ports: StackPorts,
                              known_servers: Mapping[str, str | None] | None = None,
                              host: str = HOST, auth: BasicAuth | None = None,
-                             ) -> dict[str, Any]:
+                             inference: Inference = "service") -> dict[str, Any]:
     """``known_servers`` adds a scrape job per ``{name: "host:port" or None}``, see
     ``KNOWN_SERVERS``; ``host`` is where the stack's components are reached; ``auth`` is
-    the basic auth Prometheus and Alertmanager require, so Prometheus sends it to both."""
+    the basic auth Prometheus and Alertmanager require, so Prometheus sends it to both;
+    ``inference`` is the component scraped as the ``inference`` job: `serve`, the proxy, or
+    none (a monitored server's own job is all there is, and no target is down for nothing)."""
 
     def job(name: str, port: int) -> dict[str, Any]:
         return {"job_name": name, "static_configs": [{"targets": [address(port, host)]}]}
@@ -166,7 +176,7 @@ def render_prometheus_config(profile: Profile, ports: StackPorts,
              **credentials}
         ]},
         "scrape_configs": [
-            job("inference", ports.service),
+            *([job("inference", getattr(ports, inference))] if inference else []),
             job("node", ports.node_exporter),
             {**job("alertmanager", ports.alertmanager), **credentials},
             {**job("prometheus", ports.prometheus), **credentials},
@@ -206,7 +216,7 @@ def write_stack_config(directory: Path, profile: Profile, ports: StackPorts,
                        slos: Sequence[SLO] | None = None,
                        known_servers: Mapping[str, str | None] | None = None,
                        host: str = HOST, auth: BasicAuth | None = None,
-                       ) -> dict[str, Path]:
+                       inference: Inference = "service") -> dict[str, Path]:
     """Write every configuration file of the stack under ``directory``.
 
     The inbox webhook always receives; ``receivers`` adds email and Slack.
@@ -218,7 +228,7 @@ def write_stack_config(directory: Path, profile: Profile, ports: StackPorts,
     paths = {
         "prometheus": write_yaml(directory / "prometheus.yml",
                                  render_prometheus_config(profile, ports, known_servers,
-                                                          host, auth)),
+                                                          host, auth, inference)),
         "rules": write_yaml(directory / "rules" / "inferwatch.yml",
                             render_rule_file(profile, slos)),
         "alertmanager": write_yaml(directory / "alertmanager.yml",

@@ -162,6 +162,8 @@ def slo_recordings(slos: Sequence[SLO]) -> list[RecordingRule]:
             f"sum by (model) (increase(inference_errors_total[{w}]))"
             f" / sum by (model) (increase(inference_requests_total[{w}]))"))
     for slo in slos:
+        if slo.latency_threshold is None:
+            continue
         # The threshold bucket differs per model; the static label keeps rules distinct.
         sel = f'model="{slo.model}"'
         for w in SLO_WINDOWS:
@@ -194,17 +196,18 @@ def _windows_text(pairs: Sequence[tuple[str, str, float]]) -> str:
 
 def slo_alerts(slo: SLO) -> list[AlertRule]:
     m = slo.model
-    avail = f"{slo.availability * 100:.6g}%"
-    lat = f"{slo.latency_objective * 100:.6g}%"
-    thr = f"{slo.latency_threshold * 1000:g} ms"
-    slis = (
-        ("Error", "availability", error_ratio_record, slo.error_budget, "error",
-         f"fails requests faster than its {avail} availability objective over {slo.window} "
-         "allows"),
-        ("Latency", "latency", slow_ratio_record, slo.latency_budget, "latency",
-         f"serves more requests slower than {thr} than its objective ({lat} within {thr} "
-         f"over {slo.window}) allows"),
-    )
+    slis = []  # only the objectives that the SLO sets
+    if slo.availability is not None:
+        avail = f"{slo.availability * 100:.6g}%"
+        slis.append(("Error", "availability", error_ratio_record, slo.error_budget, "error",
+                     f"fails requests faster than its {avail} availability objective over "
+                     f"{slo.window} allows"))
+    if slo.latency_objective is not None and slo.latency_threshold is not None:
+        lat = f"{slo.latency_objective * 100:.6g}%"
+        thr = f"{slo.latency_threshold * 1000:g} ms"
+        slis.append(("Latency", "latency", slow_ratio_record, slo.latency_budget, "latency",
+                     f"serves more requests slower than {thr} than its objective ({lat} "
+                     f"within {thr} over {slo.window}) allows"))
     return [
         AlertRule(
             f"Inference{sli}BudgetBurn{suffix}",
@@ -301,16 +304,18 @@ def service_alerts(profile: Profile, slos: Sequence[SLO]) -> list[AlertRule]:
                 f"model {m} that got labelled feedback were right; its objective is "
                 f"{slo.accuracy:.0%}.",
                 {"model": m}))
-        rules.append(AlertRule(
-            "InferenceLatencyHigh",
-            f"histogram_quantile(0.95, sum by (model, le) (rate(inference_latency_seconds_bucket"
-            f'{{model="{m}"}}[{w}]))) > {slo.latency_threshold:g}',
-            profile.slow_alert_for, "warning",
-            f"p95 latency of {m} is above {slo.latency_threshold * 1000:g} ms",
-            f"The p95 latency of model {m} over {w} is above its objective of "
-            f"{slo.latency_threshold * 1000:g} ms; see the per-stage latency panels for where "
-            "the time goes.",
-            {"model": m}))
+        if slo.latency_threshold is not None:
+            threshold = slo.latency_threshold
+            rules.append(AlertRule(
+                "InferenceLatencyHigh",
+                "histogram_quantile(0.95, sum by (model, le) (rate("
+                f'inference_latency_seconds_bucket{{model="{m}"}}[{w}]))) > {threshold:g}',
+                profile.slow_alert_for, "warning",
+                f"p95 latency of {m} is above {threshold * 1000:g} ms",
+                f"The p95 latency of model {m} over {w} is above its objective of "
+                f"{threshold * 1000:g} ms; see the per-stage latency panels for where "
+                "the time goes.",
+                {"model": m}))
         if slo.expect_traffic:
             rules.append(AlertRule(
                 "InferenceNoTraffic",

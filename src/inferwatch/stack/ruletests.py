@@ -183,20 +183,24 @@ def service_scenarios(profile: Profile, slos: Sequence[SLO]) -> list[Scenario]:
         series("push_time_seconds", job,
                f"{-stale * lv:g}+{profile.scrape_seconds:g}x{n}"),
     ], job, value=lambda lv: stale * lv, onset_intervals=0))
-    for slo in slos:
-        if slo.model != "digits":
-            continue  # one model is enough: the others' rules differ only in constants
-        if slo.accuracy is not None:
-            found.append(Scenario("AccuracyDrop", functools.partial(_feedback, slo.accuracy),
-                                  {"model": "digits"},
-                                  functools.partial(_accuracy_at, slo.accuracy)))
-        found.append(Scenario("InferenceLatencyHigh", functools.partial(_latency_buckets, slo),
-                              {"model": slo.model}))
-        if slo.expect_traffic:
-            found.append(Scenario("InferenceNoTraffic", lambda lv, n: [
-                series("inference_requests_total", SERVICE,
-                       ramp(0 if lv > 1 else 1, n, start=5)),
-            ], {"model": "digits"}))
+    # One model per alert is enough: the others' rules differ only in constants.
+    accuracy = next((s for s in slos if s.accuracy is not None), None)
+    if accuracy is not None and accuracy.accuracy is not None:
+        found.append(Scenario("AccuracyDrop",
+                              functools.partial(_feedback, accuracy.model, accuracy.accuracy),
+                              {"model": accuracy.model},
+                              functools.partial(_accuracy_at, accuracy.accuracy)))
+    latency = next((s for s in slos if s.latency_threshold is not None), None)
+    if latency is not None:
+        found.append(Scenario("InferenceLatencyHigh",
+                              functools.partial(_latency_buckets, latency),
+                              {"model": latency.model}))
+    traffic = next((s for s in slos if s.expect_traffic), None)
+    if traffic is not None:
+        found.append(Scenario("InferenceNoTraffic", lambda lv, n: [
+            series("inference_requests_total", {**SERVICE, "model": traffic.model},
+                   ramp(0 if lv > 1 else 1, n, start=5)),
+        ], {"model": traffic.model}))
     return found
 
 
@@ -205,11 +209,12 @@ def _accuracy_at(objective: float, level: float) -> float:
     return objective * (2 - level)
 
 
-def _feedback(objective: float, level: float, n: int) -> list[dict[str, str]]:
+def _feedback(model: str, objective: float, level: float, n: int) -> list[dict[str, str]]:
     accuracy = _accuracy_at(objective, level)
-    return [series("inference_feedback_total", {**SERVICE, "outcome": "correct"},
+    sel = {**SERVICE, "model": model}
+    return [series("inference_feedback_total", {**sel, "outcome": "correct"},
                    ramp(100 * accuracy, n)),
-            series("inference_feedback_total", {**SERVICE, "outcome": "incorrect"},
+            series("inference_feedback_total", {**sel, "outcome": "incorrect"},
                    ramp(100 * (1 - accuracy), n))]
 
 
@@ -220,10 +225,12 @@ def _latency_buckets(slo: SLO, level: float, n: int) -> list[dict[str, str]]:
     # Share of requests at or under the threshold; above the quantile when the level is low.
     under = quantile - 0.02 if level > 1 else quantile + 0.02
     t = slo.latency_threshold
+    assert t is not None
+    sel = {**SERVICE, "model": slo.model}
     buckets = [(f"{t / 2:g}", under / 2), (slo.le, under), (f"{t * 2:g}", 1.0), ("+Inf", 1.0)]
-    out = [series("inference_latency_seconds_bucket", {**SERVICE, "le": le},
+    out = [series("inference_latency_seconds_bucket", {**sel, "le": le},
                   ramp(total * share, n)) for le, share in buckets]
-    out.append(series("inference_latency_seconds_count", SERVICE, ramp(total, n)))
+    out.append(series("inference_latency_seconds_count", sel, ramp(total, n)))
     return out
 
 
@@ -249,12 +256,14 @@ def slo_scenarios(slo: SLO) -> list[tuple[Scenario, float]]:
 
     page = min(f for _, _, f in r.PAGE_WINDOWS)
     ticket = min(f for _, _, f in r.TICKET_WINDOWS)
-    return [
-        (Scenario("InferenceErrorBudgetBurnFast", errors(page), labels), page),
-        (Scenario("InferenceErrorBudgetBurnSlow", errors(ticket), labels), ticket),
-        (Scenario("InferenceLatencyBudgetBurnFast", slow(page), labels), page),
-        (Scenario("InferenceLatencyBudgetBurnSlow", slow(ticket), labels), ticket),
-    ]
+    found = []
+    if slo.availability is not None:
+        found += [(Scenario("InferenceErrorBudgetBurnFast", errors(page), labels), page),
+                  (Scenario("InferenceErrorBudgetBurnSlow", errors(ticket), labels), ticket)]
+    if slo.latency_threshold is not None:
+        found += [(Scenario("InferenceLatencyBudgetBurnFast", slow(page), labels), page),
+                  (Scenario("InferenceLatencyBudgetBurnSlow", slow(ticket), labels), ticket)]
+    return found
 
 
 def _alert_index(profile: Profile, slos: Sequence[SLO]) -> dict[tuple[str, str], r.AlertRule]:
@@ -314,11 +323,15 @@ def render_rule_tests(profile: Profile, slos: Sequence[SLO], rule_file: str,
 
     for scenario in service_scenarios(profile, slos):
         add("service", scenario, profile.scrape_seconds, parse_duration(profile.rate_window))
-    digits = next((s for s in slos if s.model == "digits"), None)
-    if digits is not None:
-        for scenario, _ in slo_scenarios(digits):
-            add("slo", scenario, 60.0, 0.0)  # constant ratios: exact in any window
-        files["slo"].append(request_weighted_test(digits))
+    tested: set[str] = set()
+    for slo in slos:  # the first model with each objective
+        for scenario, _ in slo_scenarios(slo):
+            if scenario.alert not in tested:
+                tested.add(scenario.alert)
+                add("slo", scenario, 60.0, 0.0)  # constant ratios: exact in any window
+    available = next((s for s in slos if s.availability is not None), None)
+    if available is not None:
+        files["slo"].append(request_weighted_test(available))
     covered = {t["alert_rule_test"][0]["alertname"] for tests in files.values() for t in tests}
     missing = {name for name, _ in index} - covered
     if missing:

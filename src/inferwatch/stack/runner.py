@@ -1,7 +1,8 @@
 """Start and stop the local stack: real Prometheus, Alertmanager and node_exporter binaries,
 the inference service, the alert inbox, the dashboard page and demo traffic, each a child
 process listening on 127.0.0.1 unless told another bind address (the admin API: always
-127.0.0.1).
+127.0.0.1). Around servers it monitors (``stack/monitor.py``) it runs no service and no
+traffic: only the proxy, when asked, before one of them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from inferwatch.secrets import write_secret_file
 from inferwatch.stack.alerting import Receivers
 from inferwatch.stack.config import (
     HOST,
+    Inference,
     StackPorts,
     address,
     connect_host,
@@ -34,8 +36,10 @@ from inferwatch.stack.config import (
     write_stack_config,
 )
 from inferwatch.stack.config import url as _url
+from inferwatch.stack.monitor import MonitoredServer, MonitorError, check_metrics
 from inferwatch.stack.profiles import PROFILES, Profile
 from inferwatch.stack.scaleout import GLOBAL_CONFIG, write_scaleout_config
+from inferwatch.stack.slo import SLO
 from inferwatch.stack.webconfig import (
     BasicAuth,
     WebConfigError,
@@ -98,10 +102,32 @@ class StackOptions:
     prometheus_password: str | None = field(default=None, repr=False)
     # /-/reload and /-/quit: unauthenticated without prometheus_user; SIGHUP reloads anyway.
     prometheus_lifecycle: bool = False
+    # Servers watched instead of `serve`: the service, admin API and traffic are not started.
+    monitored: Sequence[MonitoredServer] = ()
+    slos: Sequence[SLO] | None = None  # None: the built-in file's
 
     @property
     def service_ports(self) -> list[int]:
         return [self.ports.service, *self.replica_ports]
+
+    @property
+    def proxied(self) -> MonitoredServer | None:
+        return next((s for s in self.monitored if s.proxied), None)
+
+    @property
+    def inference(self) -> Inference:
+        """What Prometheus scrapes as the ``inference`` job."""
+        if not self.monitored:
+            return "service"
+        return "proxy" if self.proxied else None
+
+    def unused_ports(self) -> set[str]:
+        unused = set() if self.replicas > 1 else {"global_prometheus"}
+        if self.monitored:
+            unused |= {"service", "admin"}
+        if self.proxied is None:
+            unused.add("proxy")
+        return unused
 
     def service_name(self, index: int) -> str:
         return "service" if self.replicas == 1 else f"service-{index}"
@@ -178,7 +204,13 @@ def components(opts: StackOptions) -> list[Component]:
     web_config = [f"--web.config.file={web_config_path(d)}"] if auth else []
     python = [sys.executable, "-m", "inferwatch"]
     services = []
-    for index, port in enumerate(opts.service_ports):
+    proxied = opts.proxied
+    if proxied is not None:
+        services.append(Component("proxy", [
+            *python, "proxy", "--upstream", f"http://{proxied.api}", "--host", bind,
+            "--port", str(p.proxy), *(a for m in proxied.models for a in ("--model", m)),
+        ], f"{url(p.proxy)}/metrics", url(p.proxy)))
+    for index, port in enumerate([] if opts.monitored else opts.service_ports):
         serve = [*python, "serve", "--host", bind, "--port", str(port)]
         if opts.workers > 1:
             workers = "workers" if opts.replicas == 1 else f"workers-{index}"
@@ -277,10 +309,11 @@ class Stack:
                              "stop it with `inferwatch down` first")
         if self.opts.replicas < 1:
             raise StackError("replicas must be at least 1")
+        if self.opts.monitored:
+            self._check_monitored()
         if len(self.opts.replica_ports) != self.opts.replicas - 1:
             self.opts.replica_ports = free_ports(self.opts.replicas - 1)
-        busy = self.opts.ports.busy(
-            skip=() if self.opts.replicas > 1 else ("global_prometheus",), bind=self.opts.bind)
+        busy = self.opts.ports.busy(skip=self.opts.unused_ports(), bind=self.opts.bind)
         if busy:
             raise StackError("port(s) already in use: " + ", ".join(
                 f"{port} ({name})" for name, port in busy
@@ -289,6 +322,17 @@ class Stack:
         self.write_config()
         self.start_components(parts, timeout)
 
+    def _check_monitored(self) -> None:
+        opts = self.opts
+        if opts.replicas > 1 or opts.workers > 1 or opts.traffic_rate > 0:
+            raise StackError("replicas, workers and demo traffic are the built-in service's; "
+                             "a monitored server gets its clients' requests")
+        try:
+            for server in opts.monitored:
+                check_metrics(server)
+        except MonitorError as exc:
+            raise StackError(str(exc)) from None
+
     def write_config(self) -> None:
         """Configuration and secrets of the run directory; a web config promtool refuses
         stops the start here, with promtool's message."""
@@ -296,8 +340,10 @@ class Stack:
         auth = prometheus_auth(opts)
         _private_dir(opts.run_dir)
         _private_dir(opts.run_dir / "data")  # the components' own files: umask 077, _spawn
+        known = {s.kind: s.metrics for s in opts.monitored if s.metrics is not None}
         written = write_stack_config(opts.run_dir, opts.profile, opts.ports, opts.receivers,
-                                     host=host, auth=auth)
+                                     opts.slos, known, host=host, auth=auth,
+                                     inference=opts.inference)
         if opts.replicas > 1:
             written.update(write_scaleout_config(
                 opts.run_dir, opts.profile, opts.ports, opts.service_ports, host=host,
@@ -397,7 +443,8 @@ class Stack:
         auth = prometheus_auth(self.opts)
         state = {"profile": self.opts.profile.name, "ports": asdict(self.opts.ports),
                  "replicas": self.opts.replicas, "bind": self.opts.bind,
-                 "host": connect_host(self.opts.bind),
+                 "host": connect_host(self.opts.bind), "inference": self.opts.inference,
+                 "monitored": [asdict(s) for s in self.opts.monitored],
                  "prometheus_auth": auth and {"username": auth.username,
                                               "password_file": str(auth.password_file)},
                  "processes": [asdict(p) for p in self.processes]}
