@@ -60,7 +60,7 @@ def create_admin_app(faults: Faults, token: str) -> Starlette:
                 raw = await request.body()
                 try:
                     body = json.loads(raw) if raw else {}
-                except (UnicodeDecodeError, json.JSONDecodeError):
+                except (ValueError, RecursionError):  # RecursionError: nested too deep
                     return _error(400, "invalid JSON")
                 if not isinstance(body, dict):
                     return _error(400, "expected a JSON object")
@@ -99,7 +99,7 @@ def create_admin_app(faults: Faults, token: str) -> Starlette:
         return JSONResponse({"killing": os.getpid()},
                             background=BackgroundTask(os.kill, os.getpid(), signal.SIGKILL))
 
-    return Starlette(routes=[
+    app = Starlette(routes=[
         Route("/admin/faults", guarded(show), methods=["GET"]),
         Route("/admin/faults", guarded(clear), methods=["DELETE"]),
         Route("/admin/faults/errors", guarded(errors), methods=["POST"]),
@@ -108,3 +108,5 @@ def create_admin_app(faults: Faults, token: str) -> Starlette:
         Route("/admin/faults/drift", guarded(drift), methods=["POST"]),
         Route("/admin/kill", guarded(kill), methods=["POST"]),
     ])
+    app.router.redirect_slashes = False  # see inferwatch.stack.inbox
+    return app

@@ -197,7 +197,7 @@ def create_dashboard_app(config: DashboardConfig,
              "startsAt": a.get("startsAt"), "state": a.get("status", {}).get("state")}
             for a in found], "alertmanager": config.alertmanager, "at": time.time()})
 
-    return Starlette(routes=[
+    app = Starlette(routes=[
         Route("/", index, methods=["GET"]),
         Route("/-/ready", ready, methods=["GET"]),
         Route("/api/dashboard", dashboard, methods=["GET"]),
@@ -206,3 +206,5 @@ def create_dashboard_app(config: DashboardConfig,
         Route("/api/alerts", alerts, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ], lifespan=lifespan)
+    app.router.redirect_slashes = False  # see inferwatch.stack.inbox
+    return app
