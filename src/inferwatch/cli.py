@@ -127,6 +127,11 @@ def serve(
     queue_capacity: Annotated[int, typer.Option(
         help="Samples that may wait per model; beyond, 503 with Retry-After.")] = 256,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 4 << 20,
+    max_image_pixels: Annotated[int, typer.Option(
+        min=1, help="Largest image, in pixels, beyond which 413 image_too_large, checked "
+                    "before decoding: a small PNG can declare gigabytes. The default, "
+                    "4096x4096, holds a 12 Mpx photo; the models take 8x8 and 224x224.")
+    ] = 4096 * 4096,
     quality: Annotated[bool, typer.Option(
         help="Track confidence, class mix, drift and feedback accuracy.")] = True,
     metrics: Annotated[bool, typer.Option(
@@ -164,7 +169,7 @@ def serve(
         models=tuple(model or ["digits"]), resnet18_weights=resnet18_weights,
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
         queue_capacity=queue_capacity, max_body_bytes=max_body_bytes, quality=quality,
-        metrics=metrics,
+        metrics=metrics, max_image_pixels=max_image_pixels,
     )
     limits = _http_limits(max_header_bytes, header_timeout, keep_alive_timeout, max_connections)
     if workers > 1:

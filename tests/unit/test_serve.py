@@ -136,7 +136,10 @@ def test_bad_input_gets_4xx_with_reason_and_is_counted(
     async def test(c: Client, reg: CollectorRegistry) -> None:
         r = await c.post(path, content=body, headers={"content-type": ctype})
         assert r.status_code == status, r.text
-        assert r.json()["error"] == reason and r.json()["message"]
+        if path.startswith("/v2/"):  # OIP's form: the message in "error"
+            assert r.json()["reason"] == reason and r.json()["error"] and "message" not in r.json()
+        else:
+            assert r.json()["error"] == reason and r.json()["message"]
         model = "digits" if "digits" in path else "_unknown"
         version = "1" if model == "digits" else ""
         assert reg.get_sample_value("inference_error_reasons_total",
@@ -191,11 +194,18 @@ def test_feedback_scores_answers_once_and_refuses_bad_ids_and_labels() -> None:
             {"name": "x", "shape": [1, 64], "datatype": "FP32",
              "data": data.images[2].ravel().tolist()}]})
         assert v2.json()["id"] == "req-2"
-        for unsafe in ("req-3\n", "x" * 65, "caf\u00e9"):  # the service names these itself
+        # Echoed, as OIP says, but feedback takes the id the service drew, in X-Request-ID.
+        for unsafe in ("req-3\n", "x" * 65, "caf\u00e9", ""):
             answered = await c.post("/v2/models/digits/infer", json={"id": unsafe, "inputs": [
                 {"name": "x", "shape": [1, 64], "datatype": "FP32",
                  "data": data.images[3].ravel().tolist()}]})
-            assert answered.status_code == 200 and len(answered.json()["id"]) == 16
+            assert answered.status_code == 200 and answered.json()["id"] == unsafe
+            drawn = answered.headers["x-request-id"]
+            assert len(drawn) == 16
+            unknown = await c.post("/feedback", json={"request_id": unsafe, "label": "1"})
+            assert unknown.status_code == 404
+            found = await c.post("/feedback", json={"request_id": drawn, "label": "eleven"})
+            assert found.json()["error"] == "invalid_label"  # not unknown_request_id
         bad = await c.post("/feedback", json={"request_id": "req-2", "label": "eleven"})
         assert bad.status_code == 422
         wrong = (int(data.labels[2]) + 1) % 10
@@ -204,8 +214,8 @@ def test_feedback_scores_answers_once_and_refuses_bad_ids_and_labels() -> None:
         assert (await c.post("/feedback", content=b"[]")).status_code == 400
         assert count(reg, "inference_feedback_total", outcome="correct") == 1
         assert count(reg, "inference_feedback_total", outcome="incorrect") == 1
-        for reason, times in (("duplicate_feedback", 1), ("unknown_request_id", 3),
-                              ("invalid_label", 1), ("invalid_json", 1)):
+        for reason, times in (("duplicate_feedback", 1), ("unknown_request_id", 3 + 4),
+                              ("invalid_label", 1 + 4), ("invalid_json", 1)):
             assert reg.get_sample_value("inference_feedback_rejected_total",
                                         {"reason": reason}) == times
 

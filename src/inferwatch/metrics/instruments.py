@@ -53,6 +53,7 @@ ERROR_REASONS = frozenset(
         "bad_request", "unsupported_media_type", "unknown_model", "method_not_allowed", "not_found",
         "overloaded", "timeout", "internal", "injected", "upstream_connect", "proxy_internal",
         "upstream_timeout", "upstream_5xx", "upstream_4xx", "client_closed", "image_too_large",
+        "unknown_output",
     }
 )
 

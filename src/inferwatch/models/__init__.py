@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inferwatch.models.base import InputError, ModelCard, ServedModel, decode_image
+from inferwatch.models.base import (
+    InputError,
+    ModelCard,
+    ServedModel,
+    decode_image,
+    load_image,
+    open_image,
+)
 
 MODEL_NAMES = ("digits", "resnet18")
 
-__all__ = ["MODEL_NAMES", "InputError", "ModelCard", "ServedModel", "decode_image", "load_model"]
+__all__ = ["MODEL_NAMES", "InputError", "ModelCard", "ServedModel", "decode_image", "load_image",
+           "load_model", "open_image"]
 
 
 def load_model(name: str, *, resnet18_weights: Path | None = None) -> ServedModel:

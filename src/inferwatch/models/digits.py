@@ -161,7 +161,10 @@ class DigitsModel(ServedModel):
     def from_image(self, image: Image.Image) -> np.ndarray:
         if image.width < 8 or image.height < 8:
             raise InputError("invalid_shape", "the image must be at least 8x8 pixels")
-        gray = image.convert("L").resize((8, 8), Image.Resampling.BOX)
+        try:
+            gray = image.convert("L").resize((8, 8), Image.Resampling.BOX)
+        except ValueError as exc:  # a LAB TIFF, for one: Pillow cannot make it grey
+            raise InputError("invalid_image", f"cannot use the image: {exc}") from None
         return np.asarray(gray, dtype=np.float32) * (16.0 / 255.0)
 
     def features(self, samples: np.ndarray) -> dict[str, np.ndarray]:

@@ -8,12 +8,12 @@ import binascii
 import contextlib
 import functools
 import gc
-import json
 import logging
-import math
+import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,13 @@ from prometheus_client import (
 )
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
+import inferwatch
 from inferwatch.metrics import InferenceMetrics, RequestRecorder, model_from_path
 from inferwatch.metrics.exposition import render_exposition
 from inferwatch.metrics.gpu import GPUCollector
@@ -45,11 +46,28 @@ from inferwatch.metrics.quality import (
     RequestIds,
     answer_key,
 )
-from inferwatch.models import InputError, ServedModel, decode_image, load_model
+from inferwatch.models import (
+    InputError,
+    ServedModel,
+    decode_image,
+    load_image,
+    load_model,
+    open_image,
+)
 from inferwatch.serve.batching import BatchResult, MicroBatcher, QueueFullError
 from inferwatch.serve.errors import InferenceError, error_response
 from inferwatch.serve.faults import Faults
 from inferwatch.serve.openapi import openapi_document
+from inferwatch.serve.protocols import (
+    DATATYPES,
+    EXTENSIONS,
+    InferRequest,
+    decode_content,
+    encode_error,
+    encode_infer_response,
+    parse_infer_request,
+    parse_json,
+)
 
 log = logging.getLogger("inferwatch.serve")
 
@@ -58,12 +76,18 @@ _TOP_K = 5
 # A model call under this runs on the event loop, not the batch thread (see MicroBatcher): the
 # digits model's calls take 10-60 us, resnet18's tens of milliseconds.
 INLINE_COMPUTE_SECONDS = 0.0005
-_MAX_DIMS = 32  # numpy allows 64; no model takes more than a handful
+_V2_OUTPUTS = ("probabilities", "label")
+# An image is decoded on the event loop only when it is sure to be cheap, else in a thread:
+# the hand-off costs about what decoding an 8x8 digit does. A small body bounds what opening
+# it may inflate (a PNG's text chunks: 64 MB in 0.3 s from 74 KB), few pixels the decoding.
+INLINE_IMAGE_BYTES = 1024
+INLINE_IMAGE_PIXELS = 64 * 64
 
-# An inference route's protocol: its body to samples (and a request id, if it carries one),
-# and the model's answer to a response.
-Decoder = Callable[[ServedModel, Request, bytes], tuple[np.ndarray, str | None]]
-Responder = Callable[[ServedModel, np.ndarray, str], Response]
+# An inference route's protocol: its body to samples (and the OIP request, with its id and
+# the outputs it asks for), and the model's answer to a response.
+Decoder = Callable[[ServedModel, Request, bytes],
+                   Awaitable[tuple[np.ndarray, InferRequest | None]]]
+Responder = Callable[[ServedModel, np.ndarray, str, InferRequest | None], Response]
 
 
 @dataclass
@@ -74,6 +98,9 @@ class ServeConfig:
     max_wait_ms: float = 0.0  # 0: greedy, batches form only while the model is busy
     queue_capacity: int = 256
     max_body_bytes: int = 4 * 1024 * 1024
+    # Decoding costs width x height (4 bytes a pixel in RGBA, more while converting), however
+    # small the body. 16.7 Mpx holds a 12 Mpx phone photo; the models take 8x8 and 224x224.
+    max_image_pixels: int = 4096 * 4096
     latency_buckets: Sequence[float] | None = None
     quality: bool = True  # confidence, class mix, drift and feedback accuracy
     # False: no recorder, no instrument call per request, no /metrics; only to measure
@@ -109,6 +136,9 @@ class InferenceService:
         self.quality_metrics = QualityMetrics(self.registry)
         self.feedback = FeedbackStore()
         self.request_ids = RequestIds()
+        # Few threads: each may hold a decoded image of up to max_image_pixels.
+        self.decoders = ThreadPoolExecutor(min(4, os.cpu_count() or 1),
+                                           thread_name_prefix="inferwatch-decode")
         self.deployments: dict[str, _Deployment] = {}
         for model in loaded:
             card = model.card
@@ -165,6 +195,7 @@ class InferenceService:
             for d in self.deployments.values():
                 await d.batcher.stop()
             await worker.stop()
+            self.decoders.shutdown(wait=True)
             self.faults.clear()
 
     def deployment(self, name: str) -> _Deployment:
@@ -253,36 +284,39 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise InferenceError("body_too_large", f"body of {declared} bytes exceeds {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise InferenceError("body_too_large", f"body exceeds {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise InferenceError("body_too_large", f"body exceeds {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise InferenceError("client_closed", "the client closed the connection before the "
+                                              "body was complete") from None
     body = b"".join(chunks)
     if not body:
         raise InferenceError("empty_body", "the request body is empty")
     return body
 
 
-def parse_json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InferenceError("invalid_json", f"invalid JSON: {exc}") from None
-
-
-def _request_id(request: Request, given_id: str | None,
+def _request_id(request: Request, asked: InferRequest | None,
                 ids: RequestIds) -> tuple[str, int]:
-    """The request's id, and the key its answer is kept under (:func:`answer_key`): the id
-    its body gave (checked by the decoder), else its X-Request-ID, else one drawn with its
-    key."""
-    given = given_id or request.headers.get("x-request-id", "")
-    return (given, answer_key(given)) if given_id or _REQUEST_ID.fullmatch(given) \
-        else ids.new()
+    """The id the request's answer is kept under for feedback, and its key
+    (:func:`answer_key`): the id its body gave, else its X-Request-ID, the first of the two
+    that the feedback route would take, else one drawn with its key."""
+    given = asked.id if asked is not None else None
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given, answer_key(given)
+    given = request.headers.get("x-request-id", "")
+    return (given, answer_key(given)) if _REQUEST_ID.fullmatch(given) else ids.new()
 
 
 def _input_error(exc: InputError) -> InferenceError:
     return InferenceError(exc.reason, str(exc))
+
+
+def _image_sample(model: ServedModel, data: bytes, max_pixels: int) -> np.ndarray:
+    return model.from_image(decode_image(data, max_pixels))
 
 
 class ServiceApp:
@@ -328,6 +362,7 @@ def create_app(
     disable_created_metrics()  # `_created` series double the exposition for no query we run
     service = InferenceService(config or ServeConfig(), registry, scrape_registry)
     limit = service.config.max_body_bytes
+    max_pixels = service.config.max_image_pixels
 
     async def answer(request: Request, decode: Decoder, respond: Responder) -> Response:
         """An inference route: the parts its protocol does not change, timed and counted.
@@ -346,12 +381,12 @@ def create_app(
             body = await read_body(request, limit)
             start = time.perf_counter()
             await service.preprocess_faults()
-            samples, given_id = decode(d.model, request, body)
-            request_id, key = _request_id(request, given_id, service.request_ids)
+            samples, asked = await decode(d.model, request, body)
+            request_id, key = _request_id(request, asked, service.request_ids)
             result, preprocess = await service.infer(name, samples, start, key)
             post = time.perf_counter()
             await service.postprocess_faults()
-            response = respond(d.model, result.probabilities, request_id)
+            response = respond(d.model, result.probabilities, request_id, asked)
             if recorder is not None:  # RequestRecorder.succeeded, without a Python call
                 recorder.append(recorder.pack(started, preprocess, result.queue_seconds,
                                               result.compute_seconds, post,
@@ -361,8 +396,8 @@ def create_app(
             if recorder is not None:
                 recorder.active -= 1
 
-    def decode_image_request(model: ServedModel, request: Request, body: bytes
-                             ) -> tuple[np.ndarray, None]:
+    async def decode_image_request(model: ServedModel, request: Request, body: bytes
+                                   ) -> tuple[np.ndarray, None]:
         if request.headers.get("content-type", "").startswith("application/json"):
             payload = parse_json(body)
             encoded = payload.get("image_base64") if isinstance(payload, dict) else None
@@ -374,37 +409,53 @@ def create_app(
             except (binascii.Error, ValueError):
                 raise InferenceError("invalid_image", "image_base64 is not valid base64") from None
         try:
-            return model.from_image(decode_image(body))[None], None
+            image = open_image(body, max_pixels) if len(body) <= INLINE_IMAGE_BYTES else None
+            if image is not None and image.width * image.height <= INLINE_IMAGE_PIXELS:
+                sample = model.from_image(load_image(image))
+            else:
+                sample = await asyncio.get_running_loop().run_in_executor(
+                    service.decoders, _image_sample, model, body, max_pixels)
         except InputError as exc:
             raise _input_error(exc) from None
+        return sample[None], None
 
-    def top_classes(model: ServedModel, probs: np.ndarray, request_id: str) -> Response:
+    def top_classes(model: ServedModel, probs: np.ndarray, request_id: str,
+                    _: InferRequest | None) -> Response:
         labels = model.card.labels
         top = np.argsort(probs[0])[::-1][:_TOP_K]
         return JSONResponse({labels[i]: round(float(probs[0][i]), 6) for i in top},
                             headers={"X-Request-ID": request_id})
 
-    def decode_v2_request(model: ServedModel, request: Request, body: bytes
-                          ) -> tuple[np.ndarray, str | None]:
-        version = request.path_params.get("version")
-        if version is not None and version != model.card.version:
-            raise InferenceError("unknown_model",
-                                 f"model {model.card.name} has version {model.card.version}")
-        return _v2_samples(model, parse_json(body))
+    async def decode_v2_request(model: ServedModel, request: Request, body: bytes
+                                ) -> tuple[np.ndarray, InferRequest]:
+        _check_version(model, request)
+        # One pass over the raw headers: Headers.get raises and catches a KeyError for each
+        # absent one, 1 us a request for these two, which plain JSON requests never send.
+        encoding = header_length = None
+        for key, value in request.scope["headers"]:
+            if key == b"content-encoding":
+                encoding = value.decode("latin-1")
+            elif key == b"inference-header-content-length":
+                header_length = value.decode("latin-1")
+        if encoding is not None:
+            body = decode_content(body, encoding, limit)
+        return _v2_samples(model, body, header_length)
 
-    def v2_response(model: ServedModel, probs: np.ndarray, request_id: str) -> Response:
+    def v2_response(model: ServedModel, probs: np.ndarray, request_id: str,
+                    asked: InferRequest | None) -> Response:
+        assert asked is not None
         card = model.card
-        return JSONResponse({
-            "model_name": card.name,
-            "model_version": card.version,
-            "id": request_id,
-            "outputs": [
-                {"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape),
-                 "data": [round(float(v), 6) for v in probs.ravel()]},
-                {"name": "label", "datatype": "INT64", "shape": [len(probs)],
-                 "data": [int(i) for i in probs.argmax(axis=1)]},
-            ],
-        })
+        head: dict[str, Any] = {"model_name": card.name, "model_version": card.version,
+                                "id": request_id if asked.id is None else asked.id}
+        if asked.outputs is None:  # every output in JSON: 1 us less than the general path
+            head["outputs"] = [_v2_output(name, probs, False)[0] for name in _V2_OUTPUTS]
+            response: Response = JSONResponse(head)
+        else:
+            response = encode_infer_response(head, [
+                _v2_output(name, probs, binary) for name, binary in asked.outputs.items()])
+        if asked.id is not None and asked.id != request_id:  # the id feedback takes
+            response.headers["X-Request-ID"] = request_id
+        return response
 
     async def predictions(request: Request) -> Response:
         return await answer(request, decode_image_request, top_classes)
@@ -424,8 +475,20 @@ def create_app(
             service.quality_metrics.feedback_rejected.labels(exc.reason).inc()
             raise
 
+    def v2_model(request: Request) -> ServedModel:
+        model = service.deployment(request.path_params["model"]).model
+        _check_version(model, request)
+        return model
+
+    async def v2_server(request: Request) -> Response:
+        return JSONResponse({"name": "inferwatch", "version": inferwatch.__version__,
+                             "extensions": list(EXTENSIONS)})
+
+    async def v2_model_ready(request: Request) -> Response:
+        return JSONResponse({"name": v2_model(request).card.name, "ready": True})
+
     async def v2_metadata(request: Request) -> Response:
-        card = service.deployment(request.path_params["model"]).model.card
+        card = v2_model(request).card
         return JSONResponse({
             "name": card.name,
             "versions": [card.version],
@@ -449,6 +512,9 @@ def create_app(
     async def ready(request: Request) -> Response:
         return JSONResponse({"ready": True})
 
+    async def live(request: Request) -> Response:
+        return JSONResponse({"live": True})
+
     async def metrics(request: Request) -> Response:
         body, content_type = render_exposition(service.scrape_registry,
                                                request.headers.get("accept", ""))
@@ -465,22 +531,27 @@ def create_app(
         if service.metrics is not None and model is not None:
             service.metrics.observe_request(model, status, 0.0, reason)
 
+    def failed(request: Request, reason: str, message: str, status: int,
+               headers: Mapping[str, str] | None = None) -> Response:
+        """The error answer, counted; under /v2 in OIP's form, its message in ``error``."""
+        count_failure(request, status, reason)
+        path = request.scope["path"]
+        encode = encode_error if path == "/v2" or path.startswith("/v2/") else error_response
+        return encode(reason, message, status, headers)
+
     async def inference_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, InferenceError)
-        count_failure(request, exc.status, exc.reason)
-        return error_response(exc.reason, str(exc), exc.status, exc.headers)
+        return failed(request, exc.reason, str(exc), exc.status, exc.headers)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code,
                                                                     "bad_request")
-        count_failure(request, exc.status_code, reason)
-        return error_response(reason, str(exc.detail), exc.status_code, exc.headers)
+        return failed(request, reason, str(exc.detail), exc.status_code, exc.headers)
 
     async def server_error(request: Request, exc: Exception) -> Response:
         """Starlette answers with this, then raises ``exc`` on for the server to log."""
-        count_failure(request, 500, "internal")
-        return error_response("internal", "internal server error", 500)
+        return failed(request, "internal", "internal server error", 500)
 
     app = Starlette(
         routes=[
@@ -488,9 +559,14 @@ def create_app(
             Route("/v2/models/{model}/infer", v2_infer, methods=["POST"]),
             Route("/v2/models/{model}/versions/{version}/infer", v2_infer, methods=["POST"]),
             Route("/v2/models/{model}", v2_metadata, methods=["GET"]),
+            Route("/v2/models/{model}/versions/{version}", v2_metadata, methods=["GET"]),
+            Route("/v2/models/{model}/ready", v2_model_ready, methods=["GET"]),
+            Route("/v2/models/{model}/versions/{version}/ready", v2_model_ready,
+                  methods=["GET"]),
+            Route("/v2", v2_server, methods=["GET"]),
             Route("/feedback", feedback, methods=["POST"]),
             Route("/v2/health/ready", ready, methods=["GET"]),
-            Route("/v2/health/live", ready, methods=["GET"]),
+            Route("/v2/health/live", live, methods=["GET"]),
             Route("/models", models, methods=["GET"]),
             Route("/ping", ping, methods=["GET"]),
             *([Route("/metrics", metrics, methods=["GET"])] if service.metrics else []),
@@ -500,35 +576,38 @@ def create_app(
                             Exception: server_error},
         lifespan=service.lifespan,
     )
+    app.router.redirect_slashes = False  # see inferwatch.stack.inbox
     return ServiceApp(app, service)
 
 
-def _v2_samples(model: ServedModel, payload: Any) -> tuple[np.ndarray, str | None]:
-    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list) \
-            or len(payload["inputs"]) != 1 or not isinstance(payload["inputs"][0], dict):
-        raise InferenceError("invalid_json", 'expected {"inputs": [{"shape": ..., "data": ...}]}')
-    tensor = payload["inputs"][0]
-    shape, data = tensor.get("shape"), tensor.get("data")
-    if not isinstance(shape, list) or not 0 < len(shape) <= _MAX_DIMS or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
-        raise InferenceError("invalid_shape", f"inputs[0].shape must be a list of 1 to "
-                                              f"{_MAX_DIMS} positive ints")
-    if tensor.get("datatype", "FP32") not in ("FP32", "FP64", "INT32", "INT64", "UINT8"):
-        raise InferenceError("invalid_shape", f"unsupported datatype {tensor.get('datatype')!r}")
+def _check_version(model: ServedModel, request: Request) -> None:
+    version = request.path_params.get("version")
+    if version is not None and version != model.card.version:
+        raise InferenceError("unknown_model",
+                             f"model {model.card.name} has version {model.card.version}")
+
+
+def _v2_samples(model: ServedModel, body: bytes, header_length: str | None
+                ) -> tuple[np.ndarray, InferRequest]:
+    asked = parse_infer_request(body, header_length, _V2_OUTPUTS)
     try:
-        with np.errstate(over="ignore"):  # a float beyond float32 becomes inf, refused below
-            values = np.asarray(data, dtype=np.float32)
-    except (TypeError, ValueError, OverflowError):  # an int beyond float64 overflows
-        raise InferenceError("invalid_shape", "inputs[0].data must hold numbers") from None
-    # math.prod, not np.prod: int64 wraps, and [2**32, 2**32] would "need" 0 values.
-    needed = math.prod(shape)
-    if values.size != needed:
-        raise InferenceError("invalid_shape", f"inputs[0].data has {values.size} values, "
-                                              f"shape {shape} needs {needed}")
-    try:
-        samples = model.from_tensor(values.reshape(shape))
+        return model.from_tensor(asked.values), asked
     except InputError as exc:
         raise _input_error(exc) from None
-    request_id = payload.get("id")
-    return samples, request_id if isinstance(request_id, str) and _REQUEST_ID.fullmatch(
-        request_id) else None
+
+
+def _v2_output(name: str, probs: np.ndarray, binary: bool) -> tuple[dict[str, Any], bytes | None]:
+    """Output ``name`` of the answer ``probs``: its JSON object, with its data unless it is
+    sent as binary data, and that."""
+    if name == "probabilities":
+        output: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(probs.shape)}
+        if binary:
+            return output, probs.astype(DATATYPES["FP32"]).tobytes()
+        output["data"] = [round(float(v), 6) for v in probs.ravel()]
+    else:
+        labels = probs.argmax(axis=1)
+        output = {"name": name, "datatype": "INT64", "shape": [len(probs)]}
+        if binary:
+            return output, labels.astype(DATATYPES["INT64"]).tobytes()
+        output["data"] = [int(i) for i in labels]
+    return output, None
