@@ -120,7 +120,7 @@ def test_binary_framing_errors_are_400s_and_size_errors_422s() -> None:
 def test_compressed_bodies_are_decompressed_within_the_limit() -> None:
     body = json.dumps({"inputs": [{"shape": [1], "data": [1]}]}).encode()
     assert decode_content(gzip.compress(body), "gzip", LIMIT) == body
-    assert decode_content(gzip.compress(body) * 2, " GZIP", LIMIT) == body * 2  # two members
+    assert decode_content(gzip.compress(body), " GZIP", LIMIT) == body
     assert decode_content(zlib.compress(body), "deflate", LIMIT) == body
     assert decode_content(body, "identity", LIMIT) == body
     bomb = gzip.compress(b"\0" * (64 * 1024 * 1024))  # 64 KiB that holds 64 MiB
@@ -139,6 +139,8 @@ def test_compressed_bodies_are_decompressed_within_the_limit() -> None:
             ("gzip", body, "bad_request"),  # not compressed
             ("gzip", gzip.compress(body)[:-5], "bad_request"),  # truncated
             ("deflate", zlib.compress(body) + b"x", "bad_request"),
+            # Each member would copy the rest again: 4 MB of empty ones, 30 s of one core.
+            ("gzip", gzip.compress(body) + gzip.compress(b"") * 200_000, "bad_request"),
             ("br", body, "unsupported_media_type"),
             ("gzip, br", body, "unsupported_media_type")):
         with pytest.raises(InferenceError) as error:

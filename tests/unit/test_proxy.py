@@ -7,6 +7,7 @@ import inspect
 import json
 import logging
 import re
+import select
 import socket
 import threading
 import time
@@ -646,3 +647,28 @@ def test_a_client_that_leaves_once_the_answer_began_is_counted_as_it_ends(
                      reason="client_closed") == 1
         wait_until(lambda: bool(released.streamed))  # the upstream saw the proxy go
         assert value(registry, "inference_in_flight_requests", "llm", "") == 0
+
+
+def test_a_header_field_without_end_is_refused_at_twice_the_limit(upstream: Upstream) -> None:
+    with proxying(upstream.url, models=["m"], max_header_bytes=4096) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(b"POST /predictions/m HTTP/1.1\r\nHost: x\r\nX-Big: ")
+            for _ in range(64):  # 64 x 1 KiB: the field never ends
+                s.sendall(b"a" * 1024)
+                if select.select([s], [], [], 0.01)[0]:
+                    break  # answered: sending on would have the closed socket reset
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
+
+
+def test_trailers_of_a_chunked_body_are_not_forwarded_as_headers(upstream: Upstream) -> None:
+    with proxying(upstream.url, models=["m"]) as (url, _):
+        answer = raw_exchange(url, b"POST /predictions/m HTTP/1.1\r\nHost: x\r\n"
+                                   b"Transfer-Encoding: chunked\r\n\r\n"
+                                   b"5\r\nimage\r\n0\r\nX-Admin: 1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert upstream.seen[-1]["body"] == b"image"
+        assert "x-admin" not in upstream.seen[-1]["headers"]

@@ -31,3 +31,19 @@ def test_a_component_stops_and_starts_again_in_its_place(tmp_path: Path) -> None
         processes = list(stack.processes)
         stack.stop()
     assert not any(alive(p) for p in processes)
+
+
+def test_a_directory_that_is_no_run_dir_is_never_narrowed(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    (shared / "notes.txt").write_text("someone else's")
+    Stack(StackOptions(run_dir=shared, profile=FAST)).write_config()
+    assert shared.stat().st_mode & 0o777 == 0o755
+    assert (shared / "data").stat().st_mode & 0o777 == 0o700
+    assert (shared / "prometheus.yml").stat().st_mode & 0o777 == 0o600
+    for fresh in (tmp_path / "new", tmp_path / "empty"):
+        if fresh.name == "empty":
+            fresh.mkdir()
+        Stack(StackOptions(run_dir=fresh, profile=FAST)).write_config()
+        assert fresh.stat().st_mode & 0o777 == 0o700
+        Stack(StackOptions(run_dir=fresh, profile=FAST)).write_config()  # an earlier stack's

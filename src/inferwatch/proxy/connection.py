@@ -52,6 +52,8 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
+        self._in_head = False  # between a request's first byte and its headers' end
+        self._head_raw = 0  # bytes of a head still incomplete after the reads so far
         self._body: list[bytes] = []
         self._body_size = 0
 
@@ -101,6 +103,15 @@ class ClientConnection(asyncio.Protocol):
                               internal=True)
         except httptools.HttpParserError:
             self._give_up("malformed HTTP request")
+            return
+        if self._in_head and not self.ignoring:
+            # httptools hands a header over only once it ends, holding (and copying) it until
+            # then: a head still incomplete after twice the limit (separators included) is
+            # refused now, not after a 60 MB field.
+            self._head_raw += len(data)
+            if self._head_raw > 2 * self.proxy.config.max_header_bytes:
+                self._header_bytes = self._head_raw
+                self._give_up("request headers too large")
 
     def _give_up(self, error: str | None, *, internal: bool = False) -> None:
         """Stop reading; close once the requests already received are answered."""
@@ -136,6 +147,8 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.began = self.loop.time()
+        self._in_head = True
+        self._head_raw = 0
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -150,12 +163,14 @@ class ClientConnection(asyncio.Protocol):
             raise httptools.HttpParserError("request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        if self._in_head:  # not a chunked body's trailer: never forwarded as a header
+            self._headers.append((name, value))
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > self.proxy.config.max_header_bytes:
             raise httptools.HttpParserError("request headers too large")
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         if self.ignoring:
             return
         method = self.parser.get_method()

@@ -80,7 +80,7 @@ def _record(line: bytes) -> dict[str, Any] | None:
     that something else wrote."""
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(record, dict):
         return None
@@ -205,8 +205,7 @@ def create_inbox_app(path: Path, echo: bool = True,
     path.parent.mkdir(parents=True, exist_ok=True)
     os.close(_open_private(path))  # there from the start, for GET /alerts and `inferwatch up`
 
-    def keep(record: dict[str, Any]) -> None:
-        line = (json.dumps(record) + "\n").encode()
+    def keep(line: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             size = path.stat().st_size
             if size and size + len(line) > max_file_bytes:
@@ -231,7 +230,15 @@ def create_inbox_app(path: Path, echo: bool = True,
                                           "a list of objects with string labels and "
                                           "annotations"}, 400)
         received_at = time.time()
-        keep({"received_at": received_at, "notification": notification})
+        try:
+            line = json.dumps({"received_at": received_at, "notification": notification})
+        except RecursionError:
+            line = ""
+        # The record nests one level deeper than the body: what parsed may not parse back,
+        # and one such line would break every later listing.
+        if _record(line.encode()) is None:
+            return JSONResponse({"error": "invalid_json"}, 400)
+        keep((line + "\n").encode())
         if echo:
             stamp = time.strftime("%H:%M:%S", time.localtime(received_at))
             print(f"[{stamp}] alert {describe(notification)}", file=sys.stdout, flush=True)

@@ -141,6 +141,17 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
+def _run_dir(path: Path) -> Path:
+    """The run directory, 0700 when it is new, empty or an earlier stack's. Any other
+    directory (``--run-dir /tmp``, ``~``) keeps its mode: narrowing it would lock others out;
+    what the stack writes there is private all the same (``data``, ``logs``: 0700, files 0600).
+    """
+    earlier = (path / "prometheus.yml").exists() or (path / "data").is_dir()
+    if not path.is_dir() or earlier or not any(path.iterdir()):
+        return _private_dir(path)
+    return path
+
+
 def _open_private(path: Path, flags: int) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o600)
 
@@ -338,7 +349,7 @@ class Stack:
         stops the start here, with promtool's message."""
         opts, host = self.opts, connect_host(self.opts.bind)
         auth = prometheus_auth(opts)
-        _private_dir(opts.run_dir)
+        _run_dir(opts.run_dir)
         _private_dir(opts.run_dir / "data")  # the components' own files: umask 077, _spawn
         known = {s.kind: s.metrics for s in opts.monitored if s.metrics is not None}
         written = write_stack_config(opts.run_dir, opts.profile, opts.ports, opts.receivers,
@@ -350,7 +361,8 @@ class Stack:
                 auth=auth))
         for path in written.values():
             path.chmod(0o600)
-            path.parent.chmod(0o700)
+            if path.parent != opts.run_dir:  # rules/, file_sd/: the run dir is _run_dir's
+                path.parent.chmod(0o700)
         # A fresh token per stack: chaos needs it, and it never leaves the run directory.
         write_secret_file(admin_token_path(opts.run_dir), secrets.token_urlsafe(32))
         if auth is not None:
@@ -377,7 +389,7 @@ class Stack:
             raise
 
     def _spawn(self, part: Component) -> RunningProcess:
-        _private_dir(self.opts.run_dir)
+        _run_dir(self.opts.run_dir)
         log_path = _private_dir(self.opts.run_dir / "logs") / f"{part.name}.log"
         with os.fdopen(_open_private(log_path, os.O_APPEND), "ab") as log:
             # umask 077: what each component creates (TSDB, silences, inbox) is owner-only.
