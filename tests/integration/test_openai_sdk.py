@@ -8,12 +8,11 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
-import uvicorn
 from processes import process, scrape
+from servers import serving
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -76,26 +75,6 @@ def openai_app(record: Upstream) -> Starlette:
                              Route("/v1/chat/completions", completions, methods=["POST"])])
 
 
-@contextmanager
-def serving(app: Starlette) -> Iterator[str]:
-    """``app`` under uvicorn on a free loopback port, in a thread of this process."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "upstream did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -126,7 +105,7 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
     record = Upstream()
     port = free_port()
     log = tmp_path_factory.mktemp("openai") / "proxy.log"
-    with serving(openai_app(record)) as upstream:
+    with serving(openai_app(record), lifespan="off") as upstream:
         record.url = upstream
         url = f"http://127.0.0.1:{port}"
         # No --model: the proxy lists the upstream's models from GET /v1/models.

@@ -180,9 +180,9 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(server: Serve
     assert b"connection: close" not in response.lower()  # the server kept it open, then closed
 
 
+# Not with --workers: the cap is each worker's, and which worker accepts is the kernel's choice.
+@pytest.mark.parametrize("server", [k for k in COMMANDS if k != "serve-workers"], indirect=True)
 def test_a_connection_over_the_cap_gets_503(server: Server) -> None:
-    if server.kind == "serve-workers":
-        pytest.skip("the cap is each worker's; which worker accepts is the kernel's choice")
     held = [server.connect() for _ in range(MAX_CONNECTIONS)]
     try:
         with server.connect() as refused:
