@@ -11,6 +11,27 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def foreground_up(run_dir: Path, traffic: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """``inferwatch up`` in the foreground, read until it says how to stop it; the caller
+    kills it should anything fail."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inferwatch", "up", "--fast", "--auto-ports", "--traffic",
+         traffic, "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, lines
+
+
 def test_up_detached_status_load_and_down(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     up = cli("up", "--fast", "--auto-ports", "--detach", "--traffic", "0",
@@ -45,18 +66,8 @@ def test_up_in_foreground_stops_everything_on_sigint(tmp_path: Path) -> None:
     from inferwatch.stack.runner import alive, read_state
 
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "inferwatch", "up", "--fast", "--auto-ports", "--traffic", "2",
-         "--run-dir", str(run_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    lines = []
+    proc, lines = foreground_up(run_dir, "2")
     try:
-        for line in proc.stdout:  # the process is killed in `finally` should it hang
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
         processes = read_state(run_dir)
         assert {p.name for p in processes} == {
             "service", "inbox", "node_exporter", "pushgateway", "alertmanager", "prometheus",
@@ -76,18 +87,9 @@ def test_up_in_foreground_survives_what_anyone_posts_to_the_inbox(tmp_path: Path
     import signal
 
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "inferwatch", "up", "--fast", "--auto-ports", "--traffic", "0",
-         "--run-dir", str(run_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        stdin=subprocess.DEVNULL)
+    proc, lines = foreground_up(run_dir, "0")
     assert proc.stdout is not None
-    lines = []
     try:
-        for line in proc.stdout:  # the process is killed in `finally` should it hang
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
         port = json.loads((run_dir / "state.json").read_text())["ports"]["inbox"]
         inbox = f"http://127.0.0.1:{port}/alerts"
         with (run_dir / "inbox.jsonl").open("a") as f:
