@@ -195,8 +195,9 @@ def test_up_with_the_proxy_counts_each_request_once(ts: TorchServe, tmp_path: Pa
         assert settled(m, f'sum(inference_requests_total{{model="{MODEL}"}})', n) == n
         # The proxy's count alone: TorchServe's copy of a proxied model is not recorded.
         assert m.prom.query('inference_requests_total{source="torchserve"}') == []
-        assert m.prom.scalar(f'sum(ts_inference_requests_total{{model_name="{MODEL}"}})'
-                             ) == before + n
+        # Scraped apart from the proxy: waited for on its own, like the proxy's count.
+        assert settled(m, f'sum(ts_inference_requests_total{{model_name="{MODEL}"}})',
+                       before + n) == before + n
 
         with_data = panels_with_data(m)
         assert {"qps", "error_ratio", "latency_avg", "latency_p95", "in_flight"} <= with_data
