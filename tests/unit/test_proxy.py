@@ -464,7 +464,7 @@ def test_pipelined_requests_are_read_one_ahead(upstream: Upstream) -> None:
         peak = {"queued": 0, "bytes": 0}
 
         def sample() -> None:  # on the proxy's loop, so it sees the state between reads
-            for client in proxy.clients:
+            for client in proxy.state.clients:
                 partial = sum(map(len, client._body)) if client.current is not None else 0
                 peak["queued"] = max(peak["queued"], len(client.queue))
                 peak["bytes"] = max(peak["bytes"],
@@ -622,7 +622,7 @@ def test_a_client_that_leaves_once_the_answer_began_is_counted_as_it_ends(
         # The openai SDK closes its stream at `data: [DONE]`, before the body's last bytes.
         with send_raw(proxy.port, b"/v1/completions", b'{"model": "llm", "hold": "end"}') as s:
             read_until(s, b"data: [DONE]")
-        wait_until(lambda: not proxy.clients)  # the proxy saw the client go
+        wait_until(lambda: not proxy.state.clients)  # the proxy saw the client go
         assert value(registry, "inference_requests_total", "llm", "") == 0  # still reading
         released.release.set()
         wait_until(lambda: value(registry, "inference_requests_total", "llm", "") == 1)

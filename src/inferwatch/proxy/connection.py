@@ -8,18 +8,15 @@ import binascii
 import json
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import httptools
 
 from inferwatch.metrics.exposition import render_exposition
+from inferwatch.proxy.context import ProxyContext
 from inferwatch.proxy.exchange import Exchange, logger
 from inferwatch.proxy.routes import BAD_REQUEST, Route, classify, split_target
-from inferwatch.proxy.upstream import UpstreamPool
-
-if TYPE_CHECKING:
-    from inferwatch.proxy.server import ProxyServer
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and those the proxy sets itself.
 _REQUEST_DROP = frozenset({
@@ -31,12 +28,24 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TOO_DEEP = "invalid JSON: nested too deeply"
 
 
+class ServerState:
+    """What the server and its client connections share while it runs (uvicorn's
+    ``ServerState``)."""
+
+    __slots__ = ("clients", "closing")
+
+    def __init__(self) -> None:
+        self.clients: set[ClientConnection] = set()
+        self.closing = False  # responses are no longer read to their end for a closed client
+
+
 class ClientConnection(asyncio.Protocol):
     """One downstream connection: parses requests, forwards them in order, writes answers."""
 
-    def __init__(self, proxy: ProxyServer, loop: asyncio.AbstractEventLoop) -> None:
-        self.proxy = proxy
-        self.loop = loop
+    def __init__(self, context: ProxyContext, state: ServerState) -> None:
+        self.context = context
+        self.state = state
+        self.loop = loop = context.loop
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer = b""
@@ -57,23 +66,18 @@ class ClientConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
 
-    def proxy_pool(self) -> UpstreamPool:
-        assert self.proxy.pool is not None
-        return self.proxy.pool
-
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if isinstance(peer, tuple) else b""
-        self.proxy.clients.add(self)
-        self.idle_timer = self.loop.call_later(self.proxy.config.client_timeout,
-                                               self._check_idle)
+        self.state.clients.add(self)
+        self.idle_timer = self.loop.call_later(self.context.client_timeout, self._check_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self.proxy.clients.discard(self)
+        self.state.clients.discard(self)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
         pending = [self.active, *self.queue, self.current]
@@ -81,7 +85,7 @@ class ClientConnection(asyncio.Protocol):
         for ex in pending:
             if ex is not None and not ex.done:
                 try:
-                    ex.client_lost()
+                    ex.client_lost(self.state.closing)
                 except Exception as exc:
                     ex.crash(exc)
 
@@ -109,7 +113,7 @@ class ClientConnection(asyncio.Protocol):
             # then: a head still incomplete after twice the limit (separators included) is
             # refused now, not after a 60 MB field.
             self._head_raw += len(data)
-            if self._head_raw > 2 * self.proxy.config.max_header_bytes:
+            if self._head_raw > 2 * self.context.max_header_bytes:
                 self._header_bytes = self._head_raw
                 self._give_up("request headers too large")
 
@@ -123,13 +127,13 @@ class ClientConnection(asyncio.Protocol):
         elif error is None:
             self.close()
         else:
-            ex = Exchange(self, BAD_REQUEST, b"", b"", b"", [])
+            ex = Exchange(self, self.context, BAD_REQUEST, b"", b"", b"", [])
             ex.close_after = True
             self.active = ex
             if internal:
                 ex.respond(500, "proxy_internal", error)
                 return
-            too_large = self._header_bytes > self.proxy.config.max_header_bytes
+            too_large = self._header_bytes > self.context.max_header_bytes
             ex.respond(431 if too_large else 400, "bad_request",
                        "request headers too large" if too_large else error)
 
@@ -159,14 +163,14 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._header_bytes += len(url)
-        if self._header_bytes > self.proxy.config.max_header_bytes:
+        if self._header_bytes > self.context.max_header_bytes:
             raise httptools.HttpParserError("request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:  # not a chunked body's trailer: never forwarded as a header
             self._headers.append((name, value))
         self._header_bytes += len(name) + len(value)
-        if self._header_bytes > self.proxy.config.max_header_bytes:
+        if self._header_bytes > self.context.max_header_bytes:
             raise httptools.HttpParserError("request headers too large")
 
     def on_headers_complete(self) -> None:
@@ -176,15 +180,15 @@ class ClientConnection(asyncio.Protocol):
         method = self.parser.get_method()
         target = split_target(self._url)
         if target is None:
-            ex = Exchange(self, BAD_REQUEST, method, b"", b"", self._headers)
+            ex = Exchange(self, self.context, BAD_REQUEST, method, b"", b"", self._headers)
         else:
             path, query = target
-            route = classify(method.decode("ascii", "replace"), path, self.proxy.default_model)
-            ex = Exchange(self, route, method, path.encode(), query, self._headers)
+            route = classify(method.decode("ascii", "replace"), path, self.context.default_model)
+            ex = Exchange(self, self.context, route, method, path.encode(), query, self._headers)
         ex.keep_alive = self.parser.should_keep_alive()
         ex.http11 = self.parser.get_http_version() == "1.1"
         self.current = ex
-        limit = self.proxy.config.max_body_bytes
+        limit = self.context.max_body_bytes
         expect = False
         for name, value in self._headers:
             low = name.lower()
@@ -201,7 +205,7 @@ class ClientConnection(asyncio.Protocol):
         if ex is None:
             return
         self._body_size += len(body)
-        if self._body_size > self.proxy.config.max_body_bytes:
+        if self._body_size > self.context.max_body_bytes:
             self._too_large(ex)
             return
         self._body.append(body)
@@ -277,7 +281,7 @@ class ClientConnection(asyncio.Protocol):
         self.idle_timer = None
         if self.transport is None:
             return
-        timeout = self.proxy.config.client_timeout
+        timeout = self.context.client_timeout
         now = self.loop.time()
         idle_for = now - self.last_data
         # While paused, the request read in part waits for the proxy, not for the client.
@@ -298,7 +302,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _answer(self, ex: Exchange) -> None:
         kind = ex.route.kind
-        proxy = self.proxy
+        context = self.context
         if kind == "openai":
             try:
                 ex.model = _openai_model(ex.body)
@@ -306,19 +310,19 @@ class ClientConnection(asyncio.Protocol):
                 ex.respond(400, "invalid_json", str(exc))
                 return
         if ex.counted:
-            ex.gauge = proxy.metrics.in_flight_gauge(ex.model)
+            ex.gauge = context.metrics.in_flight_gauge(ex.model)
             ex.gauge.inc()
         if kind in ("inference", "passthrough", "openai"):
             self._forward(ex, ex.path)
         elif kind == "seed":
             self._forward_seed(ex)
         elif kind == "metrics":
-            body, content_type = render_exposition(proxy.registry,
+            body, content_type = render_exposition(context.registry,
                                                    _header(ex.headers, b"accept"))
             ex.respond(200, None, "", body, content_type.encode())
         elif kind == "too_large":
             ex.respond(413, "body_too_large",
-                       f"request body exceeds {proxy.config.max_body_bytes} bytes")
+                       f"request body exceeds {context.max_body_bytes} bytes")
         elif kind == "method_not_allowed":
             ex.respond(405, "method_not_allowed",
                        f"method {ex.method.decode('ascii', 'replace')} not allowed here")
@@ -331,7 +335,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _forward_seed(self, ex: Exchange) -> None:
         """The seed's ``{"image_base64": ...}``: decoded and sent as image bytes."""
-        if self.proxy.default_model is None:
+        model = self.context.default_model
+        if model is None:
             ex.respond(404, "unknown_model", "no model known: start the proxy with --model")
             return
         if not ex.body:
@@ -353,12 +358,12 @@ class ClientConnection(asyncio.Protocol):
             return
         ex.headers = [(b"Content-Type", b"application/octet-stream")]
         ex.query = b""
-        self._forward(ex, b"/predictions/" + quote(self.proxy.default_model, safe="").encode())
+        self._forward(ex, b"/predictions/" + quote(model, safe="").encode())
 
     def _forward(self, ex: Exchange, path: bytes) -> None:
-        proxy = self.proxy
+        context = self.context
         lines = [b"%s %s%s%s HTTP/1.1\r\nHost: %s\r\n" % (
-            ex.method, proxy.prefix, path, ex.query, proxy.host_header)]
+            ex.method, context.prefix, path, ex.query, context.host_header)]
         forwarded_for, named = _copy_headers(ex.headers, _REQUEST_DROP, lines)
         if named:  # the Connection header named more hop-by-hop headers
             del lines[1:]
@@ -371,8 +376,8 @@ class ClientConnection(asyncio.Protocol):
         ex.request = b"".join(lines)
         ex.up_start = time.perf_counter()
         ex.up_sent = self.loop.time()
-        ex.timer = self.loop.call_at(ex.up_sent + proxy.config.timeout, ex.on_timer)
-        self.proxy_pool().send(ex, ex.request)
+        ex.timer = self.loop.call_at(ex.up_sent + context.timeout, ex.on_timer)
+        context.pool.send(ex, ex.request)
 
 
 def _copy_headers(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes],

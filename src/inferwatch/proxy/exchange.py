@@ -7,12 +7,12 @@ import json
 import logging
 import time
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from inferwatch.proxy.context import ProxyContext
 from inferwatch.proxy.routes import Route
 
 if TYPE_CHECKING:
-    from inferwatch.proxy.connection import ClientConnection
     from inferwatch.proxy.upstream import UpstreamConnection
 
 logger = logging.getLogger("inferwatch.proxy")
@@ -37,19 +37,29 @@ def _json_body(status: int, reason: str, message: str) -> bytes:
                       separators=(",", ":")).encode()
 
 
+class Downstream(Protocol):
+    """The client connection an exchange answers on."""
+
+    def write(self, data: bytes) -> None: ...
+    def finished(self, ex: Exchange) -> None: ...
+    def drop(self, ex: Exchange) -> None:
+        """Close at once: answering ``ex`` failed inside the proxy."""
+
+
 class Exchange:
     """One request: received from a client, maybe forwarded, answered exactly once."""
 
     __slots__ = (
-        "body", "chunked", "client", "close_after", "counted", "done", "drain", "first_byte",
-        "gauge", "headers", "held", "http11", "keep_alive", "method", "model", "path", "pending",
-        "query", "request", "retried", "route", "start", "status", "streamed", "timer",
-        "up_close", "up_end", "up_sent", "up_start", "upstream", "wrote",
+        "body", "chunked", "client", "close_after", "context", "counted", "done", "drain",
+        "first_byte", "gauge", "headers", "held", "http11", "keep_alive", "method", "model",
+        "path", "pending", "query", "request", "retried", "route", "start", "status",
+        "streamed", "timer", "up_close", "up_end", "up_sent", "up_start", "upstream", "wrote",
     )
 
-    def __init__(self, client: ClientConnection, route: Route, method: bytes, path: bytes,
-                 query: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, client: Downstream, context: ProxyContext, route: Route, method: bytes,
+                 path: bytes, query: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         self.client = client
+        self.context = context
         self.route = route
         self.model = route.model
         self.counted = route.counted
@@ -153,14 +163,15 @@ class Exchange:
             last, self.pending = self.pending + last, None
         self.finish(self.status, None, last)
 
-    def client_lost(self) -> None:
-        """The client went away. Before the upstream's response began, the request is counted
-        ``client_closed`` and the upstream let go; after, the response is read on (within
-        ``--timeout`` and ``_DRAIN_BYTES``) and counted as it ends, with its status."""
+    def client_lost(self, shutting_down: bool) -> None:
+        """The client went away. Before the upstream's response began, or as the proxy shuts
+        down, the request is counted ``client_closed`` and the upstream let go; else the
+        response is read on (within ``--timeout`` and ``_DRAIN_BYTES``) and counted as it
+        ends, with its status."""
         if self.done:
             return
         up = self.upstream
-        if self.status == 0 or up is None or self.client.proxy.closing:
+        if self.status == 0 or up is None or shutting_down:
             self._let_go()
             self.finish(499, "client_closed")
             return
@@ -173,7 +184,7 @@ class Exchange:
             return
         if retryable and not self.retried and self.status == 0:
             self.retried = True  # the upstream closed an idle connection as we reused it
-            self.client.proxy_pool().send(self, self.request)
+            self.context.pool.send(self, self.request)
         elif self.up_close:
             self.upstream_done()
         else:
@@ -193,10 +204,10 @@ class Exchange:
         self.timer = None
         if self.done:
             return
-        loop = self.client.loop
+        loop = self.context.loop
         up = self.upstream
         last = max(self.up_sent, up.last_read if up is not None else 0.0)
-        left = last + self.client.proxy.config.timeout - loop.time()
+        left = last + self.context.timeout - loop.time()
         if left > 0:
             self.timer = loop.call_at(loop.time() + left, self.on_timer)
             return
@@ -252,7 +263,7 @@ class Exchange:
         self._cancel_timer()
         self._release_gauge()
         if self.counted:
-            metrics = self.client.proxy.metrics
+            metrics = self.context.metrics
             if reason is None and status >= 400:
                 # A 503 is the upstream shedding load (TorchServe: "Job queue is full", "no
                 # worker to serve inference request"; serve: overloaded): InferenceRequestsShed.

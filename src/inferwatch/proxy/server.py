@@ -21,7 +21,8 @@ from prometheus_client import (
 )
 
 from inferwatch.metrics import InferenceMetrics
-from inferwatch.proxy.connection import ClientConnection
+from inferwatch.proxy.connection import ClientConnection, ServerState
+from inferwatch.proxy.context import ProxyContext
 from inferwatch.proxy.upstream import UpstreamPool
 
 
@@ -92,37 +93,39 @@ class ProxyServer:
         self.registry = registry if registry is not None else _registry()
         kwargs = {"latency_buckets": config.latency_buckets} if config.latency_buckets else {}
         self.metrics = InferenceMetrics(config.models, registry=self.registry, **kwargs)
-        self.default_model = config.default_model or next(iter(self.metrics.models), None)
         for name, version in self.metrics.models.items():
             # The dashboard lists models and hosts from this series, as it does for serve's;
             # the runtime is the upstream's, which the proxy cannot see.
             self.metrics.model_info.labels(name, version, "").set(1)
-        parts = urlsplit(config.upstream)
-        self.upstream_host = parts.hostname or ""
-        self.upstream_port = parts.port or 80
-        self.host_header = parts.netloc.rsplit("@", 1)[-1].encode()
-        self.prefix = parts.path.rstrip("/").encode()
         self.port = config.port
         self.pool: UpstreamPool | None = None
-        self.clients: set[ClientConnection] = set()
-        self.closing = False
+        self.state = ServerState()
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.pool = UpstreamPool(self.upstream_host, self.upstream_port,
-                                 connect_timeout=self.config.connect_timeout,
-                                 max_idle=self.config.max_idle_connections, loop=loop)
+        config = self.config
+        parts = urlsplit(config.upstream)
+        self.pool = UpstreamPool(parts.hostname or "", parts.port or 80,
+                                 connect_timeout=config.connect_timeout,
+                                 max_idle=config.max_idle_connections, loop=loop)
+        context = ProxyContext(
+            loop=loop, pool=self.pool, metrics=self.metrics, registry=self.registry,
+            default_model=config.default_model or next(iter(self.metrics.models), None),
+            prefix=parts.path.rstrip("/").encode(),
+            host_header=parts.netloc.rsplit("@", 1)[-1].encode(),
+            timeout=config.timeout, client_timeout=config.client_timeout,
+            max_body_bytes=config.max_body_bytes, max_header_bytes=config.max_header_bytes)
         self._server = await loop.create_server(
-            lambda: ClientConnection(self, loop), self.config.host, self.config.port,
+            lambda: ClientConnection(context, self.state), config.host, config.port,
             backlog=1024, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
-        self.closing = True  # responses are no longer read to their end for a closed client
+        self.state.closing = True
         if self._server is not None:
             self._server.close()
-        for client in list(self.clients):
+        for client in list(self.state.clients):
             client.close()
         if self.pool is not None:
             self.pool.close()
