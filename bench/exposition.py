@@ -31,11 +31,12 @@ import httpx
 import numpy as np
 from harness import free_port, running  # bench/, next to this script
 from prometheus_client.exposition import choose_encoder
+from starlette.applications import Starlette
 
 from inferwatch.metrics.exposition import render_exposition
 from inferwatch.metrics.quality import QualityMonitor
 from inferwatch.models.digits import heldout_digits
-from inferwatch.serve.app import ServeConfig, ServiceApp, create_app
+from inferwatch.serve.app import ServeConfig, create_app
 
 # What Prometheus 2.42 sends when it scrapes.
 ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
@@ -47,7 +48,7 @@ class ModelTraffic:
 
     def __init__(self, n: int) -> None:
         self.app = create_app(ServeConfig())
-        service = self.app.service
+        service = self.app.state.service
         metrics = service.metrics
         assert metrics is not None
         digits = service.deployments["digits"]
@@ -69,7 +70,7 @@ class ModelTraffic:
         self.sent = 0
 
     def requests(self, per_model: int) -> None:
-        metrics = self.app.service.metrics
+        metrics = self.app.state.service.metrics
         assert metrics is not None
         for name, monitor in zip(self.names, self.monitors, strict=True):
             latencies = self.rng.lognormal(np.log(4e-4), 0.5, per_model)
@@ -95,15 +96,15 @@ class ModelTraffic:
             monitor.flush()
 
 
-def render(app: ServiceApp) -> bytes:
+def render(app: Starlette) -> bytes:
     """What serve's `/metrics` writes."""
-    return render_exposition(app.service.scrape_registry, ACCEPT)[0]
+    return render_exposition(app.state.service.scrape_registry, ACCEPT)[0]
 
 
-def render_stock(app: ServiceApp) -> bytes:
+def render_stock(app: Starlette) -> bytes:
     """prometheus_client's own encoder, for comparison."""
     encoder, _ = choose_encoder(ACCEPT)
-    return bytes(encoder(app.service.scrape_registry))
+    return bytes(encoder(app.state.service.scrape_registry))
 
 
 def series(text: bytes) -> int:

@@ -94,9 +94,8 @@ from quantiles import resnet18_payloads
 
 from inferwatch.cli import serve_options, serve_together
 from inferwatch.httplimits import HttpLimits
-from inferwatch.metrics import InferenceMetrics, RequestRecorder, model_from_path
-from inferwatch.metrics.instruments import _SharedRecorder
-from inferwatch.metrics.quality import FeedbackStore, QualityWorker
+from inferwatch.metrics import FeedbackStore, InferenceMetrics, QualityWorker, model_from_path
+from inferwatch.metrics.instruments import RequestRecorder, _SharedRecorder
 from inferwatch.operate.load import Payload, build_payloads
 from inferwatch.serve.app import ServeConfig, create_app, prepare_serving_process
 
@@ -237,15 +236,15 @@ def asgi_rounds(names: list[str], flags: dict[str, list[str]], model: str, paylo
 
     def settle(app: Any) -> None:
         """What the service's quality task would do with this app's traffic in its time."""
-        for d in app.service.deployments.values():
+        for d in app.state.service.deployments.values():
             if d.quality is not None:
                 d.quality.flush()
-        app.service.feedback.settle()
+        app.state.service.feedback.settle()
 
     def app_for(name: str) -> Any:
         app = create_app(serve_config([f for f in flags[name] if f not in IN_PROCESS], model))
         if NO_ANSWERS in flags[name]:
-            app.service.feedback.defer = keep_no_answer  # type: ignore[method-assign,assignment]
+            app.state.service.feedback.defer = keep_no_answer
         return app
 
     async def run() -> dict[str, list[float]]:
@@ -255,7 +254,7 @@ def asgi_rounds(names: list[str], flags: dict[str, list[str]], model: str, paylo
             apps = {n: app_for(n) for n in order}  # fresh every round: see the docstring
             async with contextlib.AsyncExitStack() as stack:
                 for app in apps.values():
-                    await stack.enter_async_context(app.service.lifespan(app.starlette))
+                    await stack.enter_async_context(app.state.service.lifespan(app))
                 prepare_serving_process()
                 for app in apps.values():  # warm-up
                     await drive(app, payload, min(requests, 2000))

@@ -39,7 +39,7 @@ import aiohttp
 import numpy as np
 from harness import cpu_seconds, free_port, running, seed_round  # bench/, next to this
 
-from inferwatch.metrics.quality import FeedbackStore, RequestIds
+from inferwatch.metrics.feedback import FeedbackStore, RequestIds
 from inferwatch.operate.load import LoadPlan, build_payloads, run_load_sync
 
 

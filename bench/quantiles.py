@@ -30,7 +30,8 @@ import uvicorn
 from PIL import Image
 from prometheus_client import CollectorRegistry, Histogram
 
-from inferwatch.metrics import DEFAULT_LATENCY_BUCKETS, SEED_LATENCY_BUCKETS, log_buckets
+from inferwatch.metrics import DEFAULT_LATENCY_BUCKETS, log_buckets
+from inferwatch.metrics.buckets import SEED_LATENCY_BUCKETS
 from inferwatch.operate.load import LoadPlan, LoadResult, Payload, run_load
 from inferwatch.operate.promapi import PrometheusAPI
 from inferwatch.serve.app import ServeConfig, create_app
@@ -56,8 +57,8 @@ class RawLatencies:
                               ["model"], buckets=FINE_LATENCY_BUCKETS, registry=registry)
         original = metrics._fold_records
 
-        def fold(records: np.ndarray) -> None:  # model index, seconds, stages per row
-            original(records)
+        def fold(records: np.ndarray, raw: np.ndarray) -> None:  # model index, seconds, ...
+            original(records, raw)
             index = records[:, 0].astype(int)
             for i in np.unique(index):
                 model = metrics._recorders[i].model
@@ -105,7 +106,7 @@ def main() -> None:
     ports = StackPorts.free()
     registry = CollectorRegistry()
     app = create_app(ServeConfig(models=tuple(models), max_wait_ms=args.max_wait_ms), registry)
-    latencies = RawLatencies(app.service.metrics, registry)
+    latencies = RawLatencies(app.state.service.metrics, registry)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=ports.service,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -1,5 +1,6 @@
 import asyncio
 import itertools
+import time
 import unittest.mock
 
 import httpx
@@ -18,6 +19,7 @@ from inferwatch.metrics import (
     MetricsMiddleware,
     log_buckets,
 )
+from inferwatch.metrics.exposition import render_exposition
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -146,7 +148,7 @@ def test_middleware_counts_statuses_and_reasons_from_state() -> None:
 
 
 def test_recorder_records_fold_into_the_same_series_as_per_call_observations() -> None:
-    """A RequestRecorder's records, from ``succeeded`` or ``append(pack(...))`` and folded
+    """A RequestRecorder's records, from ``succeeded`` or ``_append(_pack(...))`` and folded
     at collection, read exactly as the per-call path would have written them."""
     from inferwatch.metrics.instruments import _SharedRecorder
 
@@ -164,13 +166,13 @@ def test_recorder_records_fold_into_the_same_series_as_per_call_observations() -
             recorder.active += 1
             recorder.batch(1 + i % 3)
             # stand-ins for the perf_counter readings: "now" is read inside succeeded, and
-            # given to pack (serve's handler: the same record without a Python call)
+            # given to _pack (serve's handler: the same record without a Python call)
             if i % 4:
                 with unittest.mock.patch("time.perf_counter", return_value=1000.0):
                     recorder.succeeded(1000.0 - total, pre, queue, compute, 1000.0 - post)
             else:
-                recorder.append(recorder.pack(1000.0 - total, pre, queue, compute,
-                                              1000.0 - post, 1000.0))
+                recorder._append(recorder._pack(1000.0 - total, pre, queue, compute,
+                                                1000.0 - post, 1000.0, b"r-%d" % i))
             recorder.active -= 1
         recorders["a"].active += 1  # one request still in flight
         metrics.observe_request("b", 503, 0.0, "overloaded")  # failures go per call
@@ -187,7 +189,7 @@ def test_recorder_records_fold_into_the_same_series_as_per_call_observations() -
 
 
 def test_recorder_batch_folds_records_appended_without_succeeded() -> None:
-    """``append(pack(...))`` checks no bound; ``batch``, once per model call, folds the
+    """``_append(_pack(...))`` checks no bound; ``batch``, once per model call, folds the
     records when they reach the bound, however many requests shared the calls."""
     from inferwatch.metrics import instruments
 
@@ -197,7 +199,7 @@ def test_recorder_batch_folds_records_appended_without_succeeded() -> None:
     for _ in range(1000):  # 16 requests a model call: far fewer batches than records
         recorder.batch(16)
         for _ in range(16):
-            recorder.append(recorder.pack(1.0, 1e-4, 1e-4, 1e-4, 2.0, 2.0))
+            recorder._append(recorder._pack(1.0, 1e-4, 1e-4, 1e-4, 2.0, 2.0, b""))
         longest = max(longest, len(records))
     bound = instruments._FOLD_AT * instruments._RAW_RECORD
     assert bound <= longest < bound + 16 * instruments._RAW_RECORD
@@ -207,3 +209,98 @@ def test_recorder_batch_folds_records_appended_without_succeeded() -> None:
 def test_recorder_refuses_a_model_it_does_not_know() -> None:
     with pytest.raises(ValueError, match="unknown model"):
         InferenceMetrics(["a"], registry=CollectorRegistry()).recorder("b")
+
+
+def latency_exemplars(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
+    """(le, labels, value) of every exemplar of the latency histogram."""
+    return [(s.labels["le"], s.exemplar.labels, s.exemplar.value)
+            for m in registry.collect() if m.name == "inference_latency_seconds"
+            for s in m.samples if s.exemplar is not None]
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({"traceparent": TRACEPARENT, "X-Request-ID": "r-1"},
+     {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}),
+    ({"traceparent": TRACEPARENT.replace("4bf92f3577b34da6a3ce929d0e0e4736", "0" * 32),
+      "X-Request-ID": "r-1"}, {"request_id": "r-1"}),  # an invalid trace id
+    ({"X-Request-ID": "a b<c>"}, {"request_id": "answered-7"}),  # unsafe: the app's own
+    ({"X-Request-ID": "x" * 65}, {"request_id": "answered-7"}),
+    ({}, {"request_id": "answered-7"}),
+])
+def test_middleware_exemplar_leads_to_the_request(headers: dict[str, str],
+                                                  expected: dict[str, str]) -> None:
+    async def predict(request: Request) -> JSONResponse:
+        answered = {"X-Request-ID": "answered-7"} if "quiet" not in request.query_params else {}
+        return JSONResponse({"ok": True}, 400 if "bad" in request.query_params else 200,
+                            headers=answered)
+
+    reg = CollectorRegistry()
+    app = MetricsMiddleware(Starlette(routes=[Route("/predictions/{model}", predict,
+                                                    methods=["POST"])]),
+                            InferenceMetrics({"digits": "1"}, registry=reg))
+
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            assert (await c.post("/predictions/digits?bad=1", headers=headers)).status_code \
+                == 400  # failures have no latency, and no exemplar
+            assert latency_exemplars(reg) == []
+            assert (await c.post("/predictions/digits", headers=headers)).status_code == 200
+
+    asyncio.run(run())
+    [(_, labels, seconds)] = latency_exemplars(reg)
+    assert labels == expected
+    assert value(reg, "inference_latency_seconds_sum", model="digits", version="1") == seconds
+    body, _ = render_exposition(reg, "application/openmetrics-text")
+    key, v = next(iter(expected.items()))
+    assert f'# {{{key}="{v}"}} '.encode() in body
+
+
+def test_middleware_without_any_request_id_keeps_no_exemplar() -> None:
+    async def predict(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    reg = CollectorRegistry()
+    app = MetricsMiddleware(Starlette(routes=[Route("/predictions/{model}", predict,
+                                                    methods=["POST"])]),
+                            InferenceMetrics({"digits": "1"}, registry=reg))
+
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            assert (await c.post("/predictions/digits")).status_code == 200
+
+    asyncio.run(run())
+    assert value(reg, "inference_latency_seconds_count", model="digits", version="1") == 1
+    assert latency_exemplars(reg) == []
+
+
+def test_recorder_keeps_the_latest_request_id_of_each_latency_bucket() -> None:
+    """Records fold into exemplars as observe would set them: per bucket the latest
+    request that came with an id, its latency as the value, its end as the timestamp."""
+    reg = CollectorRegistry()
+    metrics = InferenceMetrics({"a": "1", "b": "2"}, registry=reg)
+    recorders = {m: metrics.recorder(m) for m in ("a", "b")}
+    before = time.time()
+    for model, seconds, rid in [("a", 0.00104, "fast-1"), ("a", 0.00106, "fast-2"),
+                                ("b", 0.00104, "other-model"), ("a", 0.3, "slow-1"),
+                                ("a", 0.00105, "")]:  # no id: the bucket keeps fast-2's
+        now = time.perf_counter()
+        recorders[model].succeeded(now - seconds, 0.0, 0.0, 0.0, now, rid)
+    after = time.time()
+    found = {(s.labels["model"], s.exemplar.labels["request_id"]): s.exemplar
+             for m in reg.collect() if m.name == "inference_latency_seconds"
+             for s in m.samples if s.exemplar is not None}
+    assert set(found) == {("a", "fast-2"), ("a", "slow-1"), ("b", "other-model")}
+    assert found[("a", "slow-1")].value == pytest.approx(0.3, abs=1e-3)
+    assert all(before <= e.timestamp <= after for e in found.values())
+    metrics.observe_request("a", 200, 0.00105, exemplar={"request_id": "per-call"})
+    found = {(s.labels["model"], s.exemplar.labels["request_id"]): s.exemplar
+             for m in reg.collect() if m.name == "inference_latency_seconds"
+             for s in m.samples if s.exemplar is not None}
+    assert set(found) == {("a", "per-call"), ("a", "slow-1"), ("b", "other-model")}
+    with pytest.raises(ValueError):
+        recorders["a"].succeeded(0.0, 0.0, 0.0, 0.0, 0.0, "x" * 65)

@@ -7,18 +7,17 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from inferwatch.metrics import quality
-from inferwatch.metrics.quality import (
+from inferwatch.metrics import (
     FeatureReference,
     FeedbackStore,
     QualityMetrics,
     QualityMonitor,
     QualityReference,
     QualityWorker,
-    RequestIds,
-    answer_key,
-    psi,
+    feedback,
 )
+from inferwatch.metrics.feedback import RequestIds, answer_key
+from inferwatch.metrics.quality import psi
 
 
 def test_psi_is_zero_for_the_same_distribution_and_grows_with_shift() -> None:
@@ -193,7 +192,7 @@ def test_request_ids_are_random_and_come_with_their_keys() -> None:
     assert answer_key("req-1") == hash("req-1") and answer_key("0" * 16) == 0
     assert answer_key("f" * 16) == -1 and answer_key("F" * 16) == hash("F" * 16)
     # An id whose key is that of an empty slot finds none.
-    assert store.lookup(f"{quality._NO_ID & (2**64 - 1):016x}") == "unknown_request_id"
+    assert store.lookup(f"{feedback._NO_ID & (2**64 - 1):016x}") == "unknown_request_id"
 
 
 def test_request_ids_drawn_after_a_fork_are_the_childs_own() -> None:

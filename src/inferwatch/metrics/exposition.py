@@ -1,11 +1,8 @@
 """`/metrics` as prometheus_client writes it, with histograms written straight from their counts.
 
-prometheus_client builds a ``Sample`` tuple per bucket and then formats its labels, about
-9 us per series; 100 models have about 33,000 series, nearly all histogram buckets
-(`bench/exposition.py`). A collector with an ``exposition(openmetrics)`` method writes its
-own text here: bucket lines share one prefix per series and differ only in ``le`` and the
-count. Every other collector goes through prometheus_client's encoder, so the output is the
-same byte for byte (a unit test pins it).
+A collector with an ``exposition(openmetrics)`` method writes its own text here, every other
+one goes through prometheus_client's encoder; the output is the same byte for byte (a unit
+test pins it). Why: docs/instrumentation.md#exposition.
 """
 
 from __future__ import annotations
@@ -17,14 +14,16 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 _EOF = "# EOF\n"
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
-HistogramSeries = tuple[Mapping[str, str], Sequence[float], float]
-"""One labelled histogram: labels, cumulative bucket counts (last is +Inf), sum."""
+HistogramSeries = tuple[Mapping[str, str], Sequence[float], float, Sequence[Exemplar | None]]
+"""One labelled histogram: labels, cumulative bucket counts (last is +Inf), sum, and each
+bucket's exemplar (or none at all: an empty sequence)."""
 
 
 def render_exposition(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, str]:
@@ -92,10 +91,11 @@ def family_text(metric: Metric, openmetrics: bool) -> str | None:
 def histogram_text(name: str, documentation: str, bounds: Sequence[str],
                    series: Iterable[HistogramSeries], openmetrics: bool) -> str:
     """A histogram family in the text or OpenMetrics format (identical for histograms but
-    for the HELP escaping); ``bounds`` are the ``le`` values, ``+Inf`` last.
+    for the HELP escaping, and exemplars, which only OpenMetrics has); ``bounds`` are the
+    ``le`` values, ``+Inf`` last.
 
     >>> print(histogram_text("t", "Time.", ["0.5", "+Inf"],
-    ...                      [({"model": "m"}, [1.0, 3.0], 2.5)], False), end="")
+    ...                      [({"model": "m"}, [1.0, 3.0], 2.5, ())], False), end="")
     # HELP t Time.
     # TYPE t histogram
     t_bucket{le="0.5",model="m"} 1.0
@@ -104,15 +104,19 @@ def histogram_text(name: str, documentation: str, bounds: Sequence[str],
     t_sum{model="m"} 2.5
     """
     lines = [f"# HELP {name} {_help(documentation, openmetrics)}", f"# TYPE {name} histogram"]
-    for labels, cumulative, total in series:
+    for labels, cumulative, total, exemplars in series:
         pairs = sorted((k, _escape(v)) for k, v in labels.items())
         before = "".join(f'{k}="{v}",' for k, v in pairs if k < "le")
         after = "".join(f',{k}="{v}"' for k, v in pairs if k > "le")
         plain = ",".join(f'{k}="{v}"' for k, v in pairs)
         plain = f"{{{plain}}}" if plain else ""
         head, tail = f'{name}_bucket{{{before}le="', f'"{after}}} '
-        lines.extend([f"{head}{le}{tail}{_count(c)}" for le, c in zip(bounds, cumulative,
-                                                                      strict=True)])
+        buckets = [f"{head}{le}{tail}{_count(c)}" for le, c in zip(bounds, cumulative,
+                                                                   strict=True)]
+        if openmetrics and exemplars:
+            buckets = [line if e is None else line + _exemplar(e)
+                       for line, e in zip(buckets, exemplars, strict=True)]
+        lines.extend(buckets)
         lines.append(f"{name}_count{plain} {_count(cumulative[-1])}")
         lines.append(f"{name}_sum{plain} {floatToGoString(total)}")
     return "\n".join(lines) + "\n"
@@ -126,6 +130,14 @@ def _count(value: float) -> str:
     # floatToGoString of a whole number below 1e6 is repr's "N.0"; this is 3x faster.
     return f"{int(value)}.0" if 0 <= value < 1e6 and value == int(value) \
         else floatToGoString(value)
+
+
+def _exemplar(exemplar: Exemplar) -> str:
+    """The exemplar after a bucket's count, as prometheus_client's OpenMetrics encoder
+    writes it."""
+    labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(exemplar.labels.items()))
+    stamp = "" if exemplar.timestamp is None else f" {exemplar.timestamp}"
+    return f" # {{{labels}}} {floatToGoString(exemplar.value)}{stamp}"
 
 
 def _help(documentation: str, openmetrics: bool) -> str:

@@ -16,28 +16,33 @@ from typing import Any, TypeVar
 import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 
 from inferwatch.metrics.buckets import (
     DEFAULT_BATCH_SIZE_BUCKETS,
     DEFAULT_LATENCY_BUCKETS,
     DEFAULT_STAGE_BUCKETS,
 )
-from inferwatch.metrics.histogram import DeferredHistogram
+from inferwatch.metrics.histogram import DeferredHistogram, ExemplarLabels, Exemplars
 
 UNKNOWN_MODEL = "_unknown"
 """Label value that every model name outside the known set is folded into."""
 
 STAGES = ("queue", "preprocess", "compute", "postprocess")
+"""The ``stage`` label values of ``inference_stage_seconds``."""
+
 _RECORDED_STAGES = ("preprocess", "queue", "compute", "postprocess")  # RequestRecorder's order
 _RECORD = 2 + len(_RECORDED_STAGES)  # model index, seconds, the stages: what is folded
 # What is appended: the model index, then the handler's readings as they come (started,
-# preprocess, queue, compute, postprocess started, finished); the differences are taken
-# at the fold, with numpy.
-_RAW_RECORD = 7
+# preprocess, queue, compute, postprocess started, finished), then the request id, the
+# latency's exemplar; the differences are taken at the fold, with numpy.
+_ID_BYTES = 64  # serve's request ids are at most 64 ASCII characters
+_RECORD_DTYPE = np.dtype([("readings", np.float64, 7), ("id", f"S{_ID_BYTES}")])
+_RAW_RECORD = _RECORD_DTYPE.itemsize // 8  # numbers of the array("d") per record
 _FOLD_AT = 4096  # records waiting for a scrape; bounds memory between scrapes
 # A record packed to bytes and appended with one frombytes: half the cost of extending the
 # array with a tuple, which converts and appends number by number.
-_pack_record = struct.Struct(f"{_RAW_RECORD}d").pack
+_pack_record = struct.Struct(f"7d{_ID_BYTES}s").pack
 _pack_batch = struct.Struct("2q").pack
 
 # Status codes an inference service answers with; anything else is reported by class.
@@ -46,7 +51,6 @@ _KNOWN_CODES = frozenset(
      500, 501, 502, 503, 504, 507}  # 507: TorchServe's "Out of resources"
 )
 
-# Error reasons are a closed set: free text never becomes a label value.
 ERROR_REASONS = frozenset(
     {
         "invalid_json", "invalid_image", "invalid_shape", "empty_body", "body_too_large",
@@ -56,11 +60,12 @@ ERROR_REASONS = frozenset(
         "unknown_output",
     }
 )
+"""The ``reason`` label values: a closed set, so free text never becomes a label value."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def status_code_label(status: int) -> str:
+def _status_code_label(status: int) -> str:
     return str(status) if status in _KNOWN_CODES else f"{status // 100}xx"
 
 
@@ -222,16 +227,20 @@ class InferenceMetrics:
             return self._series.setdefault(model, series)
 
     def observe_request(
-        self, model: str | None, status: int, seconds: float, reason: str | None = None
+        self, model: str | None, status: int, seconds: float, reason: str | None = None,
+        exemplar: ExemplarLabels | None = None,
     ) -> None:
-        """Count one finished request; latency is recorded for successes only."""
+        """Count one finished request; latency is recorded for successes only, with
+        ``exemplar`` (such as ``{"request_id": ...}``, see
+        :meth:`DeferredHistogram.observe`) when given."""
         s = self._children(model)
         s.requests.inc()
         self._code(model, s, status).inc()
         if status >= 500:
             s.errors.inc()
         if status < 400:
-            s.latency.observe(seconds)
+            # shared values keep no exemplars, and the stock observe takes no function
+            s.latency.observe(seconds, None if self.shared else exemplar)
         elif reason is not None:
             self._reason(model, s, reason).inc()
 
@@ -240,7 +249,7 @@ class InferenceMetrics:
         if code is None:
             label = self.model_label(model)
             code = self.responses.labels(label, self._versions.get(label, ""),
-                                         status_code_label(status))
+                                         _status_code_label(status))
             s.codes[status] = code
         return code
 
@@ -311,10 +320,8 @@ class InferenceMetrics:
         return None
 
     def recorder(self, model: str) -> RequestRecorder:
-        """The cheapest way to account for requests to ``model``: see :class:`RequestRecorder`.
-
-        Its ``active`` count becomes the model's in-flight gauge.
-        """
+        """Lower level, for a service that times its own stages (``inferwatch serve``): see
+        :class:`RequestRecorder`. Its ``active`` count becomes the model's in-flight gauge."""
         if model not in self._versions:
             raise ValueError(f"unknown model {model!r}: add_model it first")
         if self.shared:
@@ -335,22 +342,39 @@ class InferenceMetrics:
             records, batches = self._records[:n], self._batches[:m]
             del self._records[:n], self._batches[:m]
             if records:
-                self._fold_records(_durations(np.frombuffer(records).reshape(-1, _RAW_RECORD)))
+                raw = np.frombuffer(records, _RECORD_DTYPE)
+                self._fold_records(_durations(raw["readings"]), raw)
             if batches:
                 sizes = np.frombuffer(batches, np.int64).reshape(-1, 2)
                 for i in np.unique(sizes[:, 0]):
                     child = self._children(self._recorders[i].model).batch_size
                     child.observe_many(sizes[sizes[:, 0] == i, 1].astype(float))
 
-    def _fold_records(self, records: np.ndarray) -> None:
+    def _fold_records(self, records: np.ndarray, raw: np.ndarray) -> None:
+        """Fold ``records`` (see :func:`_durations`); ``raw``, as appended, has their ids."""
         index = records[:, 0].astype(np.intp)
+        to_wall = time.time() - time.perf_counter()  # the exemplars' timestamps
         for i in np.unique(index):
-            rows = records if len(self._recorders) == 1 else records[index == i]
+            if len(self._recorders) > 1:
+                mine = index == i
+                rows, raw_rows = records[mine], raw[mine]
+            else:
+                rows, raw_rows = records, raw
             model = self._recorders[i].model
             s = self._children(model)
             s.requests.inc(len(rows))
             self._code(model, s, 200).inc(len(rows))
-            s.latency.observe_many(rows[:, 1])
+            ids = raw_rows["id"]
+            carried = ids != b""  # b"": recorded without an id
+            finished = raw_rows["readings"][:, 6] + to_wall
+            if carried.all():  # serve: every request has an id
+                s.latency.observe_many(rows[:, 1], _exemplars(rows[:, 1], ids, finished))
+            else:
+                s.latency.observe_many(rows[:, 1])
+                if carried.any():
+                    seconds = rows[carried, 1]
+                    s.latency.keep_exemplars(seconds, _exemplars(seconds, ids[carried],
+                                                                 finished[carried]))
             for column, stage in enumerate(_RECORDED_STAGES, start=2):
                 s.stages[stage].observe_many(rows[:, column])
 
@@ -369,7 +393,7 @@ class InferenceMetrics:
         finally:
             gauge.dec()
             self.observe_request(model, tracker.status, time.perf_counter() - start,
-                                 tracker.reason)
+                                 tracker.reason, tracker.exemplar)
 
     def instrument(self, model: str) -> Callable[[F], F]:
         """Decorator form of :meth:`track` for sync and async functions.
@@ -405,59 +429,57 @@ class InferenceMetrics:
 
 @dataclass
 class RequestTracker:
-    """Outcome of one tracked request; set ``status``/``reason`` before the block ends."""
+    """Outcome of one tracked request; set ``status``/``reason`` (and the latency's
+    ``exemplar``, such as ``{"trace_id": ...}``) before the block ends."""
 
     status: int = 200
     reason: str | None = None
+    exemplar: Mapping[str, str] | None = None
 
 
 class RequestRecorder:
-    """Accounts for one model's requests by appending one record per request.
-
-    For a service that times its own stages (``inferwatch serve``): a successful request is
-    one ``succeeded`` call, seven numbers appended to an array, and ``active`` is a plain
-    int the handler adds to and takes from. The series are brought up to date when the
-    registry is collected (or every few thousand records), with numpy. Per call, as
-    :class:`MetricsMiddleware` and ``observe_*`` do it, the same accounting costs about
-    9 us a request in ``serve``; this way about 1 (``bench/overhead.py``). Failed requests
-    are rare: count them with :meth:`InferenceMetrics.observe_request`. An array rather
-    than a list of tuples, so that nothing is kept per request for the collector to track.
+    """Accounts for one model's requests by appending one record per success to an array,
+    folded into the series with numpy when the registry is collected.
 
     >>> from prometheus_client import CollectorRegistry
     >>> registry = CollectorRegistry()
     >>> recorder = InferenceMetrics({"m": "1"}, registry=registry).recorder("m")
     >>> recorder.active += 1
-    >>> recorder.succeeded(time.perf_counter(), 1e-4, 2e-4, 3e-4, time.perf_counter())
+    >>> recorder.succeeded(time.perf_counter(), 1e-4, 2e-4, 3e-4, time.perf_counter(), "r-1")
     >>> recorder.active -= 1
     >>> registry.get_sample_value("inference_requests_total", {"model": "m", "version": "1"})
     1.0
 
-    A handler that also calls :meth:`batch` for every model call may write
-    ``recorder.append(recorder.pack(<succeeded's arguments>, time.perf_counter()))``
-    instead: the same record, with no Python function called (``serve``'s handler: about
-    0.3 us a request less, in process, measured side by side; docs/benchmarks.md). ``batch``
-    then folds the records when they grow too many, as ``succeeded`` does.
+    ``active`` is a plain int the handler adds to and takes from. Failures are rare: count
+    them with :meth:`InferenceMetrics.observe_request`. What this saves against the per-call
+    path: docs/instrumentation.md#the-request-recorder.
     """
 
-    __slots__ = ("_batches", "_index", "_metrics", "_records", "active", "append", "model",
-                 "pack")
+    __slots__ = ("_append", "_batches", "_index", "_metrics", "_pack", "_records", "active",
+                 "model")
 
     def __init__(self, metrics: InferenceMetrics, model: str, index: int) -> None:
         self._metrics, self.model, self._index = metrics, model, index
         self._records, self._batches = metrics._records, metrics._batches
         self.active = 0  # requests in the handler; the in-flight gauge reads it
-        # A record as bytes, and its append: C calls only. The array is the same object
-        # for life (a fold empties it in place), so its bound method stays valid.
-        self.pack: Callable[..., Any] = functools.partial(_pack_record, float(index))
-        self.append: Callable[[Any], None] = self._records.frombytes
+        # ``serve``'s handler calls ``_append(_pack(<succeeded's arguments>, finished,
+        # id as bytes))``: the same record with no Python function called, only C ones (its
+        # ``batch`` per model call then keeps the array in bounds). The array is the same
+        # object for life (a fold empties it in place), so its bound method stays valid.
+        self._pack: Callable[..., Any] = functools.partial(_pack_record, float(index))
+        self._append: Callable[[Any], None] = self._records.frombytes
 
     def succeeded(self, started: float, preprocess: float, queue: float, compute: float,
-                  postprocess_started: float) -> None:
+                  postprocess_started: float, request_id: str = "") -> None:
         """A 200 for a request that began at ``started`` and spent ``preprocess``, ``queue``
-        and ``compute`` seconds in those stages (``time.perf_counter`` times)."""
+        and ``compute`` seconds in those stages (``time.perf_counter`` times); its id (at
+        most 64 ASCII characters) becomes the latency's exemplar."""
+        rid = request_id.encode("ascii") if request_id else b""
+        if len(rid) > _ID_BYTES:
+            raise ValueError(f"request id longer than {_ID_BYTES} characters")
         records = self._records
         records.frombytes(_pack_record(self._index, started, preprocess, queue, compute,
-                                       postprocess_started, time.perf_counter()))
+                                       postprocess_started, time.perf_counter(), rid))
         if len(records) >= _FOLD_AT * _RAW_RECORD:
             self._metrics.fold()
 
@@ -469,9 +491,17 @@ class RequestRecorder:
             self._metrics.fold()
 
 
+def _exemplars(seconds: np.ndarray, ids: np.ndarray, finished: np.ndarray) -> Exemplars:
+    """The exemplars of requests: their ids, latencies and ends (Unix times)."""
+    return lambda rows: [
+        Exemplar({"request_id": i.decode("ascii", "replace")}, value, at)
+        for i, value, at in zip(ids[rows].tolist(), seconds[rows].tolist(),
+                                finished[rows].tolist(), strict=True)]
+
+
 def _durations(raw: np.ndarray) -> np.ndarray:
-    """Appended records (``_RAW_RECORD`` readings each) as folded ones: the model index,
-    the request's seconds, and its seconds in each of ``_RECORDED_STAGES``."""
+    """Appended readings (seven a record) as folded records: the model index, the
+    request's seconds, and its seconds in each of ``_RECORDED_STAGES``."""
     records = np.empty((len(raw), _RECORD))
     records[:, 0] = raw[:, 0]
     records[:, 1] = raw[:, 6] - raw[:, 1]
@@ -482,15 +512,16 @@ def _durations(raw: np.ndarray) -> np.ndarray:
 
 class _SharedRecorder(RequestRecorder):
     """With values shared between worker processes every record goes straight into them:
-    whichever worker answers a scrape could not fold another one's records."""
+    whichever worker answers a scrape could not fold another one's records. Shared values
+    keep no exemplars (prometheus_client's multiprocess mode), so the id is dropped."""
 
     __slots__ = ("_active", "_gauge")
 
     def __init__(self, metrics: InferenceMetrics, model: str, gauge: Any) -> None:
         self._gauge, self._active = gauge, 0
         super().__init__(metrics, model, -1)
-        self.pack = lambda *readings: readings
-        self.append = self._observe
+        self._pack = lambda *readings: readings
+        self._append = self._observe
 
     @property
     def active(self) -> int:
@@ -502,12 +533,12 @@ class _SharedRecorder(RequestRecorder):
         self._gauge.set(value)
 
     def succeeded(self, started: float, preprocess: float, queue: float, compute: float,
-                  postprocess_started: float) -> None:
+                  postprocess_started: float, request_id: str = "") -> None:
         self._observe((started, preprocess, queue, compute, postprocess_started,
-                       time.perf_counter()))
+                       time.perf_counter(), b""))
 
-    def _observe(self, readings: tuple[float, ...]) -> None:
-        started, preprocess, queue, compute, postprocess_started, now = readings
+    def _observe(self, readings: tuple[Any, ...]) -> None:
+        started, preprocess, queue, compute, postprocess_started, now, _ = readings
         self._metrics.observe_request(self.model, 200, now - started)
         self._metrics.observe_stages(self.model, zip(_RECORDED_STAGES, (
             preprocess, queue, compute, now - postprocess_started), strict=True))

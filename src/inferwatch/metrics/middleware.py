@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -12,6 +13,11 @@ from inferwatch.metrics.instruments import InferenceMetrics
 
 REASON_STATE_KEY = "inferwatch_error_reason"
 """Handlers put an error reason under this key of ``request.state`` for the middleware."""
+
+# What may become an exemplar's value: bounded, and nothing to escape.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+_TRACEPARENT = re.compile(rb"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+_NO_TRACE = b"0" * 32  # W3C: an all-zero trace id is invalid
 
 _INFERENCE_PATHS = re.compile(
     r"^/(?:predictions/(?P<ts>[^/]+)(?:/[^/]+)?"
@@ -44,7 +50,9 @@ class MetricsMiddleware:
 
     ``resolve_model`` maps a request path to a model name, or None for paths that are not
     inference (those pass through uncounted). Unknown names are folded into one series by
-    :class:`InferenceMetrics`, so a client cannot create series.
+    :class:`InferenceMetrics`, so a client cannot create series. A success's latency carries
+    an exemplar that leads to the request: the trace id of its W3C ``traceparent``, else its
+    ``X-Request-ID``, or the one the app answered with.
     """
 
     def __init__(
@@ -67,15 +75,17 @@ class MetricsMiddleware:
             return
 
         status = 500
+        answered: Iterable[tuple[bytes, bytes]] = ()
         state = scope.setdefault("state", {})
         gauge = self.metrics.in_flight_gauge(model)
         gauge.inc()
         start = time.perf_counter()
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
                 status = message["status"]
+                answered = message.get("headers", ())
             await send(message)
 
         try:
@@ -89,7 +99,32 @@ class MetricsMiddleware:
             reason = state.get(REASON_STATE_KEY)
             if status >= 400 and reason is None:
                 reason = "internal" if status >= 500 else _reason_for_status(status)
-            self.metrics.observe_request(model, status, time.perf_counter() - start, reason)
+            seconds = time.perf_counter() - start
+            # Headers are read only for the requests whose exemplars a scrape keeps.
+            self.metrics.observe_request(model, status, seconds, reason,
+                                         functools.partial(_exemplar, scope["headers"],
+                                                           answered)
+                                         if status < 400 else None)
+
+
+def _exemplar(headers: Iterable[tuple[bytes, bytes]],
+              answered: Iterable[tuple[bytes, bytes]]) -> dict[str, str] | None:
+    """``{"trace_id": ...}`` from a valid ``traceparent``, else ``{"request_id": ...}`` from
+    a safe ``X-Request-ID`` of the request, else of the response; None without either."""
+    request_id = None
+    for name, value in headers:  # ASGI header names are lowercase, both ways
+        if name == b"traceparent":
+            trace = _TRACEPARENT.fullmatch(value)
+            if trace is not None and trace[1] != _NO_TRACE:
+                return {"trace_id": trace[1].decode()}
+        elif name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+            request_id = value
+    if request_id is None:
+        for name, value in answered:
+            if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+                request_id = value
+                break
+    return None if request_id is None else {"request_id": request_id.decode()}
 
 
 def _reason_for_status(status: int) -> str:

@@ -1,22 +1,17 @@
 """Model quality as Prometheus metrics: confidence, class mix, input statistics, drift (PSI)
 against a training reference, and accuracy from labelled feedback.
 
-The batcher appends each batch's inputs and outputs to a queue; a task on the event loop
-folds the queue into the metrics four times a second, so a request pays almost nothing. The
-drift (PSI) of the window is computed when a scrape asks for it.
+A monitor queues each batch; :class:`QualityWorker` folds the queues on the event loop, so a
+request pays almost nothing, and the drift of the window is computed when a scrape asks.
+Answers kept for feedback by request id: :mod:`inferwatch.metrics.feedback`.
 """
 
 from __future__ import annotations
 
-import array
 import asyncio
 import collections
 import logging
-import os
-import re
 import threading
-import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +33,7 @@ from inferwatch.metrics.exposition import (
     families_text,
     histogram_text,
 )
+from inferwatch.metrics.feedback import FeedbackStore
 
 log = logging.getLogger("inferwatch.metrics.quality")
 
@@ -170,9 +166,9 @@ class _QualityCollector(Collector):
                 else:
                     names = {"model": m.model, "version": m.version}
                     series["confidence"].append(
-                        (names, cumulative(m._confidence.tolist()), m._confidence_sum))
+                        (names, cumulative(m._confidence.tolist()), m._confidence_sum, ()))
                     series["intensity"].append(
-                        (names, cumulative(m._intensity.tolist()), m._intensity_sum))
+                        (names, cumulative(m._intensity.tolist()), m._intensity_sum, ()))
                 if len(m.labels) <= MAX_CLASS_SERIES:
                     for label, n in zip(m.labels, m._classes, strict=True):
                         predictions.add_metric([*key, label], float(n))
@@ -299,13 +295,8 @@ class QualityWorker:
     """Flushes monitors, and settles a feedback store, on the event loop every ``interval``
     seconds, off every request's path.
 
-    On the loop, not in a thread: a thread's flushes contend with the loop for the GIL at
-    every numpy call, and cost two to five times the CPU of the same flushes on the loop
-    (10-40 ms against 4.5 ms for about 8,000 samples). Every 0.25 s: each flush leaves the
-    caches cold for the requests after it, and flushing every 0.1 s cost the digits service
-    about 0.2 us a request more (0.02 s: 0.3 us; 0.5 and 1 s saved little more;
-    bench/overhead.py --asgi). A flush of 0.25 s of saturating traffic, about 3,000 digits,
-    holds the loop for about 0.6 ms.
+    On the loop rather than in a thread, whose flushes contend with the loop for the GIL;
+    why 0.25 s: docs/quality.md#the-flushes.
     """
 
     def __init__(self, monitors: Sequence[QualityMonitor],
@@ -335,210 +326,3 @@ class QualityWorker:
                 job()
             except Exception:  # the next flush may succeed; a dead task would never flush
                 log.exception("quality flush failed")
-
-
-@dataclass(frozen=True)
-class Answer:
-    model: str
-    top: tuple[int, ...]
-    at: float
-
-
-_NO_ID = hash(None)  # the key of a row without an id, and of an empty slot
-_DRAWN_ID = re.compile(r"[0-9a-f]{16}")
-_UINT64 = (1 << 64) - 1
-
-
-class RequestIds:
-    """Ids for requests that came without one: 16 hex digits, 64 random bits (as long as a
-    W3C trace context's span id), drawn from the OS 4,096 at a time; 0.26 us an id where
-    ``uuid.uuid4().hex`` took 1.5. :meth:`new` hands each out with its key in a
-    :class:`FeedbackStore` (:func:`answer_key`), the same bits as a signed integer, so the
-    store never hashes an id the service drew itself. A process forked from one that drew
-    ids draws its own, never the rest of its parent's.
-    """
-
-    def __init__(self) -> None:
-        self._keys = array.array("q")
-        self._next = 0
-        _DRAWING.add(self)
-
-    def new(self) -> tuple[str, int]:
-        if self._next == len(self._keys):
-            self._keys, self._next = array.array("q", os.urandom(8 * 4096)), 0
-        key = self._keys[self._next]
-        self._next += 1
-        return f"{key & _UINT64:016x}", key
-
-
-_DRAWING: weakref.WeakSet[RequestIds] = weakref.WeakSet()
-
-
-def _forget_drawn() -> None:
-    for ids in _DRAWING:
-        ids._keys, ids._next = array.array("q"), 0
-
-
-os.register_at_fork(after_in_child=_forget_drawn)
-
-
-def answer_key(request_id: str) -> int:
-    """What an answer given under ``request_id`` is kept under in a :class:`FeedbackStore`:
-    the bits of an id of the form :class:`RequestIds` draws (16 lowercase hex digits, drawn
-    or sent by a client), the ``hash()`` of any other."""
-    if len(request_id) == 16 and _DRAWN_ID.fullmatch(request_id):
-        key = int(request_id, 16)
-        return key - (1 << 64) if key >> 63 else key
-    return hash(request_id)
-
-
-def _key(request_id: str | int | None) -> int:
-    if request_id is None:
-        return _NO_ID
-    return answer_key(request_id) if isinstance(request_id, str) else request_id
-
-
-class FeedbackStore:
-    """Answers by request id, so feedback can be matched to what was predicted.
-
-    Bounded in size and age: a ring of ``capacity`` answers, the oldest overwritten first;
-    feedback for an unknown or expired id is refused, and feedback for an id is counted
-    once. Keeps at most ``top_k`` classes per answer. Used from the event loop's thread
-    only, so it takes no lock.
-
-    Answers arrive a batch at a time (:meth:`defer`, once per model call) and are stored a
-    flush at a time (:meth:`settle`): the top classes of every deferred row sorted in one
-    numpy call, and every column of the ring (key, model, classes, time) written by slice.
-    An answer is kept under its id's key (:func:`answer_key`), a 64-bit integer taken as
-    the model call is deferred: for an id the service drew (:class:`RequestIds`) it comes
-    with the id. No id string is held until the flush, and the store keeps no Python object
-    per answer, so the garbage collector has nothing to walk. Holding each request's id
-    string until the flush cost the digits service about 0.35 us a request
-    (bench/overhead.py --asgi), an index by id (a dict) about 3 us, an OrderedDict of
-    answer tuples 15% of its CPU.
-
-    An id is found by one vectorised scan of the ring's keys per feedback request (about
-    20 us for 100,000 answers, bench/quality.py), the newest match taken. Two ids with one
-    key would share an answer: with a full ring, a chance of about 1 in 10^14 per feedback
-    request. Drawn ids are random and ``hash()`` is keyed per process, so no id can be
-    aimed at another's without knowing it.
-    """
-
-    def __init__(self, capacity: int = 100_000, ttl: float = 600.0, top_k: int = 5) -> None:
-        if capacity < 1 or top_k < 1:
-            raise ValueError("capacity and top_k must be >= 1")
-        self.capacity, self.ttl, self.top_k = capacity, ttl, top_k
-        # Per (model, classes): the deferred rows' keys, and each model call's answers
-        # (rows, classes) with its time.
-        self._deferred: dict[tuple[str, int],
-                             tuple[array.array[int], list[tuple[np.ndarray, float]]]] = {}
-        self._deferred_rows = 0
-        self._next = 0  # answers ever stored; the next goes to slot _next % capacity
-        self._models: list[str] = []
-        self._model_index: dict[str, int] = {}
-        self._key = np.full(capacity, _NO_ID, np.int64)
-        self._model = np.full(capacity, -1, np.int32)  # -1: an empty slot
-        self._top = np.full((capacity, top_k), -1, np.int64)  # best first, -1 past the end
-        self._at = np.zeros(capacity)
-        self._scored = np.zeros(capacity, bool)
-        self._found: tuple[str, int, int | None] = ("", -1, None)  # the last _slot answer
-
-    def defer(self, model: str, ids: Sequence[str | int | None],
-              probabilities: np.ndarray) -> None:
-        """Keep the answers of one model call: row ``i`` of ``probabilities`` (samples,
-        classes) under ``ids[i]``, an id or the key :meth:`RequestIds.new` gave with one;
-        rows whose id is None not at all. Stored at the next :meth:`settle`, which runs
-        often (``QualityWorker``) and before any lookup."""
-        if probabilities.ndim != 2:
-            probabilities = probabilities.reshape(len(ids), -1)
-        if len(probabilities) != len(ids):
-            raise ValueError(f"{len(ids)} ids for {len(probabilities)} answers")
-        key = (model, probabilities.shape[1])
-        group = self._deferred.get(key) or (array.array("q"), [])
-        try:  # a list of the keys the service drew with its ids: 20 ns each
-            group[0].fromlist(ids)  # type: ignore[arg-type]
-        except TypeError:  # ids, rows without one, or not a list; nothing was added
-            group[0].fromlist([_key(i) for i in ids])  # raises with nothing added, too
-        group[1].append((probabilities, time.monotonic()))
-        self._deferred[key] = group
-        self._deferred_rows += len(ids)
-        if self._deferred_rows >= self.capacity:
-            self.settle()
-
-    def settle(self) -> None:
-        """Store every deferred answer: per model, the top classes of all rows sorted at
-        once."""
-        if not self._deferred:
-            return
-        deferred, self._deferred, self._deferred_rows = self._deferred, {}, 0
-        for (model, _), (keys, calls) in deferred.items():
-            key = np.frombuffer(keys, np.int64)
-            rows = np.concatenate([c[0] for c in calls])
-            at = np.repeat([c[1] for c in calls], [len(c[0]) for c in calls])
-            kept = key != _NO_ID
-            if not kept.all():
-                key, rows, at = key[kept], rows[kept], at[kept]
-            if len(key):
-                tops = np.argsort(rows, axis=1)[:, ::-1][:, :self.top_k]
-                self._store(model, key, tops, at)
-
-    def remember(self, request_id: str | int, model: str,
-                 top: Sequence[int] | np.ndarray) -> None:
-        """Keep the answer for ``request_id``, an id or the key :meth:`RequestIds.new` gave
-        with one (replacing an earlier answer under it)."""
-        self.settle()  # deferred answers came first
-        classes = np.asarray(top, dtype=np.int64)[None, :self.top_k]
-        self._store(model, np.array([_key(request_id)], np.int64), classes,
-                    np.array([time.monotonic()]))
-
-    def _store(self, model: str, keys: np.ndarray, tops: np.ndarray, at: np.ndarray) -> None:
-        if len(keys) > self.capacity:
-            keys, tops, at = keys[-self.capacity:], tops[-self.capacity:], at[-self.capacity:]
-        n, start = len(keys), self._next
-        index = self._model_index.get(model)
-        if index is None:
-            index = self._model_index[model] = len(self._models)
-            self._models.append(model)
-        first = start % self.capacity
-        slots: slice | np.ndarray = (slice(first, first + n) if first + n <= self.capacity
-                                     else np.arange(start, start + n) % self.capacity)
-        self._key[slots] = keys
-        self._model[slots] = index
-        self._top[slots] = -1
-        self._top[slots, :tops.shape[1]] = tops
-        self._at[slots] = at
-        self._scored[slots] = False
-        self._next = start + n
-
-    def _slot(self, request_id: str) -> int | None:
-        """The slot of the newest answer stored under ``request_id``."""
-        self.settle()
-        if self._found[:2] == (request_id, self._next):  # lookup, then mark: one scan
-            return self._found[2]
-        key = answer_key(request_id)
-        slot = None if key == _NO_ID else self._newest(np.flatnonzero(self._key == key))
-        self._found = (request_id, self._next, slot)
-        return slot
-
-    def _newest(self, slots: np.ndarray) -> int | None:
-        """The slot among ``slots`` written last: the fewest answers stored since."""
-        if not len(slots):
-            return None
-        return int(slots[np.argmin((self._next - 1 - slots) % self.capacity)])
-
-    def lookup(self, request_id: str) -> Answer | str:
-        """The answer for ``request_id``, or why there is none to score:
-        ``unknown_request_id`` (never seen, or expired) or ``duplicate_feedback``."""
-        slot = self._slot(request_id)
-        if slot is None or time.monotonic() - self._at[slot] > self.ttl:
-            return "unknown_request_id"
-        if self._scored[slot]:
-            return "duplicate_feedback"
-        top = tuple(int(c) for c in self._top[slot] if c >= 0)
-        return Answer(self._models[self._model[slot]], top, float(self._at[slot]))
-
-    def mark(self, request_id: str) -> None:
-        """Record that feedback for ``request_id`` was counted."""
-        slot = self._slot(request_id)
-        if slot is not None:
-            self._scored[slot] = True
