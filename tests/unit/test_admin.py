@@ -102,9 +102,9 @@ def test_injected_faults_reach_the_service_and_its_metrics() -> None:
     png = digit_png(np.zeros((8, 8), np.float32))
 
     async def run() -> list[int]:
-        async with app.starlette.router.lifespan_context(app.starlette):
-            app.service.faults.set_error_ratio(0.5)
-            app.service.faults.set_latency("compute", 0.02)
+        async with app.router.lifespan_context(app):
+            app.state.service.faults.set_error_ratio(0.5)
+            app.state.service.faults.set_latency("compute", 0.02)
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                          base_url="http://t") as c:
                 return [(await c.post("/predictions/digits", content=png)).status_code

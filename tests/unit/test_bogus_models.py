@@ -55,7 +55,7 @@ def test_ten_thousand_bogus_model_names_add_no_series_beyond_the_guard() -> None
             answers[name] = (r.status_code, body["error"], body["message"])
 
     async def main() -> tuple[Series, Series, Series]:
-        async with app.starlette.router.lifespan_context(app.starlette):
+        async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
                 before = series((await client.get("/metrics")).text)

@@ -7,9 +7,10 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
 
 from inferwatch.models.digits import digit_png, heldout_digits
-from inferwatch.serve.app import ServeConfig, ServiceApp, create_app
+from inferwatch.serve.app import ServeConfig, create_app
 
 Client = httpx.AsyncClient
 
@@ -22,9 +23,9 @@ def run_with_client(test: Test, config: ServeConfig | None = None) -> None:
     run_app(test, create_app(config or ServeConfig(), registry), registry)
 
 
-def run_app(test: Test, app: ServiceApp, registry: CollectorRegistry) -> None:
+def run_app(test: Test, app: Starlette, registry: CollectorRegistry) -> None:
     async def main() -> None:
-        async with app.starlette.router.lifespan_context(app.starlette):
+        async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
                 await test(c, registry)
@@ -271,8 +272,8 @@ def test_records_are_folded_as_model_calls_go_without_a_scrape(
     monkeypatch.setattr(instruments, "_FOLD_AT", 8)
     registry = CollectorRegistry()
     app = create_app(ServeConfig(), registry)
-    assert app.service.metrics is not None
-    records = app.service.metrics._records
+    assert app.state.service.metrics is not None
+    records = app.state.service.metrics._records
     png = digit_png(heldout_digits().images[0])
 
     async def test(c: Client, reg: CollectorRegistry) -> None:
@@ -288,6 +289,23 @@ def test_records_are_folded_as_model_calls_go_without_a_scrape(
         assert count(reg, "inference_stage_seconds_count", stage="postprocess") == 100
 
     run_app(test, app, registry)
+
+
+def test_routes_and_error_handlers_are_module_functions_over_the_apps_state() -> None:
+    """Two apps share their handlers, none made per app: each finds its service in
+    ``request.app.state.service``."""
+    from starlette.routing import Route
+
+    from inferwatch.serve import app as serve_app
+
+    apps = [create_app(ServeConfig(), CollectorRegistry()) for _ in range(2)]
+    handlers = [[*(r.endpoint for r in a.routes if isinstance(r, Route)),
+                 *a.exception_handlers.values()] for a in apps]
+    assert handlers[0] == handlers[1] and len(handlers[0]) == 15 + 3
+    for handler in handlers[0]:
+        assert getattr(serve_app, handler.__name__) is handler, handler.__qualname__
+    assert [type(a.state.service) for a in apps] == [serve_app.InferenceService] * 2
+    assert apps[0].state.service is not apps[1].state.service
 
 
 def test_no_metrics_serves_predictions_without_instruments_or_metrics_route() -> None:

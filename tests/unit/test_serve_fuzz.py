@@ -18,12 +18,14 @@ from hypothesis import strategies as st
 from PIL import Image
 from prometheus_client import CollectorRegistry
 from schemathesis.python.asgi import shutdown_lifespans
+from starlette.applications import Starlette
 
 from inferwatch.metrics.middleware import model_from_path
 from inferwatch.models import load_model
-from inferwatch.serve.app import ServeConfig, ServiceApp, _v2_samples, create_app
+from inferwatch.serve.app import ServeConfig, _v2_samples, create_app
 from inferwatch.serve.errors import InferenceError
 from inferwatch.serve.openapi import openapi_document
+from inferwatch.serve.protocols import CLASSIFIER_OUTPUTS, parse_infer_request
 
 EXAMPLES = 100  # per operation and mode
 
@@ -82,14 +84,14 @@ CASES = [
 
 # One app per test: schemathesis' pytest plugin ends the lifespans it started after each test.
 @pytest.fixture
-def service() -> Iterator[ServiceApp]:
+def service() -> Iterator[Starlette]:
     app = create_app(ServeConfig(max_body_bytes=64 * 1024), CollectorRegistry())
     yield app
     shutdown_lifespans()  # schemathesis started the app's lifespan on its own event loop
 
 
 @pytest.fixture
-def api(service: ServiceApp) -> schemathesis.schemas.BaseSchema:
+def api(service: Starlette) -> schemathesis.schemas.BaseSchema:
     return schemathesis.openapi.from_asgi("/openapi.json", service)
 
 
@@ -98,8 +100,8 @@ def total(registry: CollectorRegistry, name: str) -> float:
                if s.name == name)
 
 
-def check(case: schemathesis.Case, service: ServiceApp) -> int:
-    registry = service.service.registry
+def check(case: schemathesis.Case, service: Starlette) -> int:
+    registry = service.state.service.registry
     requests = total(registry, "inference_requests_total")
     errors = total(registry, "inference_errors_total")
     rejected = total(registry, "inference_feedback_rejected_total")
@@ -124,7 +126,7 @@ def check(case: schemathesis.Case, service: ServiceApp) -> int:
 @pytest.mark.parametrize(("method", "path", "mode"), CASES)
 def test_fuzzed_requests_get_no_5xx_and_every_error_is_explained_and_counted(
     method: str, path: str, mode: str,
-    api: schemathesis.schemas.BaseSchema, service: ServiceApp,
+    api: schemathesis.schemas.BaseSchema, service: Starlette,
 ) -> None:
     generation, change = MODES[mode]
     statuses: list[int] = []
@@ -140,7 +142,7 @@ def test_fuzzed_requests_get_no_5xx_and_every_error_is_explained_and_counted(
         assert statuses.count(200) >= len(statuses) // 2, statuses
 
 
-def test_undocumented_methods_get_405_with_a_reason_and_allow(service: ServiceApp) -> None:
+def test_undocumented_methods_get_405_with_a_reason_and_allow(service: Starlette) -> None:
     async def main() -> None:
         transport = httpx.ASGITransport(app=service)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
@@ -191,7 +193,7 @@ def test_any_json_tensor_gives_samples_or_a_4xx_reason(tensor: tuple[Any, Any]) 
     shape, data = tensor
     try:
         body = json.dumps({"inputs": [{"shape": shape, "data": data}]}).encode()
-        samples, _ = _v2_samples(DIGITS, body, None)
+        samples = _v2_samples(DIGITS, parse_infer_request(body, None, CLASSIFIER_OUTPUTS))
     except InferenceError as exc:
         assert 400 <= exc.status < 500 and str(exc)
     else:

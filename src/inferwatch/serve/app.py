@@ -1,10 +1,12 @@
-"""The ASGI inference service: TorchServe and Open Inference Protocol v2 routes."""
+"""The ASGI inference service: TorchServe and Open Inference Protocol v2 routes.
+
+Routes and error handlers are module-level functions that find the service in
+``request.app.state.service``; the protocols' codecs are in :mod:`inferwatch.serve.protocols`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import functools
 import gc
@@ -31,21 +33,15 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
 import inferwatch
-from inferwatch.metrics import InferenceMetrics, RequestRecorder, model_from_path
+from inferwatch.metrics import InferenceMetrics, model_from_path
 from inferwatch.metrics.exposition import render_exposition
+from inferwatch.metrics.feedback import FeedbackStore, RequestIds, answer_key
 from inferwatch.metrics.gpu import GPUCollector
-from inferwatch.metrics.quality import (
-    FeedbackStore,
-    QualityMetrics,
-    QualityMonitor,
-    QualityWorker,
-    RequestIds,
-    answer_key,
-)
+from inferwatch.metrics.instruments import RequestRecorder
+from inferwatch.metrics.quality import QualityMetrics, QualityMonitor, QualityWorker
 from inferwatch.models import (
     InputError,
     ServedModel,
@@ -59,36 +55,28 @@ from inferwatch.serve.errors import InferenceError, error_response
 from inferwatch.serve.faults import Faults
 from inferwatch.serve.openapi import openapi_document
 from inferwatch.serve.protocols import (
-    DATATYPES,
+    CLASSIFIER_OUTPUTS,
     EXTENSIONS,
     InferRequest,
-    decode_content,
+    decode_infer_request,
+    decode_predictions_body,
+    encode_classification,
     encode_error,
-    encode_infer_response,
-    parse_infer_request,
+    encode_top_classes,
     parse_json,
 )
 
 log = logging.getLogger("inferwatch.serve")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fullmatch: "$" would pass "id\n"
-_TOP_K = 5
 # A model call under this runs on the event loop, not the batch thread (see MicroBatcher): the
 # digits model's calls take 10-60 us, resnet18's tens of milliseconds.
 INLINE_COMPUTE_SECONDS = 0.0005
-_V2_OUTPUTS = ("probabilities", "label")
 # An image is decoded on the event loop only when it is sure to be cheap, else in a thread:
 # the hand-off costs about what decoding an 8x8 digit does. A small body bounds what opening
 # it may inflate (a PNG's text chunks: 64 MB in 0.3 s from 74 KB), few pixels the decoding.
 INLINE_IMAGE_BYTES = 1024
 INLINE_IMAGE_PIXELS = 64 * 64
-
-# An inference route's protocol: its body to samples (and the OIP request, with its id and
-# the outputs it asks for), and the model's answer to a response.
-Decoder = Callable[[ServedModel, Request, bytes],
-                   Awaitable[tuple[np.ndarray, InferRequest | None]]]
-Responder = Callable[[ServedModel, np.ndarray, str, InferRequest | None], Response]
-
 
 @dataclass
 class ServeConfig:
@@ -117,7 +105,8 @@ class _Deployment:
 
 
 class InferenceService:
-    """The models, their batchers and metrics; routes are thin wrappers around ``infer``."""
+    """The models, their batchers and metrics; the routes, module-level functions, find it
+    in ``request.app.state.service`` and are thin wrappers around ``infer``."""
 
     def __init__(self, config: ServeConfig, registry: CollectorRegistry | None = None,
                  scrape_registry: CollectorRegistry | None = None) -> None:
@@ -279,6 +268,244 @@ def _default_registry() -> CollectorRegistry:
     return registry
 
 
+def prepare_serving_process() -> None:
+    """Set up the process that serves the app, once the app is built: for that process only.
+
+    - One BLAS thread. OpenBLAS hands a matrix product of a few hundred rows to a second
+      thread, which then spins waiting for the next one: a digits batch of 256 samples (one
+      v2 request may carry that many) cost 2.2 ms of CPU for a 65 us call, 90 us with one
+      thread. Model calls here are small and one at a time; the other core is the service's
+      (torch's threads are set apart, by INFERWATCH_TORCH_THREADS).
+    - Everything alive after start-up (modules, the models) moved out of the collector's
+      sight. Under load every full collection walked the ~120,000 objects that imports and
+      models leave behind, about 25 ms each, three a second (32 requests in flight are
+      promoted to the old generation at every second-generation pass): 10 us per request of
+      `serve`'s 90-120 (bench/overhead.py). Frozen objects are never collected, so nothing
+      that becomes garbage later may be among them.
+    """
+    threadpool_limits(1, user_api="blas")
+    gc.collect()
+    gc.freeze()
+
+
+def create_app(
+    config: ServeConfig | None = None, registry: CollectorRegistry | None = None,
+    *, scrape_registry: CollectorRegistry | None = None,
+) -> Starlette:
+    """The service as an ASGI app, its :class:`InferenceService` in ``app.state.service``.
+
+    ``/metrics`` exposes ``scrape_registry`` when given, else ``registry``; with
+    ``config.metrics`` False there is no ``/metrics``, and no request is counted.
+    """
+    disable_created_metrics()  # `_created` series double the exposition for no query we run
+    service = InferenceService(config or ServeConfig(), registry, scrape_registry)
+    app = Starlette(
+        routes=[
+            Route("/predictions/{model}", predictions, methods=["POST"]),
+            Route("/v2/models/{model}/infer", v2_infer, methods=["POST"]),
+            Route("/v2/models/{model}/versions/{version}/infer", v2_infer, methods=["POST"]),
+            Route("/v2/models/{model}", v2_metadata, methods=["GET"]),
+            Route("/v2/models/{model}/versions/{version}", v2_metadata, methods=["GET"]),
+            Route("/v2/models/{model}/ready", v2_model_ready, methods=["GET"]),
+            Route("/v2/models/{model}/versions/{version}/ready", v2_model_ready,
+                  methods=["GET"]),
+            Route("/v2", v2_server, methods=["GET"]),
+            Route("/feedback", feedback, methods=["POST"]),
+            Route("/v2/health/ready", ready, methods=["GET"]),
+            Route("/v2/health/live", live, methods=["GET"]),
+            Route("/models", models, methods=["GET"]),
+            Route("/ping", ping, methods=["GET"]),
+            *([Route("/metrics", metrics, methods=["GET"])] if service.metrics else []),
+            Route("/openapi.json", openapi, methods=["GET"]),
+        ],
+        exception_handlers={InferenceError: _inference_error, HTTPException: _http_error,
+                            Exception: _server_error},
+        lifespan=service.lifespan,
+    )
+    app.router.redirect_slashes = False  # see inferwatch.stack.inbox
+    app.state.service = service
+    app.state.openapi = openapi_document({name: d.model.card.version
+                                          for name, d in service.deployments.items()})
+    return app
+
+
+async def predictions(request: Request) -> Response:
+    return await _answer(request, _decode_image, _top_classes)
+
+
+async def v2_infer(request: Request) -> Response:
+    return await _answer(request, _decode_v2, _v2_response)
+
+
+async def feedback(request: Request) -> Response:
+    service: InferenceService = request.app.state.service
+    try:
+        payload = parse_json(await read_body(request, 64 * 1024))
+        if not isinstance(payload, dict) or not isinstance(payload.get("request_id"), str) \
+                or "label" not in payload:
+            raise InferenceError("invalid_json", 'expected {"request_id": "...", "label": "3"}')
+        return JSONResponse(service.score_feedback(payload["request_id"], payload["label"]))
+    except InferenceError as exc:
+        service.quality_metrics.feedback_rejected.labels(exc.reason).inc()
+        raise
+
+
+async def v2_server(request: Request) -> Response:
+    return JSONResponse({"name": "inferwatch", "version": inferwatch.__version__,
+                         "extensions": list(EXTENSIONS)})
+
+
+async def v2_model_ready(request: Request) -> Response:
+    return JSONResponse({"name": _v2_model(request).card.name, "ready": True})
+
+
+async def v2_metadata(request: Request) -> Response:
+    card = _v2_model(request).card
+    return JSONResponse({
+        "name": card.name,
+        "versions": [card.version],
+        "platform": card.runtime,
+        "inputs": [{"name": "input-0", "datatype": "FP32", "shape": [-1, *card.input_shape]}],
+        "outputs": [{"name": "probabilities", "datatype": "FP32",
+                     "shape": [-1, len(card.labels)]},
+                    {"name": "label", "datatype": "INT64", "shape": [-1]}],
+    })
+
+
+async def models(request: Request) -> Response:
+    service: InferenceService = request.app.state.service
+    return JSONResponse({"models": [
+        {"modelName": d.model.card.name, "modelVersion": d.model.card.version}
+        for d in service.deployments.values()
+    ]})
+
+
+async def ping(request: Request) -> Response:
+    return JSONResponse({"status": "Healthy"})
+
+
+async def ready(request: Request) -> Response:
+    return JSONResponse({"ready": True})
+
+
+async def live(request: Request) -> Response:
+    return JSONResponse({"live": True})
+
+
+async def metrics(request: Request) -> Response:
+    service: InferenceService = request.app.state.service
+    body, content_type = render_exposition(service.scrape_registry,
+                                           request.headers.get("accept", ""))
+    return Response(body, headers={"Content-Type": content_type})
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(request.app.state.openapi)
+
+
+# An inference route's protocol: its body to samples (and the OIP request, with its id and
+# the outputs it asks for), and the model's answer to a response.
+Decoder = Callable[[InferenceService, ServedModel, Request, bytes],
+                   Awaitable[tuple[np.ndarray, InferRequest | None]]]
+Responder = Callable[[ServedModel, np.ndarray, str, InferRequest | None], Response]
+
+
+async def _answer(request: Request, decode: Decoder, respond: Responder) -> Response:
+    """An inference route: the parts its protocol does not change, timed and counted.
+
+    A success is one record (:class:`RequestRecorder`), kept in bounds by the batch
+    observer's ``recorder.batch`` per model call; a failure is counted by the exception
+    handlers below, from the route's path.
+    """
+    service: InferenceService = request.app.state.service
+    name = request.path_params["model"]
+    d = service.deployment(name)
+    recorder = d.recorder
+    started = time.perf_counter()
+    if recorder is not None:
+        recorder.active += 1
+    try:
+        body = await read_body(request, service.config.max_body_bytes)
+        start = time.perf_counter()
+        await service.preprocess_faults()
+        samples, asked = await decode(service, d.model, request, body)
+        request_id, key = _request_id(request, asked, service.request_ids)
+        result, preprocess = await service.infer(name, samples, start, key)
+        post = time.perf_counter()
+        await service.postprocess_faults()
+        response = respond(d.model, result.probabilities, request_id, asked)
+        if recorder is not None:  # RequestRecorder.succeeded, without a Python call
+            recorder._append(recorder._pack(started, preprocess, result.queue_seconds,
+                                            result.compute_seconds, post,
+                                            time.perf_counter(), request_id.encode()))
+        return response
+    finally:
+        if recorder is not None:
+            recorder.active -= 1
+
+
+async def _decode_image(service: InferenceService, model: ServedModel, request: Request,
+                        body: bytes) -> tuple[np.ndarray, None]:
+    data = decode_predictions_body(body, request.headers.get("content-type", ""))
+    max_pixels = service.config.max_image_pixels
+    try:
+        image = open_image(data, max_pixels) if len(data) <= INLINE_IMAGE_BYTES else None
+        if image is not None and image.width * image.height <= INLINE_IMAGE_PIXELS:
+            sample = model.from_image(load_image(image))
+        else:
+            sample = await asyncio.get_running_loop().run_in_executor(
+                service.decoders, _image_sample, model, data, max_pixels)
+    except InputError as exc:
+        raise _input_error(exc) from None
+    return sample[None], None
+
+
+def _top_classes(model: ServedModel, probs: np.ndarray, request_id: str,
+                 _: InferRequest | None) -> Response:
+    return encode_top_classes(model.card.labels, probs[0], {"X-Request-ID": request_id})
+
+
+async def _decode_v2(service: InferenceService, model: ServedModel, request: Request,
+                     body: bytes) -> tuple[np.ndarray, InferRequest]:
+    _check_version(model, request)
+    asked = decode_infer_request(body, request.scope["headers"], service.config.max_body_bytes,
+                                 CLASSIFIER_OUTPUTS)
+    return _v2_samples(model, asked), asked
+
+
+def _v2_response(model: ServedModel, probs: np.ndarray, request_id: str,
+                 asked: InferRequest | None) -> Response:
+    assert asked is not None
+    card = model.card
+    response = encode_classification(
+        {"model_name": card.name, "model_version": card.version,
+         "id": request_id if asked.id is None else asked.id}, probs, asked.outputs)
+    if asked.id is not None and asked.id != request_id:  # the id feedback takes
+        response.headers["X-Request-ID"] = request_id
+    return response
+
+
+def _v2_model(request: Request) -> ServedModel:
+    service: InferenceService = request.app.state.service
+    model = service.deployment(request.path_params["model"]).model
+    _check_version(model, request)
+    return model
+
+
+def _check_version(model: ServedModel, request: Request) -> None:
+    version = request.path_params.get("version")
+    if version is not None and version != model.card.version:
+        raise InferenceError("unknown_model",
+                             f"model {model.card.name} has version {model.card.version}")
+
+
+def _v2_samples(model: ServedModel, asked: InferRequest) -> np.ndarray:
+    try:
+        return model.from_tensor(asked.values)
+    except InputError as exc:
+        raise _input_error(exc) from None
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -319,295 +546,33 @@ def _image_sample(model: ServedModel, data: bytes, max_pixels: int) -> np.ndarra
     return model.from_image(decode_image(data, max_pixels))
 
 
-class ServiceApp:
-    """The ASGI app of the service, with the service behind it for tests and workers."""
-
-    def __init__(self, starlette: Starlette, service: InferenceService) -> None:
-        self.starlette = starlette
-        self.service = service
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.starlette(scope, receive, send)
+def _count_failure(request: Request, status: int, reason: str) -> None:
+    model = model_from_path(request.scope["path"])
+    service: InferenceService = request.app.state.service
+    if service.metrics is not None and model is not None:
+        service.metrics.observe_request(model, status, 0.0, reason)
 
 
-def prepare_serving_process() -> None:
-    """Set up the process that serves the app, once the app is built: for that process only.
-
-    - One BLAS thread. OpenBLAS hands a matrix product of a few hundred rows to a second
-      thread, which then spins waiting for the next one: a digits batch of 256 samples (one
-      v2 request may carry that many) cost 2.2 ms of CPU for a 65 us call, 90 us with one
-      thread. Model calls here are small and one at a time; the other core is the service's
-      (torch's threads are set apart, by INFERWATCH_TORCH_THREADS).
-    - Everything alive after start-up (modules, the models) moved out of the collector's
-      sight. Under load every full collection walked the ~120,000 objects that imports and
-      models leave behind, about 25 ms each, three a second (32 requests in flight are
-      promoted to the old generation at every second-generation pass): 10 us per request of
-      `serve`'s 90-120 (bench/overhead.py). Frozen objects are never collected, so nothing
-      that becomes garbage later may be among them.
-    """
-    threadpool_limits(1, user_api="blas")
-    gc.collect()
-    gc.freeze()
+def _failed(request: Request, reason: str, message: str, status: int,
+            headers: Mapping[str, str] | None = None) -> Response:
+    """The error answer, counted; under /v2 in OIP's form, its message in ``error``."""
+    _count_failure(request, status, reason)
+    path = request.scope["path"]
+    encode = encode_error if path == "/v2" or path.startswith("/v2/") else error_response
+    return encode(reason, message, status, headers)
 
 
-def create_app(
-    config: ServeConfig | None = None, registry: CollectorRegistry | None = None,
-    *, scrape_registry: CollectorRegistry | None = None,
-) -> ServiceApp:
-    """The service as an ASGI app, wrapped in the metrics middleware it exports.
-
-    ``/metrics`` exposes ``scrape_registry`` when given, else ``registry``; with
-    ``config.metrics`` False there is neither the middleware nor ``/metrics``.
-    """
-    disable_created_metrics()  # `_created` series double the exposition for no query we run
-    service = InferenceService(config or ServeConfig(), registry, scrape_registry)
-    limit = service.config.max_body_bytes
-    max_pixels = service.config.max_image_pixels
-
-    async def answer(request: Request, decode: Decoder, respond: Responder) -> Response:
-        """An inference route: the parts its protocol does not change, timed and counted.
-
-        A success is one record (:class:`RequestRecorder`), kept in bounds by the batch
-        observer's ``recorder.batch`` per model call; a failure is counted by the exception
-        handlers below, from the route's path.
-        """
-        name = request.path_params["model"]
-        d = service.deployment(name)
-        recorder = d.recorder
-        started = time.perf_counter()
-        if recorder is not None:
-            recorder.active += 1
-        try:
-            body = await read_body(request, limit)
-            start = time.perf_counter()
-            await service.preprocess_faults()
-            samples, asked = await decode(d.model, request, body)
-            request_id, key = _request_id(request, asked, service.request_ids)
-            result, preprocess = await service.infer(name, samples, start, key)
-            post = time.perf_counter()
-            await service.postprocess_faults()
-            response = respond(d.model, result.probabilities, request_id, asked)
-            if recorder is not None:  # RequestRecorder.succeeded, without a Python call
-                recorder.append(recorder.pack(started, preprocess, result.queue_seconds,
-                                              result.compute_seconds, post,
-                                              time.perf_counter()))
-            return response
-        finally:
-            if recorder is not None:
-                recorder.active -= 1
-
-    async def decode_image_request(model: ServedModel, request: Request, body: bytes
-                                   ) -> tuple[np.ndarray, None]:
-        if request.headers.get("content-type", "").startswith("application/json"):
-            payload = parse_json(body)
-            encoded = payload.get("image_base64") if isinstance(payload, dict) else None
-            if not isinstance(encoded, str):
-                raise InferenceError("invalid_json",
-                                     'expected a JSON object {"image_base64": "..."}')
-            try:
-                body = base64.b64decode(encoded, validate=True)
-            except (binascii.Error, ValueError):
-                raise InferenceError("invalid_image", "image_base64 is not valid base64") from None
-        try:
-            image = open_image(body, max_pixels) if len(body) <= INLINE_IMAGE_BYTES else None
-            if image is not None and image.width * image.height <= INLINE_IMAGE_PIXELS:
-                sample = model.from_image(load_image(image))
-            else:
-                sample = await asyncio.get_running_loop().run_in_executor(
-                    service.decoders, _image_sample, model, body, max_pixels)
-        except InputError as exc:
-            raise _input_error(exc) from None
-        return sample[None], None
-
-    def top_classes(model: ServedModel, probs: np.ndarray, request_id: str,
-                    _: InferRequest | None) -> Response:
-        labels = model.card.labels
-        top = np.argsort(probs[0])[::-1][:_TOP_K]
-        return JSONResponse({labels[i]: round(float(probs[0][i]), 6) for i in top},
-                            headers={"X-Request-ID": request_id})
-
-    async def decode_v2_request(model: ServedModel, request: Request, body: bytes
-                                ) -> tuple[np.ndarray, InferRequest]:
-        _check_version(model, request)
-        # One pass over the raw headers: Headers.get raises and catches a KeyError for each
-        # absent one, 1 us a request for these two, which plain JSON requests never send.
-        encoding = header_length = None
-        for key, value in request.scope["headers"]:
-            if key == b"content-encoding":
-                encoding = value.decode("latin-1")
-            elif key == b"inference-header-content-length":
-                header_length = value.decode("latin-1")
-        if encoding is not None:
-            body = decode_content(body, encoding, limit)
-        return _v2_samples(model, body, header_length)
-
-    def v2_response(model: ServedModel, probs: np.ndarray, request_id: str,
-                    asked: InferRequest | None) -> Response:
-        assert asked is not None
-        card = model.card
-        head: dict[str, Any] = {"model_name": card.name, "model_version": card.version,
-                                "id": request_id if asked.id is None else asked.id}
-        if asked.outputs is None:  # every output in JSON: 1 us less than the general path
-            head["outputs"] = [_v2_output(name, probs, False)[0] for name in _V2_OUTPUTS]
-            response: Response = JSONResponse(head)
-        else:
-            response = encode_infer_response(head, [
-                _v2_output(name, probs, binary) for name, binary in asked.outputs.items()])
-        if asked.id is not None and asked.id != request_id:  # the id feedback takes
-            response.headers["X-Request-ID"] = request_id
-        return response
-
-    async def predictions(request: Request) -> Response:
-        return await answer(request, decode_image_request, top_classes)
-
-    async def v2_infer(request: Request) -> Response:
-        return await answer(request, decode_v2_request, v2_response)
-
-    async def feedback(request: Request) -> Response:
-        try:
-            payload = parse_json(await read_body(request, 64 * 1024))
-            if not isinstance(payload, dict) or not isinstance(payload.get("request_id"), str) \
-                    or "label" not in payload:
-                raise InferenceError("invalid_json",
-                                     'expected {"request_id": "...", "label": "3"}')
-            return JSONResponse(service.score_feedback(payload["request_id"], payload["label"]))
-        except InferenceError as exc:
-            service.quality_metrics.feedback_rejected.labels(exc.reason).inc()
-            raise
-
-    def v2_model(request: Request) -> ServedModel:
-        model = service.deployment(request.path_params["model"]).model
-        _check_version(model, request)
-        return model
-
-    async def v2_server(request: Request) -> Response:
-        return JSONResponse({"name": "inferwatch", "version": inferwatch.__version__,
-                             "extensions": list(EXTENSIONS)})
-
-    async def v2_model_ready(request: Request) -> Response:
-        return JSONResponse({"name": v2_model(request).card.name, "ready": True})
-
-    async def v2_metadata(request: Request) -> Response:
-        card = v2_model(request).card
-        return JSONResponse({
-            "name": card.name,
-            "versions": [card.version],
-            "platform": card.runtime,
-            "inputs": [{"name": "input-0", "datatype": "FP32",
-                        "shape": [-1, *card.input_shape]}],
-            "outputs": [{"name": "probabilities", "datatype": "FP32",
-                         "shape": [-1, len(card.labels)]},
-                        {"name": "label", "datatype": "INT64", "shape": [-1]}],
-        })
-
-    async def models(request: Request) -> Response:
-        return JSONResponse({"models": [
-            {"modelName": d.model.card.name, "modelVersion": d.model.card.version}
-            for d in service.deployments.values()
-        ]})
-
-    async def ping(request: Request) -> Response:
-        return JSONResponse({"status": "Healthy"})
-
-    async def ready(request: Request) -> Response:
-        return JSONResponse({"ready": True})
-
-    async def live(request: Request) -> Response:
-        return JSONResponse({"live": True})
-
-    async def metrics(request: Request) -> Response:
-        body, content_type = render_exposition(service.scrape_registry,
-                                               request.headers.get("accept", ""))
-        return Response(body, headers={"Content-Type": content_type})
-
-    document = openapi_document({name: d.model.card.version
-                                 for name, d in service.deployments.items()})
-
-    async def openapi(request: Request) -> Response:
-        return JSONResponse(document)
-
-    def count_failure(request: Request, status: int, reason: str) -> None:
-        model = model_from_path(request.scope["path"])
-        if service.metrics is not None and model is not None:
-            service.metrics.observe_request(model, status, 0.0, reason)
-
-    def failed(request: Request, reason: str, message: str, status: int,
-               headers: Mapping[str, str] | None = None) -> Response:
-        """The error answer, counted; under /v2 in OIP's form, its message in ``error``."""
-        count_failure(request, status, reason)
-        path = request.scope["path"]
-        encode = encode_error if path == "/v2" or path.startswith("/v2/") else error_response
-        return encode(reason, message, status, headers)
-
-    async def inference_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, InferenceError)
-        return failed(request, exc.reason, str(exc), exc.status, exc.headers)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code,
-                                                                    "bad_request")
-        return failed(request, reason, str(exc.detail), exc.status_code, exc.headers)
-
-    async def server_error(request: Request, exc: Exception) -> Response:
-        """Starlette answers with this, then raises ``exc`` on for the server to log."""
-        return failed(request, "internal", "internal server error", 500)
-
-    app = Starlette(
-        routes=[
-            Route("/predictions/{model}", predictions, methods=["POST"]),
-            Route("/v2/models/{model}/infer", v2_infer, methods=["POST"]),
-            Route("/v2/models/{model}/versions/{version}/infer", v2_infer, methods=["POST"]),
-            Route("/v2/models/{model}", v2_metadata, methods=["GET"]),
-            Route("/v2/models/{model}/versions/{version}", v2_metadata, methods=["GET"]),
-            Route("/v2/models/{model}/ready", v2_model_ready, methods=["GET"]),
-            Route("/v2/models/{model}/versions/{version}/ready", v2_model_ready,
-                  methods=["GET"]),
-            Route("/v2", v2_server, methods=["GET"]),
-            Route("/feedback", feedback, methods=["POST"]),
-            Route("/v2/health/ready", ready, methods=["GET"]),
-            Route("/v2/health/live", live, methods=["GET"]),
-            Route("/models", models, methods=["GET"]),
-            Route("/ping", ping, methods=["GET"]),
-            *([Route("/metrics", metrics, methods=["GET"])] if service.metrics else []),
-            Route("/openapi.json", openapi, methods=["GET"]),
-        ],
-        exception_handlers={InferenceError: inference_error, HTTPException: http_error,
-                            Exception: server_error},
-        lifespan=service.lifespan,
-    )
-    app.router.redirect_slashes = False  # see inferwatch.stack.inbox
-    return ServiceApp(app, service)
+async def _inference_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InferenceError)
+    return _failed(request, exc.reason, str(exc), exc.status, exc.headers)
 
 
-def _check_version(model: ServedModel, request: Request) -> None:
-    version = request.path_params.get("version")
-    if version is not None and version != model.card.version:
-        raise InferenceError("unknown_model",
-                             f"model {model.card.name} has version {model.card.version}")
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+    return _failed(request, reason, str(exc.detail), exc.status_code, exc.headers)
 
 
-def _v2_samples(model: ServedModel, body: bytes, header_length: str | None
-                ) -> tuple[np.ndarray, InferRequest]:
-    asked = parse_infer_request(body, header_length, _V2_OUTPUTS)
-    try:
-        return model.from_tensor(asked.values), asked
-    except InputError as exc:
-        raise _input_error(exc) from None
-
-
-def _v2_output(name: str, probs: np.ndarray, binary: bool) -> tuple[dict[str, Any], bytes | None]:
-    """Output ``name`` of the answer ``probs``: its JSON object, with its data unless it is
-    sent as binary data, and that."""
-    if name == "probabilities":
-        output: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(probs.shape)}
-        if binary:
-            return output, probs.astype(DATATYPES["FP32"]).tobytes()
-        output["data"] = [round(float(v), 6) for v in probs.ravel()]
-    else:
-        labels = probs.argmax(axis=1)
-        output = {"name": name, "datatype": "INT64", "shape": [len(probs)]}
-        if binary:
-            return output, labels.astype(DATATYPES["INT64"]).tobytes()
-        output["data"] = [int(i) for i in labels]
-    return output, None
+async def _server_error(request: Request, exc: Exception) -> Response:
+    """Starlette answers with this, then raises ``exc`` on for the server to log."""
+    return _failed(request, "internal", "internal server error", 500)

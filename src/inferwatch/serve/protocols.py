@@ -1,13 +1,20 @@
-"""The Open Inference Protocol v2 (KServe v2) over HTTP: an inference request's body to a
-tensor, an answer's outputs to a body, with Triton's binary tensor data extension and
-compressed request bodies, as ``tritonclient[http]`` sends and reads them by default."""
+"""The protocols the service speaks, as codecs that know no model and no route.
+
+- TorchServe's ``/predictions``: a body to the image it holds, an image's class
+  probabilities to the top classes.
+- The Open Inference Protocol v2 (KServe v2) over HTTP: an inference request's body to a
+  tensor, an answer's outputs to a body, with Triton's binary tensor data extension and
+  compressed request bodies, as ``tritonclient[http]`` sends and reads them by default.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import zlib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +24,13 @@ from starlette.responses import JSONResponse, Response
 from inferwatch.serve.errors import InferenceError
 
 __all__ = [
-    "DATATYPES", "EXTENSIONS", "MAX_ID_CHARS", "InferRequest", "decode_content", "encode_error",
-    "encode_infer_response", "parse_infer_request", "parse_json",
+    "CLASSIFIER_OUTPUTS", "DATATYPES", "EXTENSIONS", "MAX_ID_CHARS", "TOP_K", "InferRequest",
+    "decode_content", "decode_infer_request", "decode_predictions_body",
+    "encode_classification", "encode_error", "encode_infer_response", "encode_top_classes",
+    "parse_infer_request", "parse_json",
 ]
+
+TOP_K = 5  # as TorchServe's image classifier handler answers
 
 EXTENSIONS = ("binary_tensor_data",)
 # The datatypes an input may have, as the binary extension lays them out: little-endian, no
@@ -30,6 +41,8 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 # OIP sets no bound on an id, and an answer echoes it: a longer one is refused, not cut, so
 # that an id answered is always the id sent.
 MAX_ID_CHARS = 256
+# A classifier's OIP outputs: every class's probability, and the most probable class.
+CLASSIFIER_OUTPUTS = ("probabilities", "label")
 _MAX_DIMS = 32  # numpy allows 64; no model takes more than a handful
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # deflate: zlib-wrapped
 
@@ -51,6 +64,52 @@ def parse_json(body: bytes) -> Any:
         raise InferenceError("invalid_json", "invalid JSON: nested too deeply") from None
     except ValueError as exc:  # a decode error, not UTF-8, an int of over 4300 digits
         raise InferenceError("invalid_json", f"invalid JSON: {exc}") from None
+
+
+def decode_predictions_body(body: bytes, content_type: str) -> bytes:
+    """The image a ``/predictions`` body holds: the body itself, or under a JSON content
+    type, its ``{"image_base64": ...}`` decoded.
+
+    >>> decode_predictions_body(b'{"image_base64": "R0lGODlh"}', "application/json")
+    b'GIF89a'
+    """
+    if not content_type.startswith("application/json"):
+        return body
+    payload = parse_json(body)
+    encoded = payload.get("image_base64") if isinstance(payload, dict) else None
+    if not isinstance(encoded, str):
+        raise InferenceError("invalid_json", 'expected a JSON object {"image_base64": "..."}')
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):  # ValueError: a non-ASCII str
+        raise InferenceError("invalid_image", "image_base64 is not valid base64") from None
+
+
+def encode_top_classes(labels: Sequence[str], probabilities: np.ndarray,
+                       headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """TorchServe's answer for one image: its ``TOP_K`` most probable labels, most probable
+    first, each to its probability."""
+    top = np.argsort(probabilities)[::-1][:TOP_K]
+    return JSONResponse({labels[i]: round(float(probabilities[i]), 6) for i in top},
+                        headers=headers)
+
+
+def decode_infer_request(body: bytes, headers: Iterable[tuple[bytes, bytes]], limit: int,
+                         outputs: Collection[str]) -> InferRequest:
+    """An inference request as sent, its raw ASGI ``headers`` with it: ``body`` decompressed
+    to at most ``limit`` bytes as its Content-Encoding says, then parsed with its
+    Inference-Header-Content-Length (:func:`parse_infer_request`)."""
+    # One pass over the raw headers: Headers.get raises and catches a KeyError for each
+    # absent one, 1 us a request for these two, which plain JSON requests never send.
+    encoding = header_length = None
+    for key, value in headers:
+        if key == b"content-encoding":
+            encoding = value.decode("latin-1")
+        elif key == b"inference-header-content-length":
+            header_length = value.decode("latin-1")
+    if encoding is not None:
+        body = decode_content(body, encoding, limit)
+    return parse_infer_request(body, header_length, outputs)
 
 
 def decode_content(body: bytes, encoding: str, limit: int) -> bytes:
@@ -219,6 +278,37 @@ def encode_infer_response(head: Mapping[str, Any],
     header = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     return Response(b"".join([header, *tails]), media_type="application/octet-stream",
                     headers={"Inference-Header-Content-Length": str(len(header))})
+
+
+def encode_classification(head: dict[str, Any], probabilities: np.ndarray,
+                          outputs: dict[str, bool] | None) -> Response:
+    """A classifier's answer (``CLASSIFIER_OUTPUTS``) to the ``outputs`` asked
+    (:attr:`InferRequest.outputs`): ``head`` and, for a batch's ``probabilities``, each output
+    in JSON or as binary data."""
+    if outputs is None:  # every output in JSON: 1 us less than the general path
+        head["outputs"] = [_classifier_output(name, probabilities, False)[0]
+                           for name in CLASSIFIER_OUTPUTS]
+        return JSONResponse(head)
+    return encode_infer_response(head, [_classifier_output(name, probabilities, binary)
+                                        for name, binary in outputs.items()])
+
+
+def _classifier_output(name: str, probs: np.ndarray, binary: bool
+                       ) -> tuple[dict[str, Any], bytes | None]:
+    """Output ``name`` of the answer ``probs``: its JSON object, with its data unless it is
+    sent as binary data, and that."""
+    if name == "probabilities":
+        output: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(probs.shape)}
+        if binary:
+            return output, probs.astype(DATATYPES["FP32"]).tobytes()
+        output["data"] = [round(float(v), 6) for v in probs.ravel()]
+    else:
+        labels = probs.argmax(axis=1)
+        output = {"name": name, "datatype": "INT64", "shape": [len(probs)]}
+        if binary:
+            return output, labels.astype(DATATYPES["INT64"]).tobytes()
+        output["data"] = [int(i) for i in labels]
+    return output, None
 
 
 def encode_error(reason: str, message: str, status: int,

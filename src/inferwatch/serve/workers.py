@@ -270,7 +270,7 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
     server = WorkerServer(uvicorn.Config(
         app, log_level="warning", access_log=False, **spec["uvicorn"],
         **HttpLimits(**spec["http_limits"]).uvicorn_options()))
-    stop_publishing = _publish(CollectorPublisher(app.service.quality_metrics.collector))
+    stop_publishing = _publish(CollectorPublisher(app.state.service.quality_metrics.collector))
     try:
         server.run(sockets=[socket.socket(fileno=spec["fd"])])
     finally:
