@@ -5,6 +5,7 @@ Prometheus and Alertmanager configuration: promtool 2.42 and amtool 0.25, as for
 Dockerfile: parsed by BuildKit's own parser (the `dockerfile` package) and linted by hadolint.
 """
 
+import copy
 import os
 import re
 import secrets
@@ -20,18 +21,25 @@ import yaml
 from typer.testing import CliRunner
 
 from inferwatch.cli import app
-from inferwatch.stack.compose import IMAGE, IMAGES, PASSWORD_VARIABLE, write_compose
+from inferwatch.stack.compose import (
+    IMAGE,
+    IMAGES,
+    PASSWORD_VARIABLE,
+    PROMETHEUS3_IMAGE,
+    write_compose,
+)
 from inferwatch.stack.config import StackPorts, render_prometheus_config
 from inferwatch.stack.grafana import DATASOURCE_UID, render_dashboard
 from inferwatch.stack.panels import DASHBOARD
 from inferwatch.stack.profiles import DEFAULT
-from inferwatch.stack.rules import render_rule_file
+from inferwatch.stack.rules import LOCAL_SCOPE, render_rule_file, runbook_base_url
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = shutil.which("docker-compose")
 if COMPOSE is None:
     raise RuntimeError("the Compose tests need docker-compose: run `make deps`")
 PASSWORD = secrets.token_urlsafe(16)  # never a literal: see test_no_default_passwords
+RUNBOOKS = "https://runbooks.example.org/ml/inferwatch/runbooks.md"
 
 
 def run(*argv: str, cwd: Path | None = None, env: dict[str, str] | None = None
@@ -40,19 +48,21 @@ def run(*argv: str, cwd: Path | None = None, env: dict[str, str] | None = None
                           env=env, stdin=subprocess.DEVNULL)
 
 
-def compose(directory: Path, *args: str, password: str | None = PASSWORD
+def compose(directory: Path, *args: str, password: str | None = PASSWORD,
+            files: tuple[str, ...] = ("docker-compose.yml",)
             ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != PASSWORD_VARIABLE}
     if password is not None:
         env[PASSWORD_VARIABLE] = password
     assert COMPOSE is not None
-    return run(COMPOSE, "--project-directory", str(directory), "-f",
-               str(directory / "docker-compose.yml"), *args, env=env)
+    chosen = [arg for name in files for arg in ("-f", str(directory / name))]
+    return run(COMPOSE, "--project-directory", str(directory), *chosen, *args, env=env)
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return write_compose(tmp_path_factory.mktemp("compose"), DEFAULT, context=ROOT)
+    return write_compose(tmp_path_factory.mktemp("compose"), DEFAULT, context=ROOT,
+                         runbook_base=RUNBOOKS)
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +127,10 @@ def test_prometheus_scrapes_by_service_name(rendered: dict[str, Path],
     local_jobs = [j["job_name"] for j in render_prometheus_config(DEFAULT, StackPorts())[
         "scrape_configs"]]
     assert [j["job_name"] for j in config["scrape_configs"]] == [*local_jobs, "proxy", "dcgm"]
+    # TargetDown watches every job of the Compose stack.
+    targets = re.fullmatch(r'job=~"(.+)"', LOCAL_SCOPE.targets)
+    assert targets and all(re.fullmatch(targets.group(1), j["job_name"])
+                           for j in config["scrape_configs"])
     pushgateway = next(j for j in config["scrape_configs"] if j["job_name"] == "pushgateway")
     assert pushgateway["honor_labels"] is True
     checked = run("promtool", "check", "config", str(rendered["prometheus"]))
@@ -126,7 +140,10 @@ def test_prometheus_scrapes_by_service_name(rendered: dict[str, Path],
 
 
 def test_rules_and_grafana_come_from_the_same_source(rendered: dict[str, Path]) -> None:
-    assert yaml.safe_load(rendered["rules"].read_text()) == render_rule_file(DEFAULT)
+    rules = yaml.safe_load(rendered["rules"].read_text())
+    assert rules == render_rule_file(DEFAULT, runbook_base=RUNBOOKS)
+    for rule in (r for g in rules["groups"] for r in g["rules"] if "alert" in r):
+        assert rule["annotations"]["runbook_url"] == f"{RUNBOOKS}#{rule['alert'].lower()}"
     assert rendered["grafana_dashboard"].read_text() == render_dashboard(DEFAULT)
     datasource = yaml.safe_load(rendered["grafana_datasources"].read_text())["datasources"][0]
     assert (datasource["uid"], datasource["url"]) == (DATASOURCE_UID, "http://prometheus:9090")
@@ -165,15 +182,62 @@ def test_render_commands(tmp_path: Path) -> None:
     assert local.exit_code == 0, local.output
     assert (tmp_path / "local" / "prometheus.yml").exists()
     composed = runner.invoke(app, ["render", "compose", "--out", str(tmp_path / "compose"),
-                                   "--context", str(ROOT)])
+                                   "--context", str(ROOT), "--runbook-base-url", RUNBOOKS])
     assert composed.exit_code == 0, composed.output
     assert (tmp_path / "compose" / "docker-compose.yml").exists()
     no_dockerfile = runner.invoke(app, ["render", "compose", "--out", str(tmp_path / "x"),
                                         "--context", str(tmp_path)])
     assert no_dockerfile.exit_code == 2 and "no Dockerfile" in no_dockerfile.output
     k8s = runner.invoke(app, ["render", "k8s", "--out", str(tmp_path / "k8s"),
-                              "--release", "monitoring", "--namespace", "ml"])
+                              "--release", "monitoring", "--namespace", "ml",
+                              "--runbook-base-url", RUNBOOKS, "--cluster", "eu-1",
+                              "--remote-write-url", "https://mimir.example.org/api/v1/push",
+                              "--remote-write-kind", "mimir"])
     assert k8s.exit_code == 0, k8s.output
     monitor = yaml.safe_load((tmp_path / "k8s" / "servicemonitor.yaml").read_text())
     assert monitor["metadata"]["labels"]["release"] == "monitoring"
     assert monitor["metadata"]["namespace"] == "ml"
+    values = yaml.safe_load((tmp_path / "k8s" / "kube-prometheus-stack-values.yaml").read_text())
+    assert values["prometheus"]["prometheusSpec"]["replicaExternalLabelName"] == "__replica__"
+    no_cluster = runner.invoke(app, ["render", "k8s", "--out", str(tmp_path / "k8s-2"),
+                                     "--runbook-base-url", RUNBOOKS, "--remote-write-kind",
+                                     "mimir", "--remote-write-url", "https://m.example.org/p"])
+    assert no_cluster.exit_code == 2 and "--cluster" in no_cluster.output
+    assert not (tmp_path / "k8s-2").exists()  # nothing written before the options are checked
+    relative = runner.invoke(app, ["render", "compose", "--out", str(tmp_path / "c2"),
+                                   "--context", str(ROOT), "--runbook-base-url", "docs/x.md"])
+    assert relative.exit_code == 2 and "absolute" in relative.output
+
+
+def test_runbook_base_is_required_unless_the_project_declares_its_repository(
+        tmp_path: Path) -> None:
+    try:
+        declared: str | None = runbook_base_url()
+    except ValueError:
+        declared = None
+    for argv in (["compose", "--context", str(ROOT)], ["k8s"]):
+        result = CliRunner().invoke(app, ["render", *argv, "--out", str(tmp_path / argv[0])])
+        if declared is None:
+            assert result.exit_code == 2 and "--runbook-base-url" in result.output, argv
+        else:
+            assert result.exit_code == 0, result.output
+
+
+def test_prometheus3_override(rendered: dict[str, Path], resolved: dict[str, Any]) -> None:
+    """The same stack with Prometheus 3: only the image differs."""
+    directory = rendered["compose"].parent
+    result = compose(directory, "config",
+                     files=("docker-compose.yml", rendered["compose_prometheus3"].name))
+    assert result.returncode == 0, result.stderr
+    with3 = yaml.safe_load(result.stdout)
+    assert with3["services"]["prometheus"]["image"] == PROMETHEUS3_IMAGE
+    with3["services"]["prometheus"]["image"] = IMAGES["prometheus"]
+
+    def volumes_sorted(config: dict[str, Any]) -> dict[str, Any]:
+        # Merging two files reorders a service's volumes: their order means nothing.
+        for service in config["services"].values():
+            service["volumes"] = sorted(map(str, service.get("volumes", [])))
+        return config
+
+    assert volumes_sorted(with3) == volumes_sorted(copy.deepcopy(resolved))
+    assert re.fullmatch(r"prom/prometheus:v3\.\d+\.\d+", PROMETHEUS3_IMAGE)

@@ -1,5 +1,6 @@
 """The dashboard against a live stack: every panel query returns data, and the page draws it."""
 
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from inferwatch.operate.chaos import ChaosClient
 from inferwatch.operate.load import LoadPlan, Payload, run_load_sync
 from inferwatch.operate.promapi import PrometheusAPI
 from inferwatch.stack.config import StackPorts, url
+from inferwatch.stack.grafana import RATE_WINDOW, render_dashboard
 from inferwatch.stack.panels import ALL, DASHBOARD, GPU_PRESENT, literal_regex
 from inferwatch.stack.profiles import FAST
 from inferwatch.stack.runner import Stack, StackOptions
@@ -70,6 +72,18 @@ def wait_for_samples(prom: PrometheusAPI) -> None:
             prom.wait_for_scrape(job, after=after)
 
 
+def grafana_queries(model: str, instance: str, step: float) -> list[str]:
+    """The Grafana JSON's panel queries, in ``DASHBOARD.panels`` order, with its variables
+    substituted as Grafana does for a range query of this ``step``: ``$__rate_interval`` is
+    max($__interval + scrape interval, 4 x scrape interval), the scrape interval being the
+    datasource's timeInterval (the profile's), $__interval the step."""
+    scrape = FAST.scrape_seconds
+    window = f"{max(step + scrape, 4 * scrape):g}s"
+    panels = [p for p in json.loads(render_dashboard(FAST))["panels"] if p["type"] != "row"]
+    return [t["expr"].replace(RATE_WINDOW, window).replace("$model", model)
+            .replace("$instance", instance) for p in panels for t in p["targets"]]
+
+
 def test_every_panel_query_returns_data_for_every_variable_value(
         stack: Stack, prom: PrometheusAPI) -> None:
     wait_for_samples(prom)
@@ -80,12 +94,17 @@ def test_every_panel_query_returns_data_for_every_variable_value(
 
     end = time.time()
     empty = []
-    for panel in DASHBOARD.panels:
-        for model, instance in product(values["model"], values["instance"]):
-            data = prom.query_range(panel.query(FAST, model, instance), end - 60, end, 1)
-            if not any(math.isfinite(float(v)) for series in data["result"]
-                       for _, v in series["values"]):
-                empty.append((panel.key, model, instance))
+    for model, instance in product(values["model"], values["instance"]):
+        grafana = grafana_queries(model, instance, 1)
+        assert len(grafana) == len(DASHBOARD.panels)
+        for panel, in_grafana in zip(DASHBOARD.panels, grafana, strict=True):
+            # The built-in page's query (the profile's window), then Grafana's.
+            for query in (panel.query(FAST, model, instance), in_grafana):
+                assert "$" not in query, query
+                data = prom.query_range(query, end - 60, end, 1)
+                if not any(math.isfinite(float(v)) for series in data["result"]
+                           for _, v in series["values"]):
+                    empty.append((panel.key, model, instance, query))
     # GPU panels are excepted where no GPU is reported, and only they.
     assert [e for e in empty if gpu or e[0] not in CONDITIONAL] == []
 

@@ -1,10 +1,13 @@
 """Everything generated passes Debian's promtool 2.42 and amtool 0.25."""
 
 import os
+import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from inferwatch.stack.alerting import (
     SEVERITY_RECEIVERS,
@@ -12,10 +15,14 @@ from inferwatch.stack.alerting import (
     Receivers,
     SlackSettings,
 )
-from inferwatch.stack.config import StackPorts, write_stack_config
-from inferwatch.stack.profiles import PROFILES
-from inferwatch.stack.rules import alert_names
+from inferwatch.stack.config import StackPorts, write_stack_config, write_yaml
+from inferwatch.stack.kubernetes import KubernetesOptions, render_kubernetes, rule_scope
+from inferwatch.stack.profiles import DEFAULT, PROFILES
+from inferwatch.stack.rules import LOCAL_SCOPE, AlertRule, alert_names, rule_groups
+from inferwatch.stack.ruletests import expand
 from inferwatch.stack.slo import load_slos
+
+RUNBOOKS = "https://runbooks.example.org/ml/inferwatch/runbooks.md"
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -89,3 +96,102 @@ def test_amtool_routes_each_severity(generated: dict[str, Path], severity: str,
     bad = run("amtool", "config", "routes", "test", config, f"--verify.receivers={wrong}",
               f"severity={severity}")
     assert bad.returncode != 0
+
+
+def test_target_down_and_service_rules_cover_every_local_job(
+        generated: dict[str, Path]) -> None:
+    jobs = [j["job_name"] for j in yaml.safe_load(generated["prometheus"].read_text())[
+        "scrape_configs"]]
+    assert {"inference", "node", "torchserve", "vllm"} <= set(jobs)
+    targets = re.fullmatch(r'job=~"(.+)"', LOCAL_SCOPE.targets)
+    service = re.fullmatch(r'job=~"(.+)"', LOCAL_SCOPE.service)
+    assert targets and service
+    assert all(re.fullmatch(targets.group(1), job) for job in jobs), jobs
+    assert all(re.fullmatch(service.group(1), job) for job in jobs
+               if job not in ("node", "alertmanager", "prometheus", "pushgateway")), jobs
+
+
+def kubernetes_rules(directory: Path, namespace: str) -> Path:
+    options = KubernetesOptions(namespace=namespace, runbook_base=RUNBOOKS)
+    spec = render_kubernetes(DEFAULT, options)["prometheusrule.yaml"]["spec"]
+    return write_yaml(directory / f"{namespace}.yml", spec)
+
+
+def test_promtool_checks_the_kubernetes_rules(tmp_path: Path) -> None:
+    checked = run("promtool", "check", "rules", str(kubernetes_rules(tmp_path, "ml")))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def braces(labels: dict[str, str]) -> str:
+    return "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+
+
+def shared_cluster_series() -> list[dict[str, str]]:
+    """Ten minutes of two namespaces serving digits in one cluster: `ml` 1 request/s, all
+    answered; `team-b` 3 requests/s, all failed, from a pod Prometheus cannot scrape. Two
+    node_exporter jobs report 95% CPU: the cluster's and another team's."""
+    def pod(namespace: str, ip: str) -> dict[str, str]:
+        return {"job": "inferwatch", "namespace": namespace, "instance": f"{ip}:8080",
+                "model": "digits"}
+
+    ml, team_b = pod("ml", "10.0.1.1"), pod("team-b", "10.0.2.1")
+    out = [
+        {"series": f"inference_requests_total{braces(ml)}", "values": "0+10x60"},
+        {"series": f"inference_errors_total{braces(ml)}", "values": "0+0x60"},
+        {"series": f"inference_requests_total{braces(team_b)}", "values": "0+30x60"},
+        {"series": f"inference_errors_total{braces(team_b)}", "values": "0+30x60"},
+        {"series": "up" + braces({k: v for k, v in ml.items() if k != "model"}),
+         "values": "1+0x60"},
+        {"series": "up" + braces({k: v for k, v in team_b.items() if k != "model"}),
+         "values": "0+0x60"},
+    ]
+    for job in ("node-exporter", "team-b-nodes"):
+        node = {"job": job, "instance": "10.0.0.1:9100", "cpu": "0"}
+        out += [{"series": "node_cpu_seconds_total" + braces({**node, "mode": "idle"}),
+                 "values": "0+0.5x60"},
+                {"series": "node_cpu_seconds_total" + braces({**node, "mode": "user"}),
+                 "values": "0+9.5x60"}]
+    return out
+
+
+def alert_rule(name: str, options: KubernetesOptions) -> AlertRule:
+    return next(r for g in rule_groups(DEFAULT, scope=rule_scope(options)) for r in g.rules
+                if isinstance(r, AlertRule) and r.name == name)
+
+
+def test_kubernetes_rules_keep_to_their_namespace_and_jobs(tmp_path: Path) -> None:
+    """Each namespace's PrometheusRule reads its own pods and the cluster's node_exporter
+    only, and what two namespaces record, host series included, stays apart: promtool fails
+    a test whose rules write the same series twice ("duplicate sample for timestamp")."""
+    for namespace in ("ml", "team-b"):
+        kubernetes_rules(tmp_path, namespace)
+    host = alert_rule("HostCpuHigh", KubernetesOptions(namespace="ml"))
+    # The namespace of the rules that recorded it: each team's copy of the alert is its own.
+    labels = {"alertname": host.name, "severity": host.severity, "instance": "10.0.0.1:9100",
+              "job": "node-exporter", "namespace": "ml"}
+    annotations = {k: expand(v, labels, 0.95) for k, v in host.annotations(RUNBOOKS).items()}
+    record = f"model:inference_requests:rate{DEFAULT.rate_window}"
+
+    def rate(namespace: str, value: float) -> dict[str, Any]:
+        return {"labels": f'{record}{{model="digits", namespace="{namespace}"}}', "value": value}
+
+    def test(rule_files: list[str], **checks: Any) -> dict[str, Any]:
+        return {"rule_files": rule_files, "evaluation_interval": DEFAULT.evaluation_interval,
+                "tests": [{"interval": DEFAULT.scrape_interval,
+                           "input_series": shared_cluster_series(), **checks}]}
+
+    one = write_yaml(tmp_path / "one-namespace.yml", test(
+        ["ml.yml"],
+        alert_rule_test=[
+            {"eval_time": "10m", "alertname": "TargetDown", "exp_alerts": []},
+            {"eval_time": "10m", "alertname": "HighInferenceErrorRate", "exp_alerts": []},
+            {"eval_time": "10m", "alertname": "HostCpuHigh",
+             "exp_alerts": [{"exp_labels": labels, "exp_annotations": annotations}]}],
+        promql_expr_test=[{"expr": record, "eval_time": "10m",
+                           "exp_samples": [rate("ml", 1)]}]))
+    both = write_yaml(tmp_path / "two-namespaces.yml", test(
+        ["ml.yml", "team-b.yml"],
+        promql_expr_test=[{"expr": record, "eval_time": "10m",
+                           "exp_samples": [rate("ml", 1), rate("team-b", 3)]}]))
+    result = run("promtool", "test", "rules", str(one), str(both))
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -6,8 +7,10 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
 from inferwatch.stack.grafana import (
     DATASOURCE_UID,
+    RATE_WINDOW,
     decode_dashboard,
     render_dashboard,
+    render_provisioning,
     write_grafana_files,
 )
 from inferwatch.stack.panels import DASHBOARD
@@ -32,10 +35,10 @@ def test_rows_panels_and_queries_come_from_panels_py() -> None:
         for built, panel in zip(panels, DASHBOARD.panels, strict=True):
             assert built.title == panel.title
             assert built.type_val == panel.kind
-            assert built.datasource is not None and built.datasource.uid == DATASOURCE_UID
+            assert built.datasource is not None and built.datasource.uid == "${datasource}"
             assert built.targets is not None and len(built.targets) == 1
             target = built.targets[0].to_json()
-            assert target["expr"] == panel.query(profile, "$model", "$instance")
+            assert target["expr"] == panel.query(profile, "$model", "$instance", RATE_WINDOW)
             assert target["legendFormat"] == panel.legend
             defaults = built.field_config.defaults if built.field_config else None
             assert defaults is not None and defaults.unit == panel.unit
@@ -46,14 +49,17 @@ def test_rows_panels_and_queries_come_from_panels_py() -> None:
             assert built.grid_pos is not None and built.grid_pos.w == panel.width
 
 
-def test_template_variables_model_and_instance() -> None:
+def test_template_variables_datasource_model_and_instance() -> None:
     data = json.loads(render_dashboard(FAST))
     variables = {v["name"]: v for v in data["templating"]["list"]}
-    assert set(variables) == {"model", "instance"}
+    assert list(variables) == ["datasource", "model", "instance"]
+    chooser = variables.pop("datasource")
+    assert (chooser["type"], chooser["query"]) == ("datasource", "prometheus")
+    assert chooser["current"]["value"] == DATASOURCE_UID  # ours, where it is provisioned
     for variable in variables.values():
         assert variable["type"] == "query" and variable["includeAll"]
         assert variable["allValue"] == ".+"
-        assert variable["datasource"]["uid"] == DATASOURCE_UID
+        assert variable["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
     for variable in DASHBOARD.variables:
         assert variables[variable.name]["query"] == variable.grafana_query
     assert variables["instance"]["regex"].startswith("/^(")
@@ -70,3 +76,20 @@ def test_provisioning_files(tmp_path: Path) -> None:
     provider = yaml.safe_load(paths["grafana_dashboards"].read_text())["providers"][0]
     assert Path(provider["options"]["path"]) == paths["grafana_dashboard"].parent
     assert paths["grafana_dashboard"].read_text() == render_dashboard(FAST)
+
+
+def test_no_panel_names_a_datasource_uid_or_a_fixed_window() -> None:
+    """Every panel reads ${datasource}, and Grafana picks each rate's window."""
+    for profile in (DEFAULT, FAST):
+        text = render_dashboard(profile)
+        assert text.count(DATASOURCE_UID) == 1  # the datasource variable's current value
+        exprs = [t["expr"] for p in json.loads(text)["panels"] for t in p.get("targets", [])]
+        ranges = {r for e in exprs for r in re.findall(r"\}\[([^\]]+)\]", e)}  # a selector's
+        assert ranges == {RATE_WINDOW}
+
+
+def test_only_a_lone_datasource_is_marked_default(tmp_path: Path) -> None:
+    local = render_provisioning(FAST, tmp_path, "http://prometheus:9090")
+    assert local["datasources"]["datasources"][0]["isDefault"] is True
+    shared = render_provisioning(FAST, tmp_path, "http://prometheus:9090", default=False)
+    assert "isDefault" not in shared["datasources"]["datasources"][0]

@@ -86,6 +86,14 @@ def test_every_placeholder_is_substituted() -> None:
     assert 'model=~".+"' in SEED_PANELS[0].query(FAST)
 
 
+def test_window_may_be_left_to_grafana() -> None:
+    for panel in PANELS:
+        grafana = panel.query(FAST, "$model", "$instance", window="$__rate_interval")
+        assert grafana.replace("$__rate_interval", FAST.rate_window) == panel.query(
+            FAST, "$model", "$instance")
+        assert ("rate(" in grafana) == ("[$__rate_interval]" in grafana), panel.key
+
+
 def test_literal_regex_matches_exactly_its_value_once_unquoted() -> None:
     for value in ["digits", "127.0.0.1", "[::1]", 'a"b', r"x\y", "a+b|c(d)"]:
         escaped = literal_regex(value)

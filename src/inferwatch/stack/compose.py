@@ -4,6 +4,9 @@ Prometheus keeps the local stack's jobs, rules and Alertmanager routing, with ta
 Compose service (never ``localhost``: inside a container that is the container itself).
 Grafana is provisioned with the same datasource and dashboard JSON as ``render``. Images are
 pinned; Grafana's admin password must come from the environment and has no default.
+
+``docker-compose.prometheus3.yml`` is an override file that runs Prometheus 3 instead:
+none of the flags or configuration keys used here changed in 3.0.
 """
 
 from __future__ import annotations
@@ -19,16 +22,18 @@ from inferwatch.stack.config import StackPorts, render_prometheus_config, write_
 from inferwatch.stack.grafana import render_dashboard, render_provisioning
 from inferwatch.stack.panels import DASHBOARD
 from inferwatch.stack.profiles import Profile
-from inferwatch.stack.rules import render_rule_file
+from inferwatch.stack.rules import render_rule_file, runbook_base_url
 from inferwatch.stack.slo import SLO
 
 __all__ = [
     "IMAGE",
     "IMAGES",
     "PASSWORD_VARIABLE",
+    "PROMETHEUS3_IMAGE",
     "SCRAPE_TARGETS",
     "render_compose",
     "render_compose_prometheus_config",
+    "render_prometheus3_override",
     "write_compose",
 ]
 
@@ -42,6 +47,9 @@ IMAGES = {
     "grafana": "grafana/grafana:11.6.0",
     "dcgm-exporter": "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.9-3.6.1-ubuntu22.04",
 }
+# The 3.5 long-term support release. Its TSDB is readable by Prometheus 2.55 and later only:
+# going back to the 2.x image above loses what 3.x stored.
+PROMETHEUS3_IMAGE = "prom/prometheus:v3.5.0"
 PASSWORD_VARIABLE = "GF_SECURITY_ADMIN_PASSWORD"
 
 # The Compose service and port behind each scrape job of the local stack. A job added to
@@ -167,12 +175,27 @@ def render_compose(profile: Profile, context: str = ".") -> dict[str, Any]:
     return {"services": services, "volumes": {v: {} for v in volumes}}
 
 
+def render_prometheus3_override() -> dict[str, Any]:
+    """A Compose override (``-f docker-compose.yml -f docker-compose.prometheus3.yml``).
+
+    Only the image changes: the flags kept in 3.0 (``--config.file``, ``--storage.tsdb.path``,
+    ``--web.enable-lifecycle``, ``--rules.alert.resend-delay``) are the ones used, and the
+    configuration has none of the keys 3.0 renamed or dropped (``scrape_classic_histograms``,
+    Alertmanager ``api_version: v1``). Histogram ``le`` values, which 3.0 normalises to
+    floats ("1.0"), are written that way in the rules already.
+    """
+    return {"services": {"prometheus": {"image": PROMETHEUS3_IMAGE}}}
+
+
 def write_compose(directory: Path, profile: Profile, slos: Sequence[SLO] | None = None,
-                  context: Path | None = None) -> dict[str, Path]:
+                  context: Path | None = None,
+                  runbook_base: str | None = None) -> dict[str, Path]:
     """Write the Compose file and every configuration file it mounts under ``directory``.
 
-    ``context`` is the directory holding inferwatch's Dockerfile (default: the current one).
+    ``context`` is the directory holding inferwatch's Dockerfile (default: the current one);
+    ``runbook_base`` the absolute URL of docs/runbooks.md that alerts link to.
     """
+    runbooks = runbook_base_url(runbook_base)
     directory.mkdir(parents=True, exist_ok=True)
     build = os.path.relpath((context or Path.cwd()).resolve(), directory.resolve())
     inbox = ("http://inbox:9095/alerts",)
@@ -182,10 +205,12 @@ def write_compose(directory: Path, profile: Profile, slos: Sequence[SLO] | None 
     dashboard.write_text(render_dashboard(profile))
     paths = {
         "compose": write_yaml(directory / "docker-compose.yml", render_compose(profile, build)),
+        "compose_prometheus3": write_yaml(directory / "docker-compose.prometheus3.yml",
+                                          render_prometheus3_override()),
         "prometheus": write_yaml(directory / "prometheus" / "prometheus.yml",
                                  render_compose_prometheus_config(profile)),
         "rules": write_yaml(directory / "prometheus" / "rules" / "inferwatch.yml",
-                            render_rule_file(profile, slos)),
+                            render_rule_file(profile, slos, runbooks)),
         "alertmanager": write_yaml(directory / "alertmanager" / "alertmanager.yml",
                                    render_alertmanager_config(profile, Receivers(inbox))),
         "grafana_dashboard": dashboard,

@@ -2,6 +2,11 @@
 
 Built with grafana-foundation-sdk, so the JSON follows Grafana's own schema; the tests decode
 it back through the SDK's models.
+
+Panels and variables name their datasource through the ``${datasource}`` variable, so the
+dashboard works in a Grafana that has another Prometheus (kube-prometheus-stack's), and
+Grafana picks each rate's window (``$__rate_interval``) from the datasource's scrape interval
+and the time range shown. The built-in page runs the same queries with the profile's window.
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ from inferwatch.stack.panels import ALL, DASHBOARD, Dashboard, Panel, Variable
 from inferwatch.stack.profiles import Profile
 
 __all__ = [
+    "DATASOURCE_NAME",
     "DATASOURCE_UID",
+    "DATASOURCE_VARIABLE",
+    "RATE_WINDOW",
     "build_dashboard",
     "decode_dashboard",
     "render_dashboard",
@@ -41,7 +49,10 @@ __all__ = [
 ]
 
 DATASOURCE_UID = "inferwatch-prometheus"
-_DATASOURCE = common.DataSourceRef(type_val="prometheus", uid=DATASOURCE_UID)
+DATASOURCE_NAME = "Prometheus (inferwatch)"
+DATASOURCE_VARIABLE = "datasource"
+RATE_WINDOW = "$__rate_interval"  # max($__interval + scrape interval, 4 x scrape interval)
+_DATASOURCE = common.DataSourceRef(type_val="prometheus", uid=f"${{{DATASOURCE_VARIABLE}}}")
 _HEIGHT = 8
 
 
@@ -52,7 +63,8 @@ def _thresholds(panel: Panel) -> gd.ThresholdsConfig:
 
 
 def _panel(panel: Panel, profile: Profile) -> stat.Panel | timeseries.Panel:
-    query = (prometheus.Dataquery().expr(panel.query(profile, "$model", "$instance"))
+    query = (prometheus.Dataquery()
+             .expr(panel.query(profile, "$model", "$instance", window=RATE_WINDOW))
              .legend_format(panel.legend).ref_id("A").datasource(_DATASOURCE))
     built: stat.Panel | timeseries.Panel
     if panel.kind == "stat":
@@ -89,10 +101,18 @@ def _variable(variable: Variable) -> gd.QueryVariable:
     return built
 
 
+def _datasource_variable() -> gd.DatasourceVariable:
+    # Ours when it is provisioned (render, compose, k8s), else the first Prometheus.
+    ours = model.VariableOption(selected=True, text=DATASOURCE_NAME, value=DATASOURCE_UID)
+    return (gd.DatasourceVariable(DATASOURCE_VARIABLE).label("Data source").type("prometheus")
+            .current(ours))
+
+
 def build_dashboard(profile: Profile, dashboard: Dashboard = DASHBOARD) -> model.Dashboard:
     builder = (gd.Dashboard(dashboard.title).uid(dashboard.uid).tags(["inferwatch"])
                .time("now-1h", "now").refresh(_refresh(profile)).timezone("browser")
-               .tooltip(model.DashboardCursorSync.CROSSHAIR))
+               .tooltip(model.DashboardCursorSync.CROSSHAIR)
+               .with_variable(_datasource_variable()))
     for variable in dashboard.variables:
         builder = builder.with_variable(_variable(variable))
     for row in dashboard.rows:
@@ -107,19 +127,27 @@ def _refresh(profile: Profile) -> str:
 
 
 def render_dashboard(profile: Profile, dashboard: Dashboard = DASHBOARD) -> str:
-    """The dashboard as Grafana JSON, with ``$window`` set from ``profile``."""
+    """The dashboard as Grafana JSON; ``profile`` sets its refresh."""
     return JSONEncoder(sort_keys=True, indent=2).encode(build_dashboard(profile, dashboard)) + "\n"
 
 
-def render_provisioning(profile: Profile, dashboards_dir: Path,
-                        prometheus_url: str) -> dict[str, dict[str, Any]]:
-    """Grafana's datasource and dashboard-provider provisioning, keyed by kind."""
+def render_provisioning(profile: Profile, dashboards_dir: Path, prometheus_url: str,
+                        default: bool = True) -> dict[str, dict[str, Any]]:
+    """Grafana's datasource and dashboard-provider provisioning, keyed by kind.
+
+    ``default`` marks the datasource as the organisation's default: harmless where it is
+    Grafana's only one (the local stack, Compose), refused next to another default.
+    """
+    datasource = {
+        "name": DATASOURCE_NAME, "type": "prometheus", "uid": DATASOURCE_UID,
+        "access": "proxy", "url": prometheus_url, "editable": False,
+        # The scrape interval: Grafana's $__rate_interval and $__interval are built on it.
+        "jsonData": {"timeInterval": profile.scrape_interval, "httpMethod": "POST"},
+    }
+    if default:
+        datasource["isDefault"] = True
     return {
-        "datasources": {"apiVersion": 1, "datasources": [{
-            "name": "Prometheus (inferwatch)", "type": "prometheus", "uid": DATASOURCE_UID,
-            "access": "proxy", "url": prometheus_url, "isDefault": True, "editable": False,
-            "jsonData": {"timeInterval": profile.scrape_interval, "httpMethod": "POST"},
-        }]},
+        "datasources": {"apiVersion": 1, "datasources": [datasource]},
         "dashboards": {"apiVersion": 1, "providers": [{
             "name": "inferwatch", "folder": "inferwatch", "type": "file",
             "disableDeletion": True, "allowUiUpdates": False, "updateIntervalSeconds": 30,

@@ -5,8 +5,9 @@ Grafana JSON (``stack/grafana.py``) and the built-in page (``stack/dashboard``) 
 corrected (``avg(sum / count)`` averages per-series lifetime means; the mean over a window is
 ``rate(sum) / rate(count)``).
 
-Queries use three placeholders: ``$window`` (the profile's rate window), ``$model`` and
-``$instance`` (template variables holding regexes). ``$instance`` selects a *host*: the
+Queries use three placeholders: ``$window`` (the profile's rate window, or Grafana's
+``$__rate_interval`` in its JSON), ``$model`` and ``$instance`` (template variables holding
+regexes). ``$instance`` selects a *host*: the
 service and node_exporter on one machine have different ports, so the port is matched apart.
 """
 
@@ -63,9 +64,11 @@ class Panel:
     requires: str | None = None  # PromQL that returns a sample when the panel can have data
     description: str = ""
 
-    def query(self, profile: Profile = DEFAULT, model: str = ALL, instance: str = ALL) -> str:
-        """The PromQL with placeholders replaced; ``model``/``instance`` are regexes."""
-        return _substitute(self.expr, profile, model, instance)
+    def query(self, profile: Profile = DEFAULT, model: str = ALL, instance: str = ALL,
+              window: str | None = None) -> str:
+        """The PromQL with placeholders replaced; ``model``/``instance`` are regexes,
+        ``window`` the range of every rate (default: the profile's)."""
+        return _substitute(self.expr, profile, model, instance, window)
 
     @property
     def metrics(self) -> frozenset[str]:
@@ -81,8 +84,9 @@ class Panel:
 _METRIC = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{")
 
 
-def _substitute(expr: str, profile: Profile, model: str, instance: str) -> str:
-    return (expr.replace("$window", profile.rate_window).replace("$model", model)
+def _substitute(expr: str, profile: Profile, model: str, instance: str,
+                window: str | None = None) -> str:
+    return (expr.replace("$window", window or profile.rate_window).replace("$model", model)
             .replace("$instance", instance))
 
 

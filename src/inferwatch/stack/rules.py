@@ -3,19 +3,114 @@
 Names of recording rules follow ``level:metric:operations``. SLO alerts are the multiwindow,
 multi-burn-rate alerts of the SRE workbook; every window's ratio is a ratio of summed
 increases over that window (request-weighted), never an average of shorter ratios.
+
+Which series the rules read is set in one place, a ``RuleScope`` (the kubernetes-mixin's
+``_config``): the local stack's job names here, a namespace's Service in Kubernetes, so that
+one deployment's rules never read another's series in a shared Prometheus.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
+from urllib.parse import urlsplit
 
 from inferwatch.stack.native import NATIVE_SERVERS, NativeServer
 from inferwatch.stack.profiles import Profile, parse_duration
 from inferwatch.stack.slo import SLO, load_slos
 
-RUNBOOK_BASE = "docs/runbooks.md"
+RUNBOOK_BASE = "docs/runbooks.md"  # the local stack's: read in the checkout next to it
+# Labels of ``[project.urls]`` in pyproject.toml that name the repository holding the docs.
+_REPOSITORY_LABELS = ("repository", "source", "source code")
+
+
+def repository_runbooks(project_urls: Iterable[str]) -> str | None:
+    """docs/runbooks.md in the repository among the package's ``Project-URL`` entries.
+
+    >>> repository_runbooks(["Repository, https://git.example.org/ml/inferwatch/"])
+    'https://git.example.org/ml/inferwatch/blob/HEAD/docs/runbooks.md'
+    >>> repository_runbooks(["Changelog, https://git.example.org/ml/inferwatch/releases"])
+    """
+    urls = {}
+    for entry in project_urls:
+        label, _, value = entry.partition(",")
+        urls[label.strip().lower()] = value.strip().rstrip("/")
+    for label in _REPOSITORY_LABELS:
+        if urls.get(label):
+            # HEAD names the default branch on GitHub and GitLab.
+            return f"{urls[label]}/blob/HEAD/{RUNBOOK_BASE}"
+    return None
+
+
+def _project_urls() -> list[str]:
+    try:
+        return metadata.metadata("inferwatch").get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return []
+
+
+def runbook_base_url(given: str | None = None) -> str:
+    """The absolute base of ``runbook_url`` for rules that others' Alertmanager and Grafana
+    show: ``given``, or the runbooks in the repository that pyproject.toml declares."""
+    base = given or repository_runbooks(_project_urls())
+    if base is None:
+        raise ValueError("pass --runbook-base-url: the URL where your team serves "
+                         "docs/runbooks.md (pyproject.toml declares no repository URL to "
+                         "derive it from)")
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
+        raise ValueError(f"--runbook-base-url must be an absolute http(s) URL without a "
+                         f"#fragment, not {base!r}")
+    return base
+
+
+def select(metric: str, *matchers: str) -> str:
+    """``metric`` with the non-empty ``matchers`` as its selector.
+
+    >>> select("up", 'job="inferwatch"', "", 'namespace="ml"')
+    'up{job="inferwatch", namespace="ml"}'
+    >>> select("up", "")
+    'up'
+    """
+    inner = ", ".join(m for m in matchers if m)
+    return f"{metric}{{{inner}}}" if inner else metric
+
+
+def job_matcher(jobs: Sequence[str]) -> str:
+    return f'job="{jobs[0]}"' if len(jobs) == 1 else f'job=~"{"|".join(jobs)}"'
+
+
+@dataclass(frozen=True)
+class RuleScope:
+    """Which series the rules read and which labels their aggregations keep.
+
+    Each selector is PromQL matchers without braces; "" selects everything. ``keep`` is
+    added to every ``by``: two namespaces (or clusters behind one Thanos or Mimir) running
+    inferwatch then never merge, and over a label that is absent it changes nothing.
+    """
+
+    service: str  # the inference services' own series (and servers' ones once recorded)
+    node: str  # node_exporter's
+    targets: str  # the scrape targets whose `up` TargetDown watches
+    recorded: str = ""  # the series that the recording rules below write
+    batch: str = ""  # the series batch jobs push to the Pushgateway
+    keep: tuple[str, ...] = ("cluster", "namespace")
+    # Set on the host recordings: where several deployments record the same node_exporter
+    # series, they keep the copies (and the alerts on each) apart, as `recorded` selects.
+    host_labels: dict[str, str] = field(default_factory=dict)
+
+    def by(self, *labels: str) -> str:
+        return f"by ({', '.join((*self.keep, *labels))})"
+
+
+# The local stack's scrape jobs: stack/config.py and stack/compose.py name them, and
+# tests/integration/test_rules.py checks that every job they render is one of these.
+LOCAL_SERVICE_JOBS = ("inference", "proxy", *(s.name for s in NATIVE_SERVERS))
+LOCAL_JOBS = (*LOCAL_SERVICE_JOBS, "node", "alertmanager", "prometheus", "pushgateway", "dcgm")
+LOCAL_SCOPE = RuleScope(service=job_matcher(LOCAL_SERVICE_JOBS), node='job="node"',
+                        targets=job_matcher(LOCAL_JOBS))
 
 
 @dataclass(frozen=True)
@@ -98,30 +193,36 @@ def slow_ratio_record(window: str) -> str:
     return f"model:inference_latency_slow:ratio_rate{window}"
 
 
-def service_recordings(profile: Profile) -> list[RecordingRule]:
+def service_recordings(profile: Profile, scope: RuleScope = LOCAL_SCOPE) -> list[RecordingRule]:
     w = profile.rate_window
+    s = scope.service
+    by_model = scope.by("model")
+
+    def rate(metric: str, *matchers: str) -> str:
+        return f"rate({select(metric, s, *matchers)}[{w}])"
+
     rules = [
         RecordingRule(f"model:inference_requests:rate{w}",
-                      f"sum by (model) (rate(inference_requests_total[{w}]))"),
+                      f"sum {by_model} ({rate('inference_requests_total')})"),
         RecordingRule(f"model:inference_errors:ratio_rate{w}",
-                      f"sum by (model) (rate(inference_errors_total[{w}]))"
-                      f" / sum by (model) (rate(inference_requests_total[{w}]))"),
+                      f"sum {by_model} ({rate('inference_errors_total')})"
+                      f" / sum {by_model} ({rate('inference_requests_total')})"),
     ]
     for q in ("50", "95", "99"):
         rules.append(RecordingRule(
             f"model:inference_latency_seconds:p{q}_rate{w}",
-            f"histogram_quantile(0.{q}, sum by (model, le) "
-            f"(rate(inference_latency_seconds_bucket[{w}])))"))
+            f"histogram_quantile(0.{q}, sum {scope.by('model', 'le')} "
+            f"({rate('inference_latency_seconds_bucket')}))"))
     for name, metric in (("accuracy", "inference_feedback"),
                          ("top5_accuracy", "inference_feedback_top5")):
+        correct = rate(f"{metric}_total", 'outcome="correct"')
         rules.append(RecordingRule(
             feedback_record(profile, name),
-            f'sum by (model) (rate({metric}_total{{outcome="correct"}}[{w}]))'
-            f" / sum by (model) (rate({metric}_total[{w}]))"))
+            f"sum {by_model} ({correct}) / sum {by_model} ({rate(f'{metric}_total')})"))
     rules.append(RecordingRule(
         f"model_stage:inference_stage_seconds:p95_rate{w}",
-        f"histogram_quantile(0.95, sum by (model, stage, le) "
-        f"(rate(inference_stage_seconds_bucket[{w}])))"))
+        f"histogram_quantile(0.95, sum {scope.by('model', 'stage', 'le')} "
+        f"({rate('inference_stage_seconds_bucket')}))"))
     return rules
 
 
@@ -133,55 +234,60 @@ def native_recordings(servers: Sequence[NativeServer] = NATIVE_SERVERS) -> list[
             for server in servers for record, expr, labels in server.recorded()]
 
 
-# The node-mixin formulas (node_exporter's own mixin), per instance. ``node_job`` is the
-# scrape job of node_exporter: "node" here, "node-exporter" in kube-prometheus-stack.
-def cpu_utilisation_expr(window: str, node_job: str = "node") -> str:
-    return ('1 - avg without (cpu) (sum without (mode) (rate(node_cpu_seconds_total'
-            f'{{job="{node_job}", mode=~"idle|iowait|steal"}}[{window}])))')
+# The node-mixin formulas (node_exporter's own mixin), per instance. ``node`` selects
+# node_exporter: job "node" here, "node-exporter" in kube-prometheus-stack.
+def cpu_utilisation_expr(window: str, node: str = LOCAL_SCOPE.node) -> str:
+    cpu = select("node_cpu_seconds_total", node, 'mode=~"idle|iowait|steal"')
+    return f"1 - avg without (cpu) (sum without (mode) (rate({cpu}[{window}])))"
 
 
-def memory_utilisation_expr(node_job: str = "node") -> str:
-    sel = f'job="{node_job}"'
-    return (f"1 - (node_memory_MemAvailable_bytes{{{sel}}}"
-            f" / node_memory_MemTotal_bytes{{{sel}}})")
+def memory_utilisation_expr(node: str = LOCAL_SCOPE.node) -> str:
+    return (f"1 - ({select('node_memory_MemAvailable_bytes', node)}"
+            f" / {select('node_memory_MemTotal_bytes', node)})")
 
 
-def host_recordings(profile: Profile, node_job: str = "node") -> list[RecordingRule]:
+def host_recordings(profile: Profile, scope: RuleScope = LOCAL_SCOPE) -> list[RecordingRule]:
     return [
-        RecordingRule(cpu_record(profile), cpu_utilisation_expr(profile.rate_window, node_job)),
-        RecordingRule(MEMORY_RECORD, memory_utilisation_expr(node_job)),
+        RecordingRule(cpu_record(profile), cpu_utilisation_expr(profile.rate_window, scope.node),
+                      dict(scope.host_labels)),
+        RecordingRule(MEMORY_RECORD, memory_utilisation_expr(scope.node), dict(scope.host_labels)),
     ]
 
 
-def slo_recordings(slos: Sequence[SLO]) -> list[RecordingRule]:
+def slo_recordings(slos: Sequence[SLO], scope: RuleScope = LOCAL_SCOPE) -> list[RecordingRule]:
     """Error and slow-request ratios per SLO window, each a ratio of summed increases."""
+    by_model = scope.by("model")
+
+    def increase(metric: str, window: str, *matchers: str) -> str:
+        return f"sum {by_model} (increase({select(metric, scope.service, *matchers)}[{window}]))"
+
     rules = []
     for w in SLO_WINDOWS:
         rules.append(RecordingRule(
             error_ratio_record(w),
-            f"sum by (model) (increase(inference_errors_total[{w}]))"
-            f" / sum by (model) (increase(inference_requests_total[{w}]))"))
+            f"{increase('inference_errors_total', w)}"
+            f" / {increase('inference_requests_total', w)}"))
     for slo in slos:
         if slo.latency_threshold is None:
             continue
         # The threshold bucket differs per model; the static label keeps rules distinct.
         sel = f'model="{slo.model}"'
         for w in SLO_WINDOWS:
-            ok = f"sum by (model) (increase(inference_latency_seconds_count{{{sel}}}[{w}]))"
-            fast = (f"sum by (model) (increase(inference_latency_seconds_bucket"
-                    f'{{{sel}, le="{slo.le}"}}[{w}]))')
+            ok = increase("inference_latency_seconds_count", w, sel)
+            fast = increase("inference_latency_seconds_bucket", w, sel, f'le="{slo.le}"')
             rules.append(RecordingRule(slow_ratio_record(w), f"({ok} - {fast}) / {ok}",
                                        {"model": slo.model}))
     return rules
 
 
 def _burn_expr(record: Any, slo_model: str, budget: float,
-               pairs: Sequence[tuple[str, str, float]]) -> str:
+               pairs: Sequence[tuple[str, str, float]], scope: RuleScope) -> str:
     parts = []
     for long, short, factor in pairs:
         threshold = f"{factor * budget:.6g}"
-        parts.append(f'({record(long)}{{model="{slo_model}"}} > {threshold}'
-                     f' and {record(short)}{{model="{slo_model}"}} > {threshold})')
+        model = f'model="{slo_model}"'
+        parts.append(f"({select(record(long), scope.recorded, model)} > {threshold}"
+                     f" and {select(record(short), scope.recorded, model)} > {threshold})")
     return "\n  or\n".join(parts)
 
 
@@ -194,7 +300,7 @@ def _windows_text(pairs: Sequence[tuple[str, str, float]]) -> str:
     return ", or ".join(f"{long} and {short} above {factor:g}x" for long, short, factor in pairs)
 
 
-def slo_alerts(slo: SLO) -> list[AlertRule]:
+def slo_alerts(slo: SLO, scope: RuleScope = LOCAL_SCOPE) -> list[AlertRule]:
     m = slo.model
     slis = []  # only the objectives that the SLO sets
     if slo.availability is not None:
@@ -211,7 +317,7 @@ def slo_alerts(slo: SLO) -> list[AlertRule]:
     return [
         AlertRule(
             f"Inference{sli}BudgetBurn{suffix}",
-            _burn_expr(record, m, budget, pairs), hold, severity,
+            _burn_expr(record, m, budget, pairs, scope), hold, severity,
             f"Model {m} is {how} burning its {budget_name} budget"
             if how != "fast" else f"Model {m} is burning its {budget_name} budget fast",
             f"Model {m} {what} ({_windows_text(pairs)}).",
@@ -221,13 +327,18 @@ def slo_alerts(slo: SLO) -> list[AlertRule]:
     ]
 
 
-def service_alerts(profile: Profile, slos: Sequence[SLO]) -> list[AlertRule]:
+def service_alerts(profile: Profile, slos: Sequence[SLO],
+                   scope: RuleScope = LOCAL_SCOPE) -> list[AlertRule]:
     w = profile.rate_window
+    s = scope.service
+    shed = select("inference_error_reasons_total", s, 'reason="overloaded"')
     rules = [
-        # The seed's rule, kept as written; its window and `for` follow the profile.
+        # The seed's rule, kept as written but for the scope; its window and `for` follow
+        # the profile.
         AlertRule(
             "HighInferenceErrorRate",
-            f"rate(inference_errors_total[{w}]) / rate(inference_requests_total[{w}])"
+            f"rate({select('inference_errors_total', s)}[{w}])"
+            f" / rate({select('inference_requests_total', s)}[{w}])"
             f" > {ERROR_RATIO_THRESHOLD}",
             profile.error_alert_for, "critical",
             "High inference error rate on {{ $labels.instance }}",
@@ -235,47 +346,50 @@ def service_alerts(profile: Profile, slos: Sequence[SLO]) -> list[AlertRule]:
             f" over the last {w} is {{{{ $value | humanizePercentage }}}}, above the "
             f"{ERROR_RATIO_THRESHOLD:.0%} threshold."),
         AlertRule(
-            "TargetDown", "up == 0", profile.error_alert_for, "critical",
+            "TargetDown", f"{select('up', scope.targets)} == 0", profile.error_alert_for,
+            "critical",
             "{{ $labels.job }} target {{ $labels.instance }} is down",
             "Prometheus cannot scrape {{ $labels.instance }} (job {{ $labels.job }}); its "
             "metrics and the alerts built on them are blind until it is back."),
         AlertRule(
             "InferenceQueueSaturated",
-            "max by (model, instance) (inference_queue_depth / inference_queue_capacity)"
-            f" > {QUEUE_SATURATION_THRESHOLD}",
+            f"max {scope.by('model', 'instance')} ({select('inference_queue_depth', s)}"
+            f" / {select('inference_queue_capacity', s)}) > {QUEUE_SATURATION_THRESHOLD}",
             profile.error_alert_for, "warning",
             "Batching queue of {{ $labels.model }} on {{ $labels.instance }} is nearly full",
             "The queue is {{ $value | humanizePercentage }} full; beyond capacity requests are "
             "shed with 503."),
         AlertRule(
             "InferenceRequestsShed",
-            "sum by (model, instance) (rate(inference_error_reasons_total"
-            f'{{reason="overloaded"}}[{w}])) > 0',
+            f"sum {scope.by('model', 'instance')} (rate({shed}[{w}])) > 0",
             profile.error_alert_for, "warning",
             "{{ $labels.instance }} sheds requests for {{ $labels.model }}",
             "The service answers 503 overloaded to {{ $value | humanize }} requests per second."),
         AlertRule(
-            "HostCpuHigh", f"{cpu_record(profile)} > {HOST_CPU_THRESHOLD}",
+            "HostCpuHigh",
+            f"{select(cpu_record(profile), scope.node, scope.recorded)} > {HOST_CPU_THRESHOLD}",
             profile.slow_alert_for, "warning",
             "CPU of {{ $labels.instance }} is nearly saturated",
             "CPU utilisation is {{ $value | humanizePercentage }}: inference latency grows "
             "with queueing for CPU."),
         AlertRule(
-            "HostMemoryHigh", f"{MEMORY_RECORD} > {HOST_MEMORY_THRESHOLD}",
+            "HostMemoryHigh",
+            f"{select(MEMORY_RECORD, scope.node, scope.recorded)} > {HOST_MEMORY_THRESHOLD}",
             profile.slow_alert_for, "warning",
             "Memory of {{ $labels.instance }} is nearly exhausted",
             "Memory utilisation is {{ $value | humanizePercentage }}."),
         AlertRule(
             "GPUHighUtilisation",
-            f"avg_over_time(inferwatch_gpu_utilization_ratio[{w}]) > {GPU_UTILISATION_THRESHOLD}",
+            f"avg_over_time({select('inferwatch_gpu_utilization_ratio', s)}[{w}])"
+            f" > {GPU_UTILISATION_THRESHOLD}",
             profile.slow_alert_for, "warning",
             "GPU {{ $labels.gpu }} ({{ $labels.name }}) on {{ $labels.instance }} is saturated",
             f"The GPU ran kernels {{{{ $value | humanizePercentage }}}} of the time over {w}: "
             "batches queue for it and latency grows with load."),
         AlertRule(
             "GPUMemoryHigh",
-            "inferwatch_gpu_memory_used_bytes / inferwatch_gpu_memory_total_bytes"
-            f" > {GPU_MEMORY_THRESHOLD}",
+            f"{select('inferwatch_gpu_memory_used_bytes', s)}"
+            f" / {select('inferwatch_gpu_memory_total_bytes', s)} > {GPU_MEMORY_THRESHOLD}",
             profile.slow_alert_for, "warning",
             "Memory of GPU {{ $labels.gpu }} ({{ $labels.name }}) on {{ $labels.instance }} "
             "is nearly full",
@@ -284,7 +398,8 @@ def service_alerts(profile: Profile, slos: Sequence[SLO]) -> list[AlertRule]:
     ]
     rules.append(AlertRule(
         "ModelDrift",
-        f"max by (model, feature) (inference_drift_psi) > {DRIFT_PSI_THRESHOLD}",
+        f"max {scope.by('model', 'feature')} ({select('inference_drift_psi', s)})"
+        f" > {DRIFT_PSI_THRESHOLD}",
         profile.slow_alert_for, "warning",
         "Inputs of {{ $labels.model }} drifted from the training data ({{ $labels.feature }})",
         "The Population Stability Index of {{ $labels.feature }} over the last window of "
@@ -292,10 +407,11 @@ def service_alerts(profile: Profile, slos: Sequence[SLO]) -> list[AlertRule]:
         "model sees data unlike what it was trained on."))
     for slo in slos:
         m = slo.model
+        model = f'model="{m}"'
         if slo.accuracy is not None:
             rules.append(AlertRule(
                 "AccuracyDrop",
-                f'{feedback_record(profile)}{{model="{m}"}} < {slo.accuracy:g}',
+                f"{select(feedback_record(profile), scope.recorded, model)} < {slo.accuracy:g}",
                 # A warning, like ModelDrift: a critical one would inhibit the drift alert
                 # that usually explains it.
                 profile.slow_alert_for, "warning",
@@ -308,8 +424,8 @@ def service_alerts(profile: Profile, slos: Sequence[SLO]) -> list[AlertRule]:
             threshold = slo.latency_threshold
             rules.append(AlertRule(
                 "InferenceLatencyHigh",
-                "histogram_quantile(0.95, sum by (model, le) (rate("
-                f'inference_latency_seconds_bucket{{model="{m}"}}[{w}]))) > {threshold:g}',
+                f"histogram_quantile(0.95, sum {scope.by('model', 'le')} (rate("
+                f"{select('inference_latency_seconds_bucket', s, model)}[{w}]))) > {threshold:g}",
                 profile.slow_alert_for, "warning",
                 f"p95 latency of {m} is above {threshold * 1000:g} ms",
                 f"The p95 latency of model {m} over {w} is above its objective of "
@@ -317,10 +433,10 @@ def service_alerts(profile: Profile, slos: Sequence[SLO]) -> list[AlertRule]:
                 "the time goes.",
                 {"model": m}))
         if slo.expect_traffic:
+            requests = select("inference_requests_total", s, model)
             rules.append(AlertRule(
                 "InferenceNoTraffic",
-                f'sum by (model) (rate(inference_requests_total{{model="{m}"}}[{w}])) == 0'
-                f'\nor absent(inference_requests_total{{model="{m}"}})',
+                f"sum {scope.by('model')} (rate({requests}[{w}])) == 0\nor absent({requests})",
                 profile.slow_alert_for, "warning",
                 f"Model {m} receives no requests",
                 f"Model {m} is expected to serve traffic but received none over {w}: clients, "
@@ -329,13 +445,14 @@ def service_alerts(profile: Profile, slos: Sequence[SLO]) -> list[AlertRule]:
     return rules
 
 
-def batch_alerts(profile: Profile) -> list[AlertRule]:
+def batch_alerts(profile: Profile, scope: RuleScope = LOCAL_SCOPE) -> list[AlertRule]:
     """Batch jobs push to the Pushgateway, which stamps every push: a stale stamp is a job
     that stopped running (a failed run still pushes, so its metrics say why it failed)."""
     stale = profile.batch_stale_after
     return [AlertRule(
         "BatchJobStale",
-        f"time() - max by (job, instance) (push_time_seconds) > {parse_duration(stale):g}",
+        f"time() - max {scope.by('job', 'instance')} ({select('push_time_seconds', scope.batch)})"
+        f" > {parse_duration(stale):g}",
         profile.error_alert_for, "warning",
         "Batch job {{ $labels.job }} on {{ $labels.instance }} stopped pushing",
         "The last push of batch job {{ $labels.job }} (instance {{ $labels.instance }}) to the "
@@ -344,26 +461,27 @@ def batch_alerts(profile: Profile) -> list[AlertRule]:
 
 
 def rule_groups(profile: Profile, slos: Sequence[SLO] | None = None,
-                node_job: str = "node") -> list[RuleGroup]:
+                scope: RuleScope = LOCAL_SCOPE) -> list[RuleGroup]:
     slos = load_slos() if slos is None else slos
     groups = [
         RuleGroup("inferwatch-native", native_recordings()),
-        RuleGroup("inferwatch-service-recording", service_recordings(profile)),
-        RuleGroup("inferwatch-host-recording", host_recordings(profile, node_job)),
-        RuleGroup("inferwatch-alerts", service_alerts(profile, slos)),
-        RuleGroup("inferwatch-batch-jobs", batch_alerts(profile)),
+        RuleGroup("inferwatch-service-recording", service_recordings(profile, scope)),
+        RuleGroup("inferwatch-host-recording", host_recordings(profile, scope)),
+        RuleGroup("inferwatch-alerts", service_alerts(profile, slos, scope)),
+        RuleGroup("inferwatch-batch-jobs", batch_alerts(profile, scope)),
     ]
     # Recordings and the alerts that read them share a group: evaluated in order.
     groups.append(RuleGroup("inferwatch-slo", [
-        *slo_recordings(slos), *(a for slo in slos for a in slo_alerts(slo))
+        *slo_recordings(slos, scope), *(a for slo in slos for a in slo_alerts(slo, scope))
     ], interval="1m"))
     return groups
 
 
 def render_rule_file(profile: Profile, slos: Sequence[SLO] | None = None,
-                     runbook_base: str = RUNBOOK_BASE, node_job: str = "node") -> dict[str, Any]:
+                     runbook_base: str = RUNBOOK_BASE,
+                     scope: RuleScope = LOCAL_SCOPE) -> dict[str, Any]:
     out = []
-    for group in rule_groups(profile, slos, node_job):
+    for group in rule_groups(profile, slos, scope):
         rendered: dict[str, Any] = {"name": group.name}
         if group.interval:
             rendered["interval"] = group.interval
