@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := prometheus prometheus-alertmanager prometheus-node-exporter prometheus-pushgateway
-BINARIES := prometheus promtool prometheus-alertmanager amtool prometheus-node-exporter prometheus-pushgateway
+# victoria-metrics: the long-term store that `up --replicas` writes to (remote_write).
+APT_PACKAGES := prometheus prometheus-alertmanager prometheus-node-exporter prometheus-pushgateway victoria-metrics
+BINARIES := prometheus promtool prometheus-alertmanager amtool prometheus-node-exporter prometheus-pushgateway victoria-metrics
 # The dashboard's browser test drives Debian's Chromium with Playwright (never a downloaded one).
 CHROMIUM := /usr/bin/chromium
 # The Compose tests validate the rendered file with Debian's docker-compose; without its
@@ -24,8 +25,8 @@ TORCHSERVE_PACKAGES := torchserve==0.12.0 torch-model-archiver==0.12.0 torch==2.
 
 .PHONY: up test deps lint clean assets
 
-# Installs the Prometheus binaries, Chromium for the browser test and Java for TorchServe's,
-# with apt when missing (needs root).
+# Installs the Prometheus and VictoriaMetrics binaries, Chromium for the browser test and Java
+# for TorchServe's, with apt when missing (needs root).
 deps:
 	@missing=""; for b in $(BINARIES); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
@@ -34,7 +35,7 @@ deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	  else \
 	    echo "missing:$$missing. Run as root: apt-get install -y $(APT_PACKAGES)"; \
-	    echo "or put the upstream prometheus/alertmanager/node_exporter binaries on PATH."; exit 1; \
+	    echo "or put the upstream prometheus/alertmanager/node_exporter/victoria-metrics binaries on PATH."; exit 1; \
 	  fi; \
 	fi
 	@if [ ! -x $(CHROMIUM) ]; then \

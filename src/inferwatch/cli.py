@@ -101,6 +101,20 @@ def _stack_url(state: dict[str, Any], component: str) -> str:
     return url(state["ports"][component], state.get("host", HOST))
 
 
+def _query_url(state: dict[str, Any], store: bool) -> str:
+    """The stack's Prometheus, or with ``store`` its remote_write store."""
+    if not store:
+        return _stack_url(state, "prometheus")
+    if not state.get("store"):
+        raise _fail("this stack has no store: start it with --replicas above 1")
+    return str(state["store"]["url"])
+
+
+StoreOption = Annotated[bool, typer.Option(
+    "--store", help="Query the stack's remote_write store (up --replicas above 1) instead "
+                    "of its Prometheus; with --prometheus: that URL is a store.")]
+
+
 def _stack_state(run_dir: Path) -> dict[str, Any]:
     """The state of the stack in ``run_dir``, for commands given no --prometheus URL."""
     from inferwatch.stack.runner import read_state_info
@@ -180,7 +194,7 @@ def serve(
     try:
         token = admin_token(admin_port, admin_token_file)
         asgi = create_app(config)
-        admin = create_admin_app(asgi.service.faults, token) if token else None
+        admin = create_admin_app(asgi.state.service.faults, token) if token else None
     except (ValueError, ImportError, OSError, SecretFileError) as exc:
         raise _fail(str(exc)) from None
     prepare_serving_process()
@@ -354,9 +368,14 @@ def up(
     pushgateway_port: int = 9091,
     replicas: Annotated[int, typer.Option(
         min=1, help="Service replicas, discovered by Prometheus through file_sd; above 1, a "
-                    "global Prometheus receives remote_write (see docs/deploy.md).")] = 1,
-    global_prometheus_port: Annotated[int, typer.Option(
-        help="The global Prometheus, with --replicas above 1.")] = 9190,
+                    "long-term store receives remote_write (see docs/deploy.md).")] = 1,
+    store: Annotated[str | None, typer.Option(
+        help="The remote_write store, with --replicas above 1: victoria-metrics (default) or "
+             "prometheus.")] = None,
+    store_retention: Annotated[str | None, typer.Option(
+        help="How long the store keeps samples, e.g. 90d (default), 2w, 1y.")] = None,
+    store_port: Annotated[int, typer.Option(help="The store, with --replicas above 1.")
+                          ] = 9190,
     proxy_port: Annotated[int, typer.Option(help="The proxy, with --proxy.")] = 8090,
     bind: Annotated[str, typer.Option(
         help="Listen address of every component but the admin API (always 127.0.0.1). "
@@ -388,11 +407,17 @@ def up(
         profile_named,
     )
     from inferwatch.stack.runner import prometheus_auth as stack_auth
+    from inferwatch.stack.scaleout import STORES
     from inferwatch.stack.slo import SLOError
     from inferwatch.stack.webconfig import WebConfigError, given_password
 
     if prometheus_password_file is not None and prometheus_auth is None:
         raise _fail("--prometheus-password-file needs --prometheus-auth USER")
+    if replicas == 1 and (store is not None or store_retention is not None):
+        raise _fail("--store and --store-retention need --replicas above 1")
+    store_kind = next((s for s in STORES if s == (store or STORES[0])), None)
+    if store_kind is None:
+        raise _fail(f"--store must be one of {', '.join(STORES)}")
     try:
         servers, slos = _monitored(monitor, proxy, model, slo)
         opts = StackOptions(
@@ -401,14 +426,15 @@ def up(
                          alertmanager=alertmanager_port, node_exporter=node_exporter_port,
                          inbox=inbox_port, dashboard=dashboard_port, admin=admin_port,
                          pushgateway=pushgateway_port,
-                         global_prometheus=global_prometheus_port, proxy=proxy_port),
+                         store=store_port, proxy=proxy_port),
             models=tuple(model or ["digits"]),
             traffic_rate=(0.0 if servers else 20.0) if traffic is None else traffic,
             resnet18_weights=resnet18_weights, receivers=receivers_from_env(),
             workers=workers, replicas=replicas, bind=bind, prometheus_user=prometheus_auth,
             prometheus_password=given_password(prometheus_password_file)
             if prometheus_auth else None, prometheus_lifecycle=prometheus_lifecycle,
-            monitored=servers, slos=slos,
+            monitored=servers, slos=slos, store=store_kind,
+            store_retention=store_retention or "90d",
         )
         for warning in exposure_warnings(opts):
             console.print(f"[bold yellow]warning:[/] {warning}")
@@ -516,9 +542,12 @@ def _print_stack(run_dir: Path) -> None:
         console.print(f"Alertmanager UI: {_stack_url(info, 'alertmanager')}/#/alerts")
         if "pushgateway" in ports:
             console.print(f"Pushgateway (batch jobs): {_stack_url(info, 'pushgateway')}")
-        if info.get("replicas", 1) > 1:
-            console.print(f"global Prometheus (remote_write receiver): "
-                          f"{_stack_url(info, 'global_prometheus')}/graph")
+        store = info.get("store")
+        if store:
+            ui = "/vmui/" if store["kind"] == "victoria-metrics" else "/graph"
+            console.print(f"store ({store['kind']}, remote_write receiver, retention "
+                          f"{store['retention']}): {store['url']}{ui}; query it with "
+                          "--store (doctor, diagnose) or --prometheus URL")
         if "dashboard" in ports:
             console.print(f"[bold]dashboard: {_stack_url(info, 'dashboard')}/[/]")
 
@@ -731,6 +760,11 @@ def _profile_and_slos(profile: str, slo: Path | None) -> tuple[Any, Any]:
         raise _fail(str(exc)) from None
 
 
+RunbookBaseUrl = Annotated[str | None, typer.Option(
+    help="Absolute URL of docs/runbooks.md that each alert's runbook_url links to (default: "
+         "from the repository URL in pyproject.toml, if it declares one).")]
+
+
 @render_app.command("compose")
 def render_compose(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("generated/compose"),
@@ -738,9 +772,11 @@ def render_compose(
     slo: SloFile = None,
     context: Annotated[Path, typer.Option(
         help="Directory of inferwatch's Dockerfile (the repository's root).")] = Path("."),
+    runbook_base_url: RunbookBaseUrl = None,
 ) -> None:
     """Write docker-compose.yml and the files it mounts: service, inbox, Prometheus,
-    Alertmanager, node_exporter, Pushgateway, Grafana; profiles proxy, batch and gpu (DCGM).
+    Alertmanager, node_exporter, Pushgateway, Grafana; profiles proxy, batch and gpu (DCGM);
+    and docker-compose.prometheus3.yml, an override that runs Prometheus 3.
 
     Grafana's admin password comes from GF_SECURITY_ADMIN_PASSWORD, with no default.
     """
@@ -749,7 +785,10 @@ def render_compose(
     chosen, slos = _profile_and_slos(profile, slo)
     if not (context / "Dockerfile").is_file():
         raise _fail(f"no Dockerfile in {context}: pass the repository's root as --context")
-    _print_paths(write_compose(out, chosen, slos, context))
+    try:
+        _print_paths(write_compose(out, chosen, slos, context, runbook_base_url))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
 
 
 @render_app.command("k8s")
@@ -771,10 +810,20 @@ def render_k8s(
         min=1, help="Average queued samples per pod the autoscaler aims at.")] = 8,
     model: Annotated[list[str] | None, typer.Option("--model", help="Model(s) to serve.")
                      ] = None,
+    runbook_base_url: RunbookBaseUrl = None,
+    sample_limit: Annotated[int, typer.Option(
+        min=1, help="Most series one pod may expose: the ServiceMonitor's sampleLimit.")] = 2000,
+    cluster: Annotated[str | None, typer.Option(
+        help="The `cluster` external label of kube-prometheus-stack's Prometheus.")] = None,
+    remote_write_url: Annotated[str | None, typer.Option(
+        help="Where Prometheus sends its samples (default: nowhere).")] = None,
+    remote_write_kind: Annotated[str, typer.Option(
+        help="What receives them: thanos (Receive), mimir (needs --cluster) or "
+             "victoriametrics.")] = "thanos",
 ) -> None:
     """Write a kustomize directory: Deployment, Service, ServiceMonitor, PrometheusRule,
     HorizontalPodAutoscaler on the queue depth, Grafana dashboard and datasource ConfigMaps;
-    and prometheus-adapter's Helm values."""
+    and the Helm values of prometheus-adapter and kube-prometheus-stack (HA, remote_write)."""
     from inferwatch.stack.kubernetes import KubernetesOptions, write_kubernetes
 
     chosen, slos = _profile_and_slos(profile, slo)
@@ -783,8 +832,13 @@ def render_k8s(
     options = KubernetesOptions(
         namespace=namespace, monitoring_namespace=monitoring_namespace, release=release,
         image=image, replicas=replicas, max_replicas=max_replicas, queue_target=queue_target,
-        models=tuple(model or ["digits"]))
-    _print_paths(write_kubernetes(out, chosen, options, slos))
+        models=tuple(model or ["digits"]), runbook_base=runbook_base_url,
+        sample_limit=sample_limit, cluster=cluster, remote_write_url=remote_write_url,
+        remote_write_kind=remote_write_kind)
+    try:
+        _print_paths(write_kubernetes(out, chosen, options, slos))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command()
@@ -948,22 +1002,24 @@ def doctor(
                        ] = False,
     prometheus_user: PrometheusUser = None,
     prometheus_password_file: PrometheusPasswordFile = None,
+    store: StoreOption = False,
 ) -> None:
     """Check a running stack: Prometheus, targets, rules, Alertmanager, receivers, datasources,
-    TSDB disk and clock. Exits 1 when something is wrong, with a fix for each problem."""
+    TSDB disk and clock; a store (--store, or a VictoriaMetrics URL): its writers, series, disk
+    and clock. Exits 1 when something is wrong, with a fix for each problem."""
     from inferwatch.operate.doctor import Doctor, failed
     from inferwatch.operate.doctor import as_json as findings_json
 
     state = None
     if prometheus is None:
         state = _stack_state(run_dir)
-        prometheus = _stack_url(state, "prometheus")
+        prometheus = _query_url(state, store)
         alertmanager = alertmanager or _stack_url(state, "alertmanager")
         if grafana_provisioning is None and (run_dir / "grafana" / "provisioning").is_dir():
             grafana_provisioning = run_dir / "grafana" / "provisioning"
     auth = _prometheus_credentials(prometheus_user, prometheus_password_file, state)
     findings = Doctor(prometheus, alertmanager, grafana_provisioning, containers,
-                      auth=auth).run()
+                      auth=auth, store=store).run()
     if as_json:
         print(json.dumps(findings_json(findings)))
     else:
@@ -992,6 +1048,7 @@ def diagnose(
                        ] = False,
     prometheus_user: PrometheusUser = None,
     prometheus_password_file: PrometheusPasswordFile = None,
+    store: StoreOption = False,
 ) -> None:
     """Rank the likely causes of the current symptom (latency up, errors up, accuracy down)
     with the numbers, the queries and how far each signal led the symptom."""
@@ -1009,7 +1066,7 @@ def diagnose(
     state = None
     if prometheus is None:
         state = _stack_state(run_dir)
-        prometheus = _stack_url(state, "prometheus")
+        prometheus = _query_url(state, store)
     prom = PrometheusAPI(prometheus, auth=_prometheus_credentials(
         prometheus_user, prometheus_password_file, state))
     try:

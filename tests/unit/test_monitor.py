@@ -161,7 +161,7 @@ def test_a_monitoring_stack_runs_no_service_and_the_proxy_only_when_asked(
     opts = StackOptions(run_dir=tmp_path, profile=FAST, traffic_rate=0, monitored=[server])
     assert {p.name for p in components(opts)} == {
         "inbox", "node_exporter", "pushgateway", "alertmanager", "prometheus", "dashboard"}
-    assert opts.unused_ports() == {"service", "admin", "proxy", "global_prometheus"}
+    assert opts.unused_ports() == {"service", "admin", "proxy", "store"}
 
     proxied = discover(parse_monitor("torchserve=127.0.0.1:8080,proxy"), ["a", "b"])
     opts = StackOptions(run_dir=tmp_path, profile=FAST, traffic_rate=0, monitored=[proxied])

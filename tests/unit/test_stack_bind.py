@@ -17,7 +17,7 @@ def listen_addresses(opts: StackOptions) -> dict[str, str]:
     found = {}
     for part in components(opts):
         for i, arg in enumerate(part.argv):
-            if arg.startswith("--web.listen-address="):
+            if arg.startswith(("--web.listen-address=", "-httpListenAddr=")):
                 found[part.name] = arg.split("=", 1)[1].rsplit(":", 1)[0]
             elif arg == "--host":
                 found[part.name] = part.argv[i + 1]
@@ -35,7 +35,7 @@ def test_default_binds_every_component_to_loopback(tmp_path: Path) -> None:
 def test_bind_reaches_every_listener_but_the_admin_api(tmp_path: Path) -> None:
     opts = options(tmp_path, bind="0.0.0.0", replicas=2, replica_ports=[18081])
     found = listen_addresses(opts)
-    assert {"service-0", "service-1", "prometheus-global"} <= set(found)
+    assert {"service-0", "service-1", "store"} <= set(found)
     assert set(found.values()) == {"0.0.0.0"}
     service = next(p for p in components(opts) if p.name == "service-0").argv
     # The admin API has no bind option: `serve` always puts it on 127.0.0.1.
@@ -47,9 +47,10 @@ def test_bind_reaches_every_listener_but_the_admin_api(tmp_path: Path) -> None:
 
 
 def test_prometheus_auth_reaches_prometheus_alertmanager_and_clients(tmp_path: Path) -> None:
-    opts = options(tmp_path, prometheus_user="ops", replicas=2, replica_ports=[18081])
+    opts = options(tmp_path, prometheus_user="ops", replicas=2, replica_ports=[18081],
+                   store="prometheus")
     parts = {p.name: p for p in components(opts)}
-    for name in ("prometheus", "prometheus-global", "alertmanager"):
+    for name in ("prometheus", "store", "alertmanager"):
         assert f"--web.config.file={tmp_path / 'web-config.yml'}" in parts[name].argv
         assert parts[name].auth is not None and parts[name].auth.username == "ops"
     dashboard = parts["dashboard"].argv
@@ -61,7 +62,8 @@ def test_prometheus_auth_reaches_prometheus_alertmanager_and_clients(tmp_path: P
 
 def test_prometheus_lifecycle_api_only_when_asked(tmp_path: Path) -> None:
     def flags(**kw: object) -> list[str]:
-        return [a for p in components(options(tmp_path, replicas=2, replica_ports=[18081], **kw))
+        return [a for p in components(options(tmp_path, replicas=2, replica_ports=[18081],
+                                              store="prometheus", **kw))
                 for a in p.argv if a == "--web.enable-lifecycle"]
 
     assert flags() == []

@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -172,7 +173,12 @@ class Diagnoser:
     def _scrape_interval(self) -> float:
         intervals = [parse_duration(t["scrapeInterval"]) for t in self.prom.targets()
                      if t.get("scrapeInterval")]
-        return min(intervals) if intervals else 15.0
+        if intervals:
+            return min(intervals)
+        # A remote_write store scrapes nothing: the spacing of the samples its writers stored.
+        gaps = [b - a for _, points in self.prom.raw_samples("up", self.end - 60, self.end)
+                for (a, _), (b, _) in pairwise(points)]
+        return float(np.median(gaps)) if gaps else 15.0
 
     @property
     def _sel(self) -> str:

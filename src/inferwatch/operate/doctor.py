@@ -17,6 +17,8 @@ from inferwatch.operate.promapi import PrometheusAPI, PrometheusError
 OK, WARN, FAIL = "ok", "warn", "fail"
 MAX_CLOCK_SKEW_SECONDS = 2.0
 MIN_FREE_DISK_RATIO = 0.10
+# A writer sends each scrape within its batch deadline (seconds); a minute of silence is not that.
+MAX_WRITE_AGE_SECONDS = 60.0
 _LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]", "0.0.0.0")
 
 
@@ -29,12 +31,18 @@ class Finding:
 
 
 class Doctor:
-    """Checks against a Prometheus (and the Alertmanager it should send to)."""
+    """Checks against a Prometheus (and the Alertmanager it should send to), or against a
+    remote_write store: a Prometheus receiver (``store``) or VictoriaMetrics (recognised by
+    its /metrics), which scrapes, evaluates and alerts nothing: its writers' data is checked.
+    """
 
     def __init__(self, prometheus: str, alertmanager: str | None = None,
                  grafana_provisioning: Path | None = None, in_containers: bool = False,
-                 timeout: float = 5.0, auth: tuple[str, str] | None = None) -> None:
+                 timeout: float = 5.0, auth: tuple[str, str] | None = None,
+                 store: bool = False) -> None:
         self.prom = PrometheusAPI(prometheus, timeout=timeout, auth=auth)
+        self.store = store
+        self.vm_flags: dict[str, str] | None = None
         self.auth = auth  # the stack's Alertmanager requires the same user
         self.alertmanager = alertmanager.rstrip("/") if alertmanager else None
         self.grafana_provisioning = grafana_provisioning
@@ -45,11 +53,23 @@ class Doctor:
         if not self.prom.ready():
             return [Finding("prometheus", FAIL, f"{self.prom.url} does not answer /-/ready",
                             "start Prometheus, or pass its URL with --prometheus")]
-        findings = [Finding("prometheus", OK, f"{self.prom.url} ready")]
+        try:
+            self.vm_flags = self.prom.victoria_metrics_flags()
+        except PrometheusError as exc:
+            return [Finding("prometheus", FAIL, str(exc))]
         checks: list[Callable[[], list[Finding]]] = [
             self.config_reload, self.targets, self.rules, self.alertmanager_wiring,
             self.receivers, self.datasources, self.disk, self.clock,
         ]
+        if self.vm_flags is not None:
+            findings = [Finding("store", OK, f"{self.prom.url} ready (VictoriaMetrics)")]
+            checks = [self.writers, self.stored_series, self.disk, self.clock]
+        elif self.store:
+            findings = [Finding("store", OK, f"{self.prom.url} ready (Prometheus)")]
+            checks = [self.config_reload, self.writers, self.stored_series, self.disk,
+                      self.clock]
+        else:
+            findings = [Finding("prometheus", OK, f"{self.prom.url} ready")]
         for check in checks:
             try:
                 findings += check()
@@ -160,6 +180,40 @@ class Doctor:
                                      if empty else ""))
         return found
 
+    def writers(self) -> list[Finding]:
+        """Who writes to the store, told apart by the external labels on their ``up``
+        series, and which of their targets were down at their last scrape."""
+        ages = self.prom.query("time() - max by (cluster, replica_set) (timestamp(up))",
+                               nocache=True)
+        if not ages:
+            return [Finding("writers", FAIL, "no Prometheus wrote here in the last 5 minutes",
+                            f"point a Prometheus' remote_write at {self.prom.url}/api/v1/write")]
+        found = []
+        for s in ages:
+            name = " ".join(f"{k}={v}" for k, v in sorted(s.labels.items())) or "unlabelled"
+            if s.value > MAX_WRITE_AGE_SECONDS:
+                found.append(Finding(f"writer {name}", FAIL,
+                                     f"its last sample is {s.value:.0f} s old",
+                                     "is that Prometheus running? see the remote_write errors "
+                                     "in its log (prometheus_remote_storage_* metrics)"))
+            else:
+                found.append(Finding(f"writer {name}", OK,
+                                     f"last sample {s.value:.1f} s old"))
+        for s in self.prom.query("up == 0", nocache=True):
+            labels = s.labels
+            found.append(Finding(
+                f"target {labels.get('job', '?')} {labels.get('instance', '?')}", FAIL,
+                f"down at the last scrape of writer cluster={labels.get('cluster', '?')}",
+                "run `inferwatch doctor` against that Prometheus"))
+        return found
+
+    def stored_series(self) -> list[Finding]:
+        tsdb = self._get("/api/v1/status/tsdb")
+        # VictoriaMetrics counts today's series; Prometheus those of its head block.
+        count = tsdb.get("totalSeries", tsdb.get("headStats", {}).get("numSeries"))
+        return [Finding("series", OK if count else WARN, f"{count} series stored",
+                        "" if count else "nothing stored yet: see the writers above")]
+
     def datasources(self) -> list[Finding]:
         if self.grafana_provisioning is None:
             return []
@@ -178,8 +232,10 @@ class Doctor:
         return found
 
     def disk(self) -> list[Finding]:
-        flags = self._get("/api/v1/status/flags")
-        path = Path(flags.get("storage.tsdb.path", ""))
+        if self.vm_flags is not None:
+            path = Path(self.vm_flags.get("storageDataPath", ""))
+        else:
+            path = Path(self._get("/api/v1/status/flags").get("storage.tsdb.path", ""))
         if not path.is_dir():
             return [Finding("tsdb disk", WARN, f"{path} is not on this machine: not checked")]
         usage = shutil.disk_usage(path)
@@ -187,12 +243,14 @@ class Doctor:
         detail = f"{path}: {usage.free / 2**30:.1f} GiB free ({free:.0%})"
         if free < MIN_FREE_DISK_RATIO:
             return [Finding("tsdb disk", FAIL, detail,
-                            "free space or lower --storage.tsdb.retention.time/size")]
+                            "free space or lower the retention: Prometheus' "
+                            "--storage.tsdb.retention.time/size, VictoriaMetrics' "
+                            "-retentionPeriod")]
         return [Finding("tsdb disk", OK, detail)]
 
     def clock(self) -> list[Finding]:
         before = time.time()
-        server = self.prom.scalar("time()")
+        server = self.prom.scalar("time()", nocache=True)
         after = time.time()
         assert server is not None
         skew = server - (before + after) / 2

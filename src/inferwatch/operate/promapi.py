@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,10 @@ import httpx
 
 class PrometheusError(RuntimeError):
     pass
+
+
+# VictoriaMetrics exports each command-line flag as a series of its /metrics; Prometheus none.
+_VM_FLAG = re.compile(r'^flag\{name="([^"]*)", value="((?:[^"\\]|\\.)*)"', re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,9 @@ class PrometheusAPI:
             response = self._client.get(path, params=params)
         except httpx.HTTPError as exc:
             raise PrometheusError(f"{self.url}{path}: {exc}") from exc
-        body = response.json() if response.headers.get("content-type", "").startswith(
-            "application/json") else {}
+        # VictoriaMetrics answers a range vector as application/stream+json.
+        media = response.headers.get("content-type", "").split(";")[0]
+        body = response.json() if media.endswith(("/json", "+json")) else {}
         if response.status_code != 200 or body.get("status") != "success":
             raise PrometheusError(
                 f"{path} {params}: HTTP {response.status_code}: "
@@ -52,18 +58,24 @@ class PrometheusAPI:
             )
         return body["data"]
 
-    def query(self, expr: str, at: float | None = None) -> list[Sample]:
+    def query(self, expr: str, at: float | None = None, *, nocache: bool = False
+              ) -> list[Sample]:
+        """``nocache``: VictoriaMetrics answers a query near now as of now, not as of its
+        ``-search.latencyOffset`` (30 s by default) ago; Prometheus ignores it."""
         params: dict[str, Any] = {"query": expr}
         if at is not None:
             params["time"] = at
+        if nocache:
+            params["nocache"] = 1
         data = self._get("/api/v1/query", **params)
         if data["resultType"] == "scalar":
             return [Sample({}, float(data["result"][1]))]
         return [Sample(r["metric"], float(r["value"][1])) for r in data["result"]]
 
-    def scalar(self, expr: str, at: float | None = None) -> float | None:
+    def scalar(self, expr: str, at: float | None = None, *, nocache: bool = False
+               ) -> float | None:
         """The single value of ``expr``, or None when it returns nothing."""
-        samples = self.query(expr, at)
+        samples = self.query(expr, at, nocache=nocache)
         if not samples:
             return None
         if len(samples) > 1:
@@ -95,6 +107,16 @@ class PrometheusAPI:
 
     def alerts(self) -> list[dict[str, Any]]:
         return list(self._get("/api/v1/alerts")["alerts"])
+
+    def victoria_metrics_flags(self) -> dict[str, str] | None:
+        """The flags of a VictoriaMetrics server (secrets read ``secret``); None for any other.
+        Its /metrics answers without the basic auth that its APIs require."""
+        try:
+            response = self._client.get("/metrics")
+        except httpx.HTTPError as exc:
+            raise PrometheusError(f"{self.url}/metrics: {exc}") from exc
+        flags = dict(_VM_FLAG.findall(response.text)) if response.status_code == 200 else {}
+        return flags or None
 
     def ready(self) -> bool:
         try:

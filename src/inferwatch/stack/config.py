@@ -73,7 +73,7 @@ class StackPorts:
     dashboard: int = 9096
     admin: int = 9097
     pushgateway: int = 9091
-    global_prometheus: int = 9190  # the remote_write receiver, with --replicas only
+    store: int = 9190  # the long-term store receiving remote_write, with --replicas only
     proxy: int = 8090  # `inferwatch proxy` before a monitored server, with --proxy only
 
     @classmethod

@@ -16,14 +16,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from inferwatch.secrets import write_secret_file
+from inferwatch.secrets import read_secret_file, write_secret_file
 from inferwatch.stack.alerting import Receivers
 from inferwatch.stack.config import (
     HOST,
@@ -38,7 +38,12 @@ from inferwatch.stack.config import (
 from inferwatch.stack.config import url as _url
 from inferwatch.stack.monitor import MonitoredServer, MonitorError, check_metrics
 from inferwatch.stack.profiles import PROFILES, Profile
-from inferwatch.stack.scaleout import GLOBAL_CONFIG, write_scaleout_config
+from inferwatch.stack.scaleout import (
+    STORE_CONFIG,
+    Store,
+    check_retention,
+    write_scaleout_config,
+)
 from inferwatch.stack.slo import SLO
 from inferwatch.stack.webconfig import (
     BasicAuth,
@@ -47,7 +52,8 @@ from inferwatch.stack.webconfig import (
     write_web_config,
 )
 
-APT_PACKAGES = "prometheus prometheus-alertmanager prometheus-node-exporter prometheus-pushgateway"
+APT_PACKAGES = ("prometheus prometheus-alertmanager prometheus-node-exporter "
+                "prometheus-pushgateway victoria-metrics")
 
 # Debian's binary names first, then upstream's.
 BINARIES = {
@@ -55,7 +61,11 @@ BINARIES = {
     "alertmanager": ("prometheus-alertmanager", "alertmanager"),
     "node_exporter": ("prometheus-node-exporter", "node_exporter"),
     "pushgateway": ("prometheus-pushgateway", "pushgateway"),
+    "victoria-metrics": ("victoria-metrics", "victoria-metrics-prod"),
 }
+# VictoriaMetrics 1.79 reads a flag's value from the environment, never from a file: the
+# store's password goes there (/proc/PID/environ is owner-only), not on its command line.
+VM_ENV_PREFIX = "INFERWATCH_VM_"
 
 
 class StackError(RuntimeError):
@@ -69,8 +79,9 @@ def find_binary(component: str) -> str:
             return found
     raise StackError(
         f"{component} not found on PATH (looked for {', '.join(BINARIES[component])}). "
-        f"As root on Debian/Ubuntu: apt-get install -y {APT_PACKAGES}; without root, put the "
-        "upstream binaries from the Prometheus release archives on PATH."
+        f"As root on Debian/Ubuntu: apt-get install -y {APT_PACKAGES} (or `make deps`); "
+        "without root, put the upstream binaries from the Prometheus and VictoriaMetrics "
+        "release archives on PATH."
     )
 
 
@@ -81,6 +92,8 @@ class Component:
     ready_url: str | None
     url: str | None = None
     auth: BasicAuth | None = None  # what the ready URL requires
+    # Environment variables read from (secret) files at each start, never kept in argv.
+    env_files: Mapping[str, Path] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,7 +105,9 @@ class StackOptions:
     traffic_rate: float = 0.0  # demo requests per second; 0 for none
     resnet18_weights: Path | None = None
     receivers: Receivers | None = None  # email/Slack beside the inbox webhook
-    replicas: int = 1  # services behind file_sd, and a global Prometheus, when more than 1
+    replicas: int = 1  # services behind file_sd, and a remote_write store, when more than 1
+    store: Store = "victoria-metrics"  # the store's kind, with replicas above 1
+    store_retention: str = "90d"
     replica_ports: Sequence[int] = ()  # of replicas 2..N; free ones are picked when empty
     workers: int = 1  # service worker processes per replica; the admin API (chaos) needs 1
     serve_args: Sequence[str] = ()  # more `inferwatch serve` options, e.g. --queue-capacity
@@ -122,7 +137,7 @@ class StackOptions:
         return "proxy" if self.proxied else None
 
     def unused_ports(self) -> set[str]:
-        unused = set() if self.replicas > 1 else {"global_prometheus"}
+        unused = set() if self.replicas > 1 else {"store"}
         if self.monitored:
             unused |= {"service", "admin"}
         if self.proxied is None:
@@ -200,6 +215,40 @@ def _prometheus(opts: StackOptions, config: Path, data: str, port: int,
     return argv
 
 
+def _victoria_metrics(opts: StackOptions, auth: BasicAuth | None) -> list[str]:
+    argv = [find_binary("victoria-metrics"),
+            f"-httpListenAddr={address(opts.ports.store, opts.bind)}",
+            f"-storageDataPath={opts.run_dir / 'data' / 'store'}",
+            f"-retentionPeriod={opts.store_retention}",
+            # One sample per series per scrape interval: a writer's retried batch, or an HA
+            # pair's second copy, is stored once.
+            f"-dedup.minScrapeInterval={opts.profile.scrape_interval}",
+            # Else every instant query near now is answered as of 30 s ago: doctor's clock,
+            # load's counts and the newest points of every panel would lag.
+            "-search.latencyOffset=0s"]
+    if ":" in opts.bind:
+        argv.append("-enableTCP6")  # else it listens on IPv4 only
+    if auth is not None:
+        argv += [f"-httpAuth.username={auth.username}", "-envflag.enable",
+                 f"-envflag.prefix={VM_ENV_PREFIX}"]
+    return argv
+
+
+def store_component(opts: StackOptions) -> Component:
+    """The remote_write receiver; started before any Prometheus that writes to it."""
+    host, port, auth = connect_host(opts.bind), opts.ports.store, prometheus_auth(opts)
+    if opts.store == "prometheus":
+        return Component("store", _prometheus(
+            opts, opts.run_dir / STORE_CONFIG, "store", port,
+            "--web.enable-remote-write-receiver",
+            f"--storage.tsdb.retention.time={opts.store_retention}",
+        ), f"{_url(port, host)}/-/ready", _url(port, host), auth)
+    # /health answers without the basic auth that the query and write APIs require.
+    return Component("store", _victoria_metrics(opts, auth), f"{_url(port, host)}/health",
+                     _url(port, host), env_files={
+                         f"{VM_ENV_PREFIX}httpAuth_password": auth.password_file} if auth else {})
+
+
 def components(opts: StackOptions) -> list[Component]:
     d, p, bind = opts.run_dir, opts.ports, opts.bind
     host = connect_host(bind)
@@ -256,11 +305,7 @@ def components(opts: StackOptions) -> list[Component]:
     ]
     prometheus_flags = [f"--rules.alert.resend-delay={opts.profile.resend_delay}"]
     if opts.replicas > 1:
-        # Started before the replica set's Prometheus, whose remote_write it receives.
-        parts.append(Component("prometheus-global", _prometheus(
-            opts, d / GLOBAL_CONFIG, "prometheus-global", p.global_prometheus,
-            "--web.enable-remote-write-receiver",
-        ), f"{url(p.global_prometheus)}/-/ready", url(p.global_prometheus), auth))
+        parts.append(store_component(opts))
         # Both stop together: waiting a minute (the default) to flush to a receiver that is
         # gone would only delay the stop.
         prometheus_flags.append(
@@ -322,6 +367,10 @@ class Stack:
             raise StackError("replicas must be at least 1")
         if self.opts.monitored:
             self._check_monitored()
+        try:
+            check_retention(self.opts.store_retention)
+        except ValueError as exc:
+            raise StackError(str(exc)) from None
         if len(self.opts.replica_ports) != self.opts.replicas - 1:
             self.opts.replica_ports = free_ports(self.opts.replicas - 1)
         busy = self.opts.ports.busy(skip=self.opts.unused_ports(), bind=self.opts.bind)
@@ -358,7 +407,7 @@ class Stack:
         if opts.replicas > 1:
             written.update(write_scaleout_config(
                 opts.run_dir, opts.profile, opts.ports, opts.service_ports, host=host,
-                auth=auth))
+                auth=auth, store=opts.store))
         for path in written.values():
             path.chmod(0o600)
             if path.parent != opts.run_dir:  # rules/, file_sd/: the run dir is _run_dir's
@@ -391,11 +440,13 @@ class Stack:
     def _spawn(self, part: Component) -> RunningProcess:
         _run_dir(self.opts.run_dir)
         log_path = _private_dir(self.opts.run_dir / "logs") / f"{part.name}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        for name, path in part.env_files.items():
+            env[name] = read_secret_file(path, f"{part.name}'s {name}")
         with os.fdopen(_open_private(log_path, os.O_APPEND), "ab") as log:
             # umask 077: what each component creates (TSDB, silences, inbox) is owner-only.
             proc = subprocess.Popen(part.argv, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                    stdin=subprocess.DEVNULL, env=env,
                                     start_new_session=True, umask=0o077)
         self._popen[proc.pid] = proc
         self._components[part.name] = part
@@ -459,9 +510,16 @@ class Stack:
                  "monitored": [asdict(s) for s in self.opts.monitored],
                  "prometheus_auth": auth and {"username": auth.username,
                                               "password_file": str(auth.password_file)},
+                 "store": self._store_state(),
                  "processes": [asdict(p) for p in self.processes]}
         with os.fdopen(_open_private(self.state_path, os.O_TRUNC), "w") as f:
             f.write(json.dumps(state, indent=2))
+
+    def _store_state(self) -> dict[str, str] | None:
+        if self.opts.replicas == 1:
+            return None
+        return {"kind": self.opts.store, "retention": self.opts.store_retention,
+                "url": _url(self.opts.ports.store, connect_host(self.opts.bind))}
 
     def __enter__(self) -> Stack:
         self.start()
