@@ -376,6 +376,9 @@ def up(
         help="How long the store keeps samples, e.g. 90d (default), 2w, 1y.")] = None,
     store_port: Annotated[int, typer.Option(help="The store, with --replicas above 1.")
                           ] = 9190,
+    ha: Annotated[bool, typer.Option(
+        "--ha", help="Two Prometheus servers (prometheus_replica a, b) writing to the store and "
+                     "three Alertmanagers gossiping on 127.0.0.1 (see docs/deploy.md).")] = False,
     proxy_port: Annotated[int, typer.Option(help="The proxy, with --proxy.")] = 8090,
     bind: Annotated[str, typer.Option(
         help="Listen address of every component but the admin API (always 127.0.0.1). "
@@ -413,8 +416,8 @@ def up(
 
     if prometheus_password_file is not None and prometheus_auth is None:
         raise _fail("--prometheus-password-file needs --prometheus-auth USER")
-    if replicas == 1 and (store is not None or store_retention is not None):
-        raise _fail("--store and --store-retention need --replicas above 1")
+    if replicas == 1 and not ha and (store is not None or store_retention is not None):
+        raise _fail("--store and --store-retention need --replicas above 1 or --ha")
     store_kind = next((s for s in STORES if s == (store or STORES[0])), None)
     if store_kind is None:
         raise _fail(f"--store must be one of {', '.join(STORES)}")
@@ -434,7 +437,7 @@ def up(
             prometheus_password=given_password(prometheus_password_file)
             if prometheus_auth else None, prometheus_lifecycle=prometheus_lifecycle,
             monitored=servers, slos=slos, store=store_kind,
-            store_retention=store_retention or "90d",
+            store_retention=store_retention or "90d", ha=ha,
         )
         for warning in exposure_warnings(opts):
             console.print(f"[bold yellow]warning:[/] {warning}")
@@ -540,6 +543,10 @@ def _print_stack(run_dir: Path) -> None:
             console.print(f"monitored {server['kind']}: http://{server['api']}, metrics "
                           f"{server['metrics'] or 'from the proxy'}")
         console.print(f"Alertmanager UI: {_stack_url(info, 'alertmanager')}/#/alerts")
+        if info.get("ha"):
+            console.print(f"HA: second Prometheus {_stack_url(info, 'prometheus_b')}/graph; "
+                          f"Alertmanagers {_stack_url(info, 'alertmanager_b')}, "
+                          f"{_stack_url(info, 'alertmanager_c')}")
         if "pushgateway" in ports:
             console.print(f"Pushgateway (batch jobs): {_stack_url(info, 'pushgateway')}")
         store = info.get("store")

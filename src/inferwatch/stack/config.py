@@ -75,6 +75,14 @@ class StackPorts:
     pushgateway: int = 9091
     store: int = 9190  # the long-term store receiving remote_write, with --replicas only
     proxy: int = 8090  # `inferwatch proxy` before a monitored server, with --proxy only
+    # With --ha only: the second Prometheus, two more Alertmanagers, and the three
+    # Alertmanagers' gossip ports (always on 127.0.0.1).
+    prometheus_b: int = 9290
+    alertmanager_b: int = 9193
+    alertmanager_c: int = 9293
+    alertmanager_cluster: int = 9094
+    alertmanager_b_cluster: int = 9194
+    alertmanager_c_cluster: int = 9294
 
     @classmethod
     def free(cls) -> StackPorts:
@@ -83,13 +91,13 @@ class StackPorts:
 
     def busy(self, skip: Collection[str] = (), bind: str = HOST) -> list[tuple[str, int]]:
         """The (component, port) pairs that something already listens on; every component
-        binds ``bind``, except the admin API: 127.0.0.1."""
+        binds ``bind``, except the admin API and Alertmanager's gossip: 127.0.0.1."""
         taken = []
         for f in fields(self):
             if f.name in skip:
                 continue
             port = getattr(self, f.name)
-            host = HOST if f.name == "admin" else bind
+            host = HOST if f.name == "admin" or f.name.endswith("_cluster") else bind
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             with socket.socket(family) as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

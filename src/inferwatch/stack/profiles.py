@@ -19,6 +19,9 @@ class Profile:
     resend_delay: str  # Prometheus --rules.alert.resend-delay
     batch_stale_after: str  # a batch job that has not pushed for this long is stale
     remote_write_deadline: str  # longest wait before a partial remote_write batch is sent
+    # With --ha: how long each Alertmanager waits, per position in the cluster, for a peer
+    # to send a notification before it sends it itself (--cluster.peer-timeout).
+    peer_timeout: str = "15s"
 
     @property
     def scrape_seconds(self) -> float:
@@ -35,7 +38,7 @@ FAST = Profile(
     name="fast", scrape_interval="1s", evaluation_interval="1s", rate_window="15s",
     error_alert_for="5s", slow_alert_for="10s", group_wait="1s", group_interval="5s",
     repeat_interval="1h", resend_delay="1s", batch_stale_after="10s",
-    remote_write_deadline="1s",
+    remote_write_deadline="1s", peer_timeout="2s",
 )
 PROFILES = {p.name: p for p in (DEFAULT, FAST)}
 

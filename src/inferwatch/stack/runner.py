@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from inferwatch.secrets import read_secret_file, write_secret_file
 from inferwatch.stack.alerting import Receivers
@@ -34,14 +35,23 @@ from inferwatch.stack.config import (
     free_ports,
     is_loopback,
     write_stack_config,
+    write_yaml,
 )
 from inferwatch.stack.config import url as _url
+from inferwatch.stack.ha import (
+    ALERTMANAGERS,
+    PROMETHEUS_SERVERS,
+    cluster_flags,
+    render_ha_prometheus_config,
+)
 from inferwatch.stack.monitor import MonitoredServer, MonitorError, check_metrics
 from inferwatch.stack.profiles import PROFILES, Profile
 from inferwatch.stack.scaleout import (
     STORE_CONFIG,
     Store,
     check_retention,
+    render_store_prometheus_config,
+    store_remote_write,
     write_scaleout_config,
 )
 from inferwatch.stack.slo import SLO
@@ -106,7 +116,7 @@ class StackOptions:
     resnet18_weights: Path | None = None
     receivers: Receivers | None = None  # email/Slack beside the inbox webhook
     replicas: int = 1  # services behind file_sd, and a remote_write store, when more than 1
-    store: Store = "victoria-metrics"  # the store's kind, with replicas above 1
+    store: Store = "victoria-metrics"  # the store's kind, with replicas above 1 or ha
     store_retention: str = "90d"
     replica_ports: Sequence[int] = ()  # of replicas 2..N; free ones are picked when empty
     workers: int = 1  # service worker processes per replica; the admin API (chaos) needs 1
@@ -120,6 +130,8 @@ class StackOptions:
     # Servers watched instead of `serve`: the service, admin API and traffic are not started.
     monitored: Sequence[MonitoredServer] = ()
     slos: Sequence[SLO] | None = None  # None: the built-in file's
+    # Two Prometheus servers and three gossiping Alertmanagers, writing to the store.
+    ha: bool = False
 
     @property
     def service_ports(self) -> list[int]:
@@ -136,8 +148,14 @@ class StackOptions:
             return "service"
         return "proxy" if self.proxied else None
 
+    @property
+    def has_store(self) -> bool:
+        return self.replicas > 1 or self.ha
+
     def unused_ports(self) -> set[str]:
-        unused = set() if self.replicas > 1 else {"store"}
+        unused = set() if self.has_store else {"store"}
+        if not self.ha:
+            unused |= HA_PORTS
         if self.monitored:
             unused |= {"service", "admin"}
         if self.proxied is None:
@@ -249,6 +267,27 @@ def store_component(opts: StackOptions) -> Component:
                          f"{VM_ENV_PREFIX}httpAuth_password": auth.password_file} if auth else {})
 
 
+HA_PORTS = {"prometheus_b", "alertmanager_b", "alertmanager_c", "alertmanager_cluster",
+            "alertmanager_b_cluster", "alertmanager_c_cluster"}
+
+
+def _alertmanager_ports(opts: StackOptions) -> list[tuple[int, int]]:
+    """(web, gossip) port of each Alertmanager: one without ``ha``, three with it."""
+    p = opts.ports
+    if not opts.ha:
+        return [(p.alertmanager, p.alertmanager_cluster)]
+    return [(p.alertmanager, p.alertmanager_cluster), (p.alertmanager_b, p.alertmanager_b_cluster),
+            (p.alertmanager_c, p.alertmanager_c_cluster)]
+
+
+def _prometheus_ports(opts: StackOptions) -> list[int]:
+    return [opts.ports.prometheus, opts.ports.prometheus_b] if opts.ha else [opts.ports.prometheus]
+
+
+def _config_name(name: str) -> str:
+    return f"{name}.yml"
+
+
 def components(opts: StackOptions) -> list[Component]:
     d, p, bind = opts.run_dir, opts.ports, opts.bind
     host = connect_host(bind)
@@ -296,24 +335,29 @@ def components(opts: StackOptions) -> list[Component]:
             find_binary("pushgateway"), listen(p.pushgateway),
             f"--persistence.file={d / 'data' / 'pushgateway.db'}",
         ], f"{url(p.pushgateway)}/-/ready", url(p.pushgateway)),
-        Component("alertmanager", [
-            find_binary("alertmanager"), f"--config.file={d / 'alertmanager.yml'}",
-            f"--storage.path={d / 'data' / 'alertmanager'}",
-            listen(p.alertmanager), *web_config,
-            "--cluster.listen-address=",  # no gossip: a single local instance
-        ], f"{url(p.alertmanager)}/-/ready", url(p.alertmanager), auth),
     ]
-    prometheus_flags = [f"--rules.alert.resend-delay={opts.profile.resend_delay}"]
-    if opts.replicas > 1:
+    am_ports = _alertmanager_ports(opts)
+    for index, (name, (port, _)) in enumerate(zip(ALERTMANAGERS, am_ports, strict=False)):
+        gossip = (cluster_flags(index, [c for _, c in am_ports], opts.profile.peer_timeout)
+                  if opts.ha else ["--cluster.listen-address="])  # no gossip: one instance
+        parts.append(Component(name, [
+            find_binary("alertmanager"), f"--config.file={d / 'alertmanager.yml'}",
+            f"--storage.path={d / 'data' / name}", listen(port), *web_config, *gossip,
+        ], f"{url(port)}/-/ready", url(port), auth))
+    # Exemplars: serve attaches the request id to latency, so a slow bucket leads to it.
+    prometheus_flags = [f"--rules.alert.resend-delay={opts.profile.resend_delay}",
+                        "--enable-feature=exemplar-storage"]
+    if opts.has_store:
         parts.append(store_component(opts))
         # Both stop together: waiting a minute (the default) to flush to a receiver that is
         # gone would only delay the stop.
         prometheus_flags.append(
             f"--storage.remote.flush-deadline={opts.profile.remote_write_deadline}")
+    for (name, _), port in zip(PROMETHEUS_SERVERS, _prometheus_ports(opts), strict=False):
+        parts.append(Component(name, _prometheus(
+            opts, d / _config_name(name), name, port, *prometheus_flags,
+        ), f"{url(port)}/-/ready", url(port), auth))
     parts += [
-        Component("prometheus", _prometheus(
-            opts, d / "prometheus.yml", "prometheus", p.prometheus, *prometheus_flags,
-        ), f"{url(p.prometheus)}/-/ready", url(p.prometheus), auth),
         Component("dashboard", [
             *python, "dashboard", "--prometheus", url(p.prometheus),
             "--alertmanager", url(p.alertmanager), "--host", bind, "--port", str(p.dashboard),
@@ -408,6 +452,8 @@ class Stack:
             written.update(write_scaleout_config(
                 opts.run_dir, opts.profile, opts.ports, opts.service_ports, host=host,
                 auth=auth, store=opts.store))
+        if opts.ha:
+            written.update(self._write_ha_config(written["prometheus"], host, auth))
         for path in written.values():
             path.chmod(0o600)
             if path.parent != opts.run_dir:  # rules/, file_sd/: the run dir is _run_dir's
@@ -422,6 +468,26 @@ class Stack:
                 check_web_config(web_config_path(opts.run_dir))
             except WebConfigError as exc:
                 raise StackError(str(exc)) from None
+
+    def _write_ha_config(self, single: Path, host: str,
+                         auth: BasicAuth | None) -> dict[str, Path]:
+        """Each HA Prometheus' file, from the single server's ``single``; the replicas
+        path has already added remote_write to the store, a single service has not."""
+        opts = self.opts
+        config = yaml.safe_load(single.read_text())
+        written = {}
+        if "remote_write" not in config:
+            config["remote_write"] = [store_remote_write(opts.profile, opts.ports, host, auth)]
+            if opts.store == "prometheus":
+                written["store"] = write_yaml(opts.run_dir / STORE_CONFIG,
+                                              render_store_prometheus_config(opts.profile))
+        members = [address(port, host) for port in _prometheus_ports(opts)]
+        alertmanagers = [address(port, host) for port, _ in _alertmanager_ports(opts)]
+        for name, replica in PROMETHEUS_SERVERS:
+            written[name] = write_yaml(opts.run_dir / _config_name(name),
+                                       render_ha_prometheus_config(config, replica, members,
+                                                                   alertmanagers))
+        return written
 
     def start_components(self, parts: Sequence[Component], timeout: float = 90.0) -> None:
         """Start ``parts`` in order and wait until each answers its ready URL."""
@@ -511,12 +577,13 @@ class Stack:
                  "prometheus_auth": auth and {"username": auth.username,
                                               "password_file": str(auth.password_file)},
                  "store": self._store_state(),
+                 "ha": self.opts.ha,
                  "processes": [asdict(p) for p in self.processes]}
         with os.fdopen(_open_private(self.state_path, os.O_TRUNC), "w") as f:
             f.write(json.dumps(state, indent=2))
 
     def _store_state(self) -> dict[str, str] | None:
-        if self.opts.replicas == 1:
+        if not self.opts.has_store:
             return None
         return {"kind": self.opts.store, "retention": self.opts.store_retention,
                 "url": _url(self.opts.ports.store, connect_host(self.opts.bind))}
