@@ -19,7 +19,7 @@ from pathlib import Path
 
 from inferwatch.operate.chaos import ChaosClient
 from inferwatch.operate.drills import wait_for_notification
-from inferwatch.stack.config import StackPorts
+from inferwatch.stack.addresses import StackPorts
 from inferwatch.stack.profiles import DEFAULT, FAST, Profile
 from inferwatch.stack.runner import Stack, StackOptions
 

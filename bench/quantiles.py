@@ -35,9 +35,11 @@ from inferwatch.metrics.buckets import SEED_LATENCY_BUCKETS
 from inferwatch.operate.load import LoadPlan, LoadResult, Payload, run_load
 from inferwatch.operate.promapi import PrometheusAPI
 from inferwatch.serve.app import ServeConfig, create_app
-from inferwatch.stack.config import StackPorts, render_prometheus_config, url, write_yaml
+from inferwatch.stack.addresses import StackPorts, url
+from inferwatch.stack.config import render_prometheus_config
 from inferwatch.stack.profiles import FAST
 from inferwatch.stack.runner import Component, Stack, StackOptions, find_binary
+from inferwatch.stack.yamlfile import write_yaml
 
 # A candidate layout: neighbours at most 1/8 apart (26 per decade against the default's 20).
 FINE_LATENCY_BUCKETS = log_buckets(0.0001, 10.0, (

@@ -39,7 +39,7 @@ from prometheus_client.values import close_all_multiprocess_files
 from inferwatch.metrics import InferenceMetrics
 from inferwatch.metrics.workers import release_slot, slot_pids
 from inferwatch.operate.load import LoadPlan, run_load_sync
-from inferwatch.stack.config import StackPorts
+from inferwatch.stack.addresses import StackPorts
 
 LIVE = 8
 

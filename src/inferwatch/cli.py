@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from inferwatch.httplimits import HttpLimits
-from inferwatch.stack.config import HOST, StackPorts
+from inferwatch.stack.addresses import HOST, StackPorts
 
 if TYPE_CHECKING:
     from inferwatch.stack.inbox import InboxFollower
@@ -96,7 +96,7 @@ def _prometheus_credentials(user: str | None, password_file: Path | None,
 
 
 def _stack_url(state: dict[str, Any], component: str) -> str:
-    from inferwatch.stack.config import url
+    from inferwatch.stack.addresses import url
 
     return url(state["ports"][component], state.get("host", HOST))
 
@@ -402,12 +402,12 @@ def up(
     from inferwatch.secrets import SecretFileError
     from inferwatch.stack.alerting import AlertingConfigError, receivers_from_env
     from inferwatch.stack.monitor import MonitorError
+    from inferwatch.stack.profiles import ProfileError, profile_named
     from inferwatch.stack.runner import (
         Stack,
         StackError,
         StackOptions,
         exposure_warnings,
-        profile_named,
     )
     from inferwatch.stack.runner import prometheus_auth as stack_auth
     from inferwatch.stack.scaleout import STORES
@@ -444,8 +444,8 @@ def up(
         stack = Stack(opts)
         with console.status("starting the stack..."):
             stack.start()
-    except (StackError, AlertingConfigError, WebConfigError, SecretFileError, MonitorError,
-            SLOError) as exc:
+    except (StackError, ProfileError, AlertingConfigError, WebConfigError, SecretFileError,
+            MonitorError, SLOError) as exc:
         raise _fail(str(exc)) from None
     auth = stack_auth(opts)
     if auth is not None:
@@ -683,14 +683,14 @@ def dashboard(
     import uvicorn
 
     from inferwatch.stack.dashboard import DashboardConfig, create_dashboard_app
-    from inferwatch.stack.runner import StackError, profile_named
+    from inferwatch.stack.profiles import ProfileError, profile_named
 
     try:
         config = DashboardConfig(
             prometheus=prometheus, alertmanager=alertmanager or None,
             profile=profile_named(profile),
             prometheus_auth=_prometheus_credentials(prometheus_user, prometheus_password_file))
-    except StackError as exc:
+    except ProfileError as exc:
         raise _fail(str(exc)) from None
     limits = _http_limits(max_header_bytes, header_timeout, keep_alive_timeout, max_connections)
     uvicorn.run(create_dashboard_app(config), host=host, port=port, log_level="warning",
@@ -732,7 +732,7 @@ def render(
     from inferwatch.stack.alerting import AlertingConfigError, receivers_from_env
     from inferwatch.stack.config import Inference, write_stack_config
     from inferwatch.stack.grafana import write_grafana_files
-    from inferwatch.stack.runner import StackError, profile_named
+    from inferwatch.stack.profiles import profile_named
     from inferwatch.stack.slo import SLOError, load_slos
 
     try:
@@ -747,7 +747,7 @@ def render(
                                    load_slos(slo) if slos is None else slos,
                                    known_servers=known, inference=inference)
         paths.update(write_grafana_files(out / "grafana", chosen))
-    except (StackError, SLOError, AlertingConfigError, ValueError) as exc:
+    except (SLOError, AlertingConfigError, ValueError) as exc:  # ProfileError too
         raise _fail(str(exc)) from None
     _print_paths(paths)
 
@@ -758,12 +758,12 @@ def _print_paths(paths: dict[str, Path]) -> None:
 
 
 def _profile_and_slos(profile: str, slo: Path | None) -> tuple[Any, Any]:
-    from inferwatch.stack.runner import StackError, profile_named
+    from inferwatch.stack.profiles import ProfileError, profile_named
     from inferwatch.stack.slo import SLOError, load_slos
 
     try:
         return profile_named(profile), load_slos(slo)
-    except (StackError, SLOError) as exc:
+    except (ProfileError, SLOError) as exc:
         raise _fail(str(exc)) from None
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from inferwatch.operate.promapi import PrometheusAPI
-from inferwatch.stack.config import StackPorts, url
+from inferwatch.stack.addresses import StackPorts, url
 from inferwatch.stack.profiles import FAST
 from inferwatch.stack.runner import BINARIES, Stack, StackOptions
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from inferwatch.secrets import write_secret_file
-from inferwatch.stack.config import free_ports
+from inferwatch.stack.addresses import free_ports
 
 
 def listening(port: int) -> set[str]:

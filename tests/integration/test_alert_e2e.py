@@ -14,8 +14,8 @@ from aiosmtpd.controller import Controller
 
 from inferwatch.operate.chaos import ChaosClient
 from inferwatch.operate.drills import wait_for_notification
+from inferwatch.stack.addresses import StackPorts
 from inferwatch.stack.alerting import EmailSettings, Receivers
-from inferwatch.stack.config import StackPorts
 from inferwatch.stack.profiles import FAST
 from inferwatch.stack.runner import Stack, StackOptions
 

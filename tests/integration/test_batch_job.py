@@ -11,7 +11,7 @@ import pytest
 
 from inferwatch.models.digits import digit_png, heldout_digits
 from inferwatch.operate.promapi import PrometheusAPI
-from inferwatch.stack.config import url
+from inferwatch.stack.addresses import url
 from inferwatch.stack.profiles import FAST, parse_duration
 from inferwatch.stack.runner import Stack
 

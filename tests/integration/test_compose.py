@@ -21,6 +21,7 @@ import yaml
 from typer.testing import CliRunner
 
 from inferwatch.cli import app
+from inferwatch.stack.addresses import StackPorts
 from inferwatch.stack.compose import (
     IMAGE,
     IMAGES,
@@ -28,7 +29,7 @@ from inferwatch.stack.compose import (
     PROMETHEUS3_IMAGE,
     write_compose,
 )
-from inferwatch.stack.config import StackPorts, render_prometheus_config
+from inferwatch.stack.config import render_prometheus_config
 from inferwatch.stack.grafana import DATASOURCE_UID, render_dashboard
 from inferwatch.stack.panels import DASHBOARD
 from inferwatch.stack.profiles import DEFAULT

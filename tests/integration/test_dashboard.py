@@ -12,7 +12,7 @@ import pytest
 from inferwatch.operate.chaos import ChaosClient
 from inferwatch.operate.load import LoadPlan, Payload, run_load_sync
 from inferwatch.operate.promapi import PrometheusAPI
-from inferwatch.stack.config import StackPorts, url
+from inferwatch.stack.addresses import StackPorts, url
 from inferwatch.stack.grafana import RATE_WINDOW, render_dashboard
 from inferwatch.stack.panels import ALL, DASHBOARD, GPU_PRESENT, literal_regex
 from inferwatch.stack.profiles import FAST

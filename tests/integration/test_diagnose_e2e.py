@@ -16,7 +16,7 @@ from inferwatch.operate.chaos import ChaosClient
 from inferwatch.operate.diagnose import Diagnoser, Diagnosis
 from inferwatch.operate.load import LoadPlan, run_load_sync
 from inferwatch.operate.promapi import PrometheusAPI
-from inferwatch.stack.config import StackPorts, url
+from inferwatch.stack.addresses import StackPorts, url
 from inferwatch.stack.profiles import FAST
 from inferwatch.stack.runner import Stack, StackOptions
 

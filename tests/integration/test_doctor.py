@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from inferwatch.operate.doctor import FAIL, Doctor, failed
-from inferwatch.stack.config import StackPorts, url
+from inferwatch.stack.addresses import StackPorts, url
 from inferwatch.stack.profiles import FAST
 from inferwatch.stack.runner import Stack, StackOptions
 

@@ -11,7 +11,7 @@ from servers import serving
 
 from inferwatch.operate.load import build_payloads
 from inferwatch.serve.app import ServeConfig, create_app
-from inferwatch.stack.config import free_ports
+from inferwatch.stack.addresses import free_ports
 from inferwatch.stack.runner import find_binary
 
 SLOW = 0.3  # s added to one request's preprocessing

@@ -16,7 +16,7 @@ from inferwatch.operate.chaos import ChaosClient
 from inferwatch.operate.drills import wait_for_notification
 from inferwatch.operate.load import LoadPlan, LoadResult, run_load_sync
 from inferwatch.operate.promapi import PrometheusAPI
-from inferwatch.stack.config import StackPorts, url
+from inferwatch.stack.addresses import StackPorts, url
 from inferwatch.stack.inbox import read_inbox
 from inferwatch.stack.profiles import FAST, parse_duration
 from inferwatch.stack.runner import Stack, StackOptions

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from inferwatch.stack.config import free_ports
+from inferwatch.stack.addresses import free_ports
 from inferwatch.stack.inbox import MAX_NOTIFICATION_BYTES
 
 BIG = 50 * 1024 * 1024

@@ -17,7 +17,8 @@ from inferwatch.models.digits import heldout_digits
 from inferwatch.operate.diagnose import Diagnoser
 from inferwatch.operate.load import LoadPlan, Payload, run_load_sync
 from inferwatch.operate.promapi import PrometheusAPI
-from inferwatch.stack.config import StackPorts, url, write_stack_config
+from inferwatch.stack.addresses import StackPorts, url
+from inferwatch.stack.config import write_stack_config
 from inferwatch.stack.profiles import FAST
 from inferwatch.stack.runner import find_binary
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from inferwatch.stack.config import write_yaml
 from inferwatch.stack.native import MEASURED
 from inferwatch.stack.panels import DASHBOARD
 from inferwatch.stack.profiles import DEFAULT
 from inferwatch.stack.rules import render_rule_file, slo_alerts
 from inferwatch.stack.slo import SLO
+from inferwatch.stack.yamlfile import write_yaml
 
 STEP = 10  # seconds between samples, the default profile's scrape and evaluation interval
 AT = "10m"

@@ -14,7 +14,7 @@ import pytest
 from processes import Samples, process, scrape
 
 from inferwatch.operate.load import LoadPlan, LoadResult, run_load_sync
-from inferwatch.stack.config import free_ports
+from inferwatch.stack.addresses import free_ports
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import pytest
 
 from inferwatch.operate.drills import wait_for_notification
 from inferwatch.operate.promapi import PrometheusAPI, PrometheusError
-from inferwatch.stack.config import StackPorts, url
+from inferwatch.stack.addresses import StackPorts, url
 from inferwatch.stack.profiles import FAST
 from inferwatch.stack.runner import Stack, StackOptions, components, prometheus_auth
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from inferwatch.operate.chaos import ChaosClient
 from inferwatch.operate.drills import wait_for_notification
 from inferwatch.operate.promapi import PrometheusAPI
-from inferwatch.stack.config import StackPorts, url
+from inferwatch.stack.addresses import StackPorts, url
 from inferwatch.stack.profiles import FAST
 from inferwatch.stack.rules import feedback_record
 from inferwatch.stack.runner import Stack, StackOptions

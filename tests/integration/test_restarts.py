@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inferwatch.operate.drills import wait_for_notification
 from inferwatch.operate.load import LoadPlan, prometheus_count, run_load_sync
 from inferwatch.operate.promapi import PrometheusAPI
-from inferwatch.stack.config import url
+from inferwatch.stack.addresses import url
 from inferwatch.stack.runner import Stack, alive
 
 N_BEFORE = 150

@@ -9,18 +9,20 @@ from typing import Any
 import pytest
 import yaml
 
+from inferwatch.stack.addresses import StackPorts
 from inferwatch.stack.alerting import (
     SEVERITY_RECEIVERS,
     EmailSettings,
     Receivers,
     SlackSettings,
 )
-from inferwatch.stack.config import StackPorts, write_stack_config, write_yaml
+from inferwatch.stack.config import write_stack_config
 from inferwatch.stack.kubernetes import KubernetesOptions, render_kubernetes, rule_scope
 from inferwatch.stack.profiles import DEFAULT, PROFILES
 from inferwatch.stack.rules import LOCAL_SCOPE, AlertRule, alert_names, rule_groups
 from inferwatch.stack.ruletests import expand
 from inferwatch.stack.slo import load_slos
+from inferwatch.stack.yamlfile import write_yaml
 
 RUNBOOKS = "https://runbooks.example.org/ml/inferwatch/runbooks.md"
 

@@ -17,7 +17,7 @@ import pytest
 from inferwatch.operate.doctor import FAIL, OK, Doctor
 from inferwatch.operate.load import LoadPlan, run_load_sync
 from inferwatch.operate.promapi import PrometheusAPI
-from inferwatch.stack.config import HOST, StackPorts, url
+from inferwatch.stack.addresses import HOST, StackPorts, url
 from inferwatch.stack.kubernetes import QUEUE_METRIC, KubernetesOptions, adapter_values
 from inferwatch.stack.profiles import FAST
 from inferwatch.stack.runner import Stack, StackOptions

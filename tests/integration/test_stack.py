@@ -8,7 +8,7 @@ import pytest
 
 from inferwatch.operate.load import LoadPlan, run_load_sync
 from inferwatch.operate.promapi import PrometheusAPI
-from inferwatch.stack.config import StackPorts, url
+from inferwatch.stack.addresses import StackPorts, url
 from inferwatch.stack.panels import SEED_PANELS
 from inferwatch.stack.profiles import FAST
 from inferwatch.stack.rules import render_rule_file

@@ -16,7 +16,7 @@ from servers import serving
 from inferwatch.operate.chaos import ChaosClient
 from inferwatch.operate.load import LoadPlan, Payload, run_load_sync
 from inferwatch.operate.promapi import PrometheusAPI, Sample
-from inferwatch.stack.config import StackPorts, url
+from inferwatch.stack.addresses import StackPorts, url
 from inferwatch.stack.dashboard import DashboardConfig, create_dashboard_app
 from inferwatch.stack.panels import ALL, DASHBOARD, literal_regex
 from inferwatch.stack.profiles import FAST

@@ -18,7 +18,8 @@ from torchserve import MODEL, SHEDDING, TorchServe, build_model_store, missing
 from inferwatch.models.digits import DigitsModel, heldout_digits
 from inferwatch.operate.load import LoadPlan, Payload, run_load_sync
 from inferwatch.operate.promapi import PrometheusAPI
-from inferwatch.stack.config import StackPorts, free_ports, url, write_stack_config
+from inferwatch.stack.addresses import StackPorts, free_ports, url
+from inferwatch.stack.config import write_stack_config
 from inferwatch.stack.profiles import FAST
 from inferwatch.stack.runner import find_binary
 

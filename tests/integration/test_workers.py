@@ -15,7 +15,7 @@ from processes import Samples, scrape
 from inferwatch.metrics.workers import slot_pids
 from inferwatch.operate.load import LoadPlan, run_load_sync
 from inferwatch.operate.promapi import PrometheusAPI
-from inferwatch.stack.config import StackPorts, url
+from inferwatch.stack.addresses import StackPorts, url
 from inferwatch.stack.profiles import FAST
 from inferwatch.stack.runner import Stack, StackOptions
 

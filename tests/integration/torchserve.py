@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from inferwatch.models.digits import load_weights
-from inferwatch.stack.config import free_ports
+from inferwatch.stack.addresses import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-torchserve"

@@ -1,8 +1,5 @@
-from inferwatch.stack.config import (
-    PUSHGATEWAY_SAMPLE_LIMIT,
-    StackPorts,
-    render_prometheus_config,
-)
+from inferwatch.stack.addresses import StackPorts
+from inferwatch.stack.config import PUSHGATEWAY_SAMPLE_LIMIT, render_prometheus_config
 from inferwatch.stack.profiles import FAST
 
 

@@ -1,6 +1,7 @@
 """The HA replicas' configuration: the replica label exists only where it must differ."""
 
-from inferwatch.stack.config import StackPorts, render_prometheus_config
+from inferwatch.stack.addresses import StackPorts
+from inferwatch.stack.config import render_prometheus_config
 from inferwatch.stack.ha import REPLICA_LABEL, cluster_flags, render_ha_prometheus_config
 from inferwatch.stack.profiles import FAST
 from inferwatch.stack.scaleout import store_remote_write

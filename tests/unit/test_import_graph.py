@@ -12,8 +12,6 @@ from pathlib import Path
 import inferwatch
 
 ALLOWED = {
-    # removed by the stack split
-    frozenset({"inferwatch.stack.config", "inferwatch.stack.webconfig"}),
     # httplimits imports limitedhttp late, to keep uvicorn off the CLI's start-up, and
     # limitedhttp names HttpLimits: outside the proxy and stack work of issue 23
     frozenset({"inferwatch.httplimits", "inferwatch.limitedhttp"}),

@@ -1,6 +1,7 @@
 import pytest
 
-from inferwatch.stack.config import KNOWN_SERVERS, StackPorts, render_prometheus_config
+from inferwatch.stack.addresses import StackPorts
+from inferwatch.stack.config import KNOWN_SERVERS, render_prometheus_config
 from inferwatch.stack.profiles import FAST
 
 

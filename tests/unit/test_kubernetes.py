@@ -23,7 +23,6 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from inferwatch.metrics import InferenceMetrics
-from inferwatch.stack.config import dump_yaml
 from inferwatch.stack.grafana import DATASOURCE_UID, render_dashboard
 from inferwatch.stack.kubernetes import (
     QUEUE_METRIC,
@@ -41,6 +40,7 @@ from inferwatch.stack.rules import (
     repository_runbooks,
     runbook_base_url,
 )
+from inferwatch.stack.yamlfile import dump_yaml
 
 KUBERNETES_VERSIONS = ("1.25", "1.37")
 OPERATOR_GROUP = "monitoring.coreos.com/v1"

@@ -11,7 +11,8 @@ from starlette.routing import Route
 from typer.testing import CliRunner
 
 from inferwatch.cli import app
-from inferwatch.stack.config import StackPorts, free_ports, render_prometheus_config
+from inferwatch.stack.addresses import StackPorts, free_ports
+from inferwatch.stack.config import render_prometheus_config
 from inferwatch.stack.monitor import (
     MonitoredServer,
     MonitorError,
@@ -25,7 +26,7 @@ from inferwatch.stack.monitor import (
 from inferwatch.stack.profiles import FAST
 from inferwatch.stack.rules import alert_names, render_rule_file
 from inferwatch.stack.ruletests import render_rule_tests
-from inferwatch.stack.runner import StackError, StackOptions, components
+from inferwatch.stack.runner import HA_PORTS, StackError, StackOptions, components
 from inferwatch.stack.slo import SLOError, parse_slos, slos_for
 
 
@@ -161,7 +162,7 @@ def test_a_monitoring_stack_runs_no_service_and_the_proxy_only_when_asked(
     opts = StackOptions(run_dir=tmp_path, profile=FAST, traffic_rate=0, monitored=[server])
     assert {p.name for p in components(opts)} == {
         "inbox", "node_exporter", "pushgateway", "alertmanager", "prometheus", "dashboard"}
-    assert opts.unused_ports() == {"service", "admin", "proxy", "store"}
+    assert opts.unused_ports() == {"service", "admin", "proxy", "store", *HA_PORTS}
 
     proxied = discover(parse_monitor("torchserve=127.0.0.1:8080,proxy"), ["a", "b"])
     opts = StackOptions(run_dir=tmp_path, profile=FAST, traffic_rate=0, monitored=[proxied])

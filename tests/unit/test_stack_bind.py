@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from inferwatch.stack.config import StackPorts, address, connect_host, is_loopback
+from inferwatch.stack.addresses import StackPorts, address, connect_host, is_loopback
 from inferwatch.stack.profiles import FAST
 from inferwatch.stack.runner import StackOptions, components, exposure_warnings
 

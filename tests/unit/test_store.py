@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from inferwatch.stack.config import StackPorts
+from inferwatch.stack.addresses import StackPorts
 from inferwatch.stack.profiles import DEFAULT, FAST
 from inferwatch.stack.runner import (
     VM_ENV_PREFIX,

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from inferwatch.secrets import SecretFileError, write_secret_file
-from inferwatch.stack.config import StackPorts, render_prometheus_config
+from inferwatch.stack.addresses import StackPorts
+from inferwatch.stack.config import render_prometheus_config
 from inferwatch.stack.profiles import FAST
 from inferwatch.stack.webconfig import (
     PASSWORD_ENV,

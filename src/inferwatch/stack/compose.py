@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from inferwatch import __version__
+from inferwatch.stack.addresses import StackPorts
 from inferwatch.stack.alerting import Receivers, render_alertmanager_config
-from inferwatch.stack.config import StackPorts, render_prometheus_config, write_yaml
+from inferwatch.stack.config import render_prometheus_config
 from inferwatch.stack.grafana import render_dashboard, render_provisioning
 from inferwatch.stack.panels import DASHBOARD
 from inferwatch.stack.profiles import Profile
 from inferwatch.stack.rules import render_rule_file, runbook_base_url
 from inferwatch.stack.slo import SLO
+from inferwatch.stack.yamlfile import write_yaml
 
 __all__ = [
     "IMAGE",

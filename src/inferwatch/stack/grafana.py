@@ -32,9 +32,10 @@ with warnings.catch_warnings():
     from grafana_foundation_sdk.models import common
     from grafana_foundation_sdk.models import dashboard as model
 
-from inferwatch.stack.config import StackPorts, url, write_yaml
+from inferwatch.stack.addresses import StackPorts, url
 from inferwatch.stack.panels import ALL, DASHBOARD, Dashboard, Panel, Variable
 from inferwatch.stack.profiles import Profile
+from inferwatch.stack.yamlfile import write_yaml
 
 __all__ = [
     "DATASOURCE_NAME",

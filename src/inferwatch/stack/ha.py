@@ -20,7 +20,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-from inferwatch.stack.config import HOST, address
+from inferwatch.stack.addresses import HOST, address
 
 __all__ = [
     "ALERTMANAGERS",

@@ -21,12 +21,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from inferwatch.stack.compose import IMAGE
-from inferwatch.stack.config import dump_yaml, write_yaml
 from inferwatch.stack.grafana import render_dashboard, render_provisioning
 from inferwatch.stack.panels import DASHBOARD
 from inferwatch.stack.profiles import Profile
 from inferwatch.stack.rules import RuleScope, render_rule_file, runbook_base_url
 from inferwatch.stack.slo import SLO
+from inferwatch.stack.yamlfile import dump_yaml, write_yaml
 
 __all__ = [
     "QUEUE_METRIC",

@@ -26,7 +26,8 @@ from pathlib import Path
 import httpx
 
 from inferwatch.proxy.discovery import DiscoveryError, discover_models
-from inferwatch.stack.config import KNOWN_SERVERS, address
+from inferwatch.stack.addresses import address
+from inferwatch.stack.config import KNOWN_SERVERS
 from inferwatch.stack.native import NATIVE_SERVERS, NativeServer
 from inferwatch.stack.slo import SLO, slos_for
 

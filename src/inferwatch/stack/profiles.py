@@ -50,3 +50,15 @@ def parse_duration(text: str) -> float:
         if text.endswith(suffix) and text[: -len(suffix)].isdigit():
             return int(text[: -len(suffix)]) * units[suffix]
     raise ValueError(f"not a simple duration: {text!r}")
+
+
+class ProfileError(ValueError):
+    pass
+
+
+def profile_named(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ProfileError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}"
+                           ) from None

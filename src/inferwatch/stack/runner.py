@@ -25,19 +25,17 @@ import httpx
 import yaml
 
 from inferwatch.secrets import read_secret_file, write_secret_file
-from inferwatch.stack.alerting import Receivers
-from inferwatch.stack.config import (
+from inferwatch.stack.addresses import (
     HOST,
-    Inference,
     StackPorts,
     address,
     connect_host,
     free_ports,
     is_loopback,
-    write_stack_config,
-    write_yaml,
 )
-from inferwatch.stack.config import url as _url
+from inferwatch.stack.addresses import url as _url
+from inferwatch.stack.alerting import Receivers
+from inferwatch.stack.config import Inference, write_stack_config
 from inferwatch.stack.ha import (
     ALERTMANAGERS,
     PROMETHEUS_SERVERS,
@@ -45,7 +43,7 @@ from inferwatch.stack.ha import (
     render_ha_prometheus_config,
 )
 from inferwatch.stack.monitor import MonitoredServer, MonitorError, check_metrics
-from inferwatch.stack.profiles import PROFILES, Profile
+from inferwatch.stack.profiles import Profile
 from inferwatch.stack.scaleout import (
     STORE_CONFIG,
     Store,
@@ -61,6 +59,7 @@ from inferwatch.stack.webconfig import (
     check_web_config,
     write_web_config,
 )
+from inferwatch.stack.yamlfile import write_yaml
 
 APT_PACKAGES = ("prometheus prometheus-alertmanager prometheus-node-exporter "
                 "prometheus-pushgateway victoria-metrics")
@@ -404,7 +403,7 @@ class Stack:
 
     def start(self, timeout: float = 90.0) -> None:
         existing = read_state(self.opts.run_dir)
-        if existing and any(_alive(p) for p in existing):
+        if existing and any(alive(p) for p in existing):
             raise StackError(f"a stack is already running from {self.opts.run_dir}; "
                              "stop it with `inferwatch down` first")
         if self.opts.replicas < 1:
@@ -534,7 +533,7 @@ class Stack:
         """Start a stopped component again with the same argv: the same port, data directory
         and log file (appended to). Returns once it answers its ready URL."""
         index = next(i for i, p in enumerate(self.processes) if p.name == name)
-        if _alive(self.processes[index]):
+        if alive(self.processes[index]):
             raise StackError(f"{name} is still running (pid {self.processes[index].pid})")
         part = self._components[name]
         running = self._spawn(part)
@@ -620,20 +619,20 @@ def read_state_info(run_dir: Path) -> dict[str, Any]:
 
 def stop_processes(processes: Sequence[RunningProcess], timeout: float = 10.0) -> None:
     """SIGTERM in reverse start order, SIGKILL whatever is left after ``timeout``."""
-    live = [p for p in reversed(processes) if _alive(p)]
+    live = [p for p in reversed(processes) if alive(p)]
     for p in live:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while any(_alive(p) for p in live) and time.monotonic() < deadline:
+    while any(alive(p) for p in live) and time.monotonic() < deadline:
         time.sleep(0.05)
     for p in live:
-        if _alive(p):
+        if alive(p):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
 
 
-def _alive(p: RunningProcess) -> bool:
+def alive(p: RunningProcess) -> bool:
     """True while ``p.pid`` is running the same program (a reused pid is not ours)."""
     try:
         with open(f"/proc/{p.pid}/cmdline", "rb") as f:
@@ -645,13 +644,3 @@ def _alive(p: RunningProcess) -> bool:
         return False
     return os.path.basename(argv0) == os.path.basename(p.argv[0])
 
-
-def alive(p: RunningProcess) -> bool:
-    return _alive(p)
-
-
-def profile_named(name: str) -> Profile:
-    try:
-        return PROFILES[name]
-    except KeyError:
-        raise StackError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}") from None

@@ -16,16 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from inferwatch.stack.config import (
-    HOST,
-    StackPorts,
-    address,
-    render_prometheus_config,
-    url,
-    write_yaml,
-)
+from inferwatch.stack.addresses import HOST, StackPorts, address, url
+from inferwatch.stack.config import render_prometheus_config
 from inferwatch.stack.profiles import Profile
 from inferwatch.stack.webconfig import BasicAuth
+from inferwatch.stack.yamlfile import write_yaml
 
 __all__ = [
     "STORES",
