@@ -3,7 +3,6 @@ every stream counted with its status and latency, its head passed before the fir
 
 import asyncio
 import json
-import socket
 import sys
 import threading
 import time
@@ -12,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from processes import process, scrape
-from servers import serving
+from servers import free_port, serving
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -73,12 +72,6 @@ def openai_app(record: Upstream) -> Starlette:
 
     return Starlette(routes=[Route("/v1/models", models),
                              Route("/v1/chat/completions", completions, methods=["POST"])])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

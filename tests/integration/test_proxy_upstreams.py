@@ -4,7 +4,6 @@ restarted under load, and MLServer (a third-party Open Inference Protocol v2 ser
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,17 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 from processes import Samples, process, scrape
+from servers import free_port
 
 from inferwatch.models.digits import heldout_digits
 from inferwatch.operate.load import LoadPlan, Payload, run_load_sync
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve(port: int) -> list[str]:

@@ -4,7 +4,6 @@ inference in JSON and binary tensors, compressed, with the outputs and ids it as
 every request counted once."""
 
 import itertools
-import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from processes import Samples, process, scrape
+from servers import free_port
 from tritonclient.utils import InferenceServerException
 
 from inferwatch.models import load_model
@@ -21,12 +21,6 @@ from inferwatch.models.digits import heldout_digits
 
 pytestmark = pytest.mark.integration
 VIA = ["serve", "proxy"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

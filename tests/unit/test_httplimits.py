@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from servers import free_port
 from typer.testing import CliRunner
 
 from inferwatch.cli import app
@@ -38,12 +39,6 @@ class Server:
         return f"GET {self.path} HTTP/1.1\r\nHost: x\r\n{extra}".encode()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 COMMANDS = {  # kind: argv, path, post_path
     "serve": (["serve"], "/ping", "/predictions/digits"),
     "serve-workers": (["serve", "--workers", "2"], "/ping", "/predictions/digits"),
@@ -59,7 +54,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     kind = request.param
     argv, path, post_path = COMMANDS[kind]
     tmp = tmp_path_factory.mktemp(kind)
-    port = _free_port()
+    port = free_port()
     log = tmp / "log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

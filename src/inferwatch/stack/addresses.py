@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import random
 import socket
 from collections.abc import Collection
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 __all__ = [
     "HOST",
@@ -47,14 +49,41 @@ def url(port: int, host: str = HOST) -> str:
     return f"http://{address(port, host)}"
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports the kernel has free right now."""
-    sockets = []
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for ports it picks itself (outgoing connections, bind to 0)."""
     try:
-        for _ in range(n):
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free right now, below the kernel's ephemeral range.
+
+    A port the kernel hands out for ``bind(0)`` is in the range it also hands to outgoing
+    connections: between choosing it and a child binding it, any client (a scrape, a load
+    generator) may take it as its local port. Ports below the range are only taken by
+    listeners that ask for them.
+    """
+    low, _ = _ephemeral_range()
+    floor = 10000 if low > 12000 else 1024
+    candidates = list(range(floor, low))
+    random.SystemRandom().shuffle(candidates)
+    sockets: list[socket.socket] = []
+    try:
+        for port in candidates:
+            if len(sockets) == n:
+                break
             s = socket.socket()
-            s.bind((HOST, 0))
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                s.close()
+                continue
             sockets.append(s)
+        if len(sockets) < n:
+            raise OSError(f"fewer than {n} free ports in {floor}-{low - 1}")
         return [s.getsockname()[1] for s in sockets]
     finally:
         for s in sockets:
