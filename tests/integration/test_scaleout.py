@@ -61,7 +61,8 @@ def send(ports: list[int], counts: tuple[int, ...]) -> None:
         assert result.ok == count, result.statuses
 
 
-QUERY_TOTAL = 'sum(inference_requests_total{cluster="local", replica_set="inferwatch"})'
+STORED_TOTAL = 'inference_requests_total{cluster="local", replica_set="inferwatch"}'
+QUERY_TOTAL = f"sum({STORED_TOTAL})"
 
 
 def wait_for(fn, timeout: float = 40.0):  # type: ignore[no-untyped-def]
@@ -144,6 +145,9 @@ def test_load_reads_its_exact_count_from_the_store(replicas: Stack,
     """`load --prometheus STORE`: a sample reaches the store up to one scrape plus one
     remote_write batch deadline (1 s each with --fast) after the load, later on a busy
     machine: 3 s of margin."""
+    # increase() over the load's window (it starts --scrape-interval before the load) sees
+    # an earlier test's requests that reached the store late: wait until none are that recent.
+    assert wait_for(lambda: store.scalar(f"sum(changes({STORED_TOTAL}[7s]))") == 0)
     before = store.scalar(QUERY_TOTAL)
     run = cli("load", "--url", url(replicas.opts.service_ports[0]), "--rate", "100",
               "--count", "90", "--prometheus", url(replicas.opts.ports.store),
