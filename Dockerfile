@@ -15,7 +15,7 @@ COPY src ./src
 # needs no writable cache (Kubernetes runs it with a read-only root file system).
 # DL3013: the package installed is this checkout; pyproject.toml bounds its dependencies.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[fast]" \
+RUN pip install --no-cache-dir ".[demo,fast]" \
     && python -c "from inferwatch.models.digits import DigitsModel; DigitsModel()" \
     && useradd --system --uid 10001 --no-create-home inferwatch
 

@@ -71,13 +71,13 @@ $(VENV)/.venv-ok:
 	touch $@
 
 $(VENV)/.installed-run: $(VENV)/.venv-ok pyproject.toml
-	$(BIN)/pip install -q -e '.[fast]'
+	$(BIN)/pip install -q -e '.[demo,fast]'
 	touch $@
 
 # torch==2.13.0 is the CPU build on these machines; the resnet18 tests need it. The gpu extra
 # (nvidia-ml-py, pure Python) lets the tests run the real NVML binding's no-driver path.
 $(VENV)/.installed-test: $(VENV)/.venv-ok pyproject.toml
-	$(BIN)/pip install -q -e '.[dev,torch,gpu]'
+	$(BIN)/pip install -q -e '.[demo,dev,torch,gpu]'
 	touch $@ $(VENV)/.installed-run
 
 $(MLSERVER_VENV)/.installed: $(VENV)/.venv-ok

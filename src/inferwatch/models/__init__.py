@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from inferwatch.extras import require
+
+require("serve", "sklearn", "PIL")
+
 from inferwatch.models.base import (
     InputError,
     ModelCard,

@@ -10,6 +10,10 @@ It forwards TorchServe ``/predictions/{model}``, Open Inference Protocol v2
 ``POST /infer``, and exports the same metrics as ``inferwatch serve``.
 """
 
+from inferwatch.extras import require
+
+require("proxy", "uvicorn", "httptools", "httpx")
+
 from inferwatch.proxy.discovery import DiscoveryError, discover_models
 from inferwatch.proxy.routes import Route, classify
 from inferwatch.proxy.server import ProxyConfig, ProxyServer

@@ -1,0 +1,3 @@
+from inferwatch.extras import require
+
+require("serve", "uvicorn", "sklearn", "PIL", "threadpoolctl")

@@ -1,0 +1,3 @@
+from inferwatch.extras import require
+
+require("stack", "yaml", "bcrypt", "httpx", "grafana_foundation_sdk")

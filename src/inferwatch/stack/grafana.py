@@ -53,7 +53,7 @@ DATASOURCE_UID = "inferwatch-prometheus"
 DATASOURCE_NAME = "Prometheus (inferwatch)"
 DATASOURCE_VARIABLE = "datasource"
 RATE_WINDOW = "$__rate_interval"  # max($__interval + scrape interval, 4 x scrape interval)
-_DATASOURCE = common.DataSourceRef(type_val="prometheus", uid=f"${{{DATASOURCE_VARIABLE}}}")
+_DATASOURCE = model.DataSourceRef(type_val="prometheus", uid=f"${{{DATASOURCE_VARIABLE}}}")
 _HEIGHT = 8
 
 
