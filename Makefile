@@ -23,7 +23,7 @@ JAVA := openjdk-17-jre-headless
 TORCHSERVE_VENV := .venv-torchserve
 TORCHSERVE_PACKAGES := torchserve==0.12.0 torch-model-archiver==0.12.0 torch==2.13.0 PyYAML
 
-.PHONY: up test deps lint clean assets
+.PHONY: up test test-compat check-latest-client test-py313 deps lint clean assets
 
 # Installs the Prometheus and VictoriaMetrics binaries, Chromium for the browser test and Java
 # for TorchServe's, with apt when missing (needs root).
@@ -100,6 +100,32 @@ lint: $(VENV)/.installed-test
 test: deps $(VENV)/.installed-test $(MLSERVER_VENV)/.installed $(TORCHSERVE_VENV)/.installed lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
+# What CI runs after `make test`: the newest prometheus-client, and Python 3.13.
+test-compat: check-latest-client test-py313
+
+# prometheus-client is capped in pyproject.toml because inferwatch.metrics uses its internals:
+# run the unit tests against its newest release (a wheel on PYTHONPATH comes before the venv's
+# copy). When they pass on a release above the cap, raise the cap.
+LATEST_CLIENT := build/latest-client
+check-latest-client: $(VENV)/.installed-test
+	rm -rf $(LATEST_CLIENT)
+	$(BIN)/pip download -q --no-deps --only-binary :all: -d $(LATEST_CLIENT) prometheus-client
+	PYTHONPATH=$$(ls $(LATEST_CLIENT)/*.whl) $(BIN)/python -c \
+	  "import prometheus_client, importlib.metadata as m; print('prometheus-client', m.version('prometheus-client'), 'from', prometheus_client.__file__)"
+	PYTHONPATH=$$(ls $(LATEST_CLIENT)/*.whl) $(BIN)/pytest -q -p no:cacheprovider tests/unit
+
+# The unit tests on Python 3.13 (pyenv's, or python3.13 on PATH), without torch: its CPU
+# build on this disk is for Python 3.11 only.
+PYTHON313 ?= $(shell command -v python3.13 || ls -d $(HOME)/.pyenv/versions/3.13*/bin/python3.13 2>/dev/null | tail -1)
+VENV313 := .venv-py313
+test-py313:
+	@if [ -z "$(PYTHON313)" ]; then echo "test-py313: no Python 3.13 (python3.13 or pyenv's): skipped"; exit 0; fi; \
+	[ -x $(VENV313)/bin/pip ] || $(PYTHON313) -m venv $(VENV313); \
+	$(VENV313)/bin/pip install -q --upgrade pip && \
+	$(VENV313)/bin/pip install -q -e '.[demo,dev,gpu]' && \
+	$(VENV313)/bin/python --version && \
+	$(VENV313)/bin/pytest -q -p no:cacheprovider tests/unit
+
 # Re-vendors the dashboard's charting library after a version change in web/package.json;
 # the copied files are committed, so installing inferwatch needs no npm.
 VENDOR := src/inferwatch/stack/dashboard/static/vendor
@@ -109,4 +135,4 @@ assets:
 	cp web/node_modules/uplot/LICENSE $(VENDOR)/uPlot.LICENSE
 
 clean:
-	rm -rf $(VENV) $(MLSERVER_VENV) $(TORCHSERVE_VENV) run generated build
+	rm -rf $(VENV) $(MLSERVER_VENV) $(TORCHSERVE_VENV) $(VENV313) run generated build
