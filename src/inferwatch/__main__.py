@@ -2,19 +2,20 @@
 
 import sys
 
-from inferwatch.extras import MissingExtra
+from inferwatch.extras import EXTRA_OF, MissingExtra, install_hint
 
 
 def main() -> None:
     try:
         from inferwatch.cli import app
-    except ModuleNotFoundError as exc:  # typer and rich come with every extra
-        sys.exit(f"inferwatch: {exc.name} is missing: the commands need an extra, e.g. "
-                 "pip install 'inferwatch[demo]'")
-    try:
+
         app()
     except MissingExtra as exc:
         sys.exit(f"inferwatch: {exc}")
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.partition(".")[0] not in EXTRA_OF:
+            raise
+        sys.exit(f"inferwatch: {install_hint(exc.name)}")
 
 
 if __name__ == "__main__":

@@ -5,11 +5,29 @@ from __future__ import annotations
 
 from importlib.util import find_spec
 
-__all__ = ["MissingExtra", "require"]
+__all__ = ["EXTRA_OF", "MissingExtra", "install_hint", "require"]
+
+# The smallest extra that installs each module the commands import.
+EXTRA_OF = {
+    "typer": "proxy", "rich": "proxy", "uvicorn": "proxy", "httptools": "proxy",
+    "httpx": "proxy",
+    "sklearn": "serve", "PIL": "serve", "threadpoolctl": "serve",
+    "yaml": "stack", "bcrypt": "stack", "grafana_foundation_sdk": "stack",
+    "aiohttp": "load",
+}
 
 
 class MissingExtra(ModuleNotFoundError):
     """A module an extra installs is missing; the message names the ``pip install``."""
+
+
+def install_hint(module: str, extra: str | None = None) -> str:
+    """
+    >>> install_hint("yaml")
+    "yaml is missing: pip install 'inferwatch[stack]'"
+    """
+    extra = extra or EXTRA_OF.get(module.partition(".")[0], "demo")
+    return f"{module} is missing: pip install 'inferwatch[{extra}]'"
 
 
 def require(extra: str, *modules: str) -> None:
@@ -23,5 +41,4 @@ def require(extra: str, *modules: str) -> None:
     """
     missing = [m for m in modules if find_spec(m) is None]
     if missing:
-        raise MissingExtra(f"{', '.join(missing)} is missing: pip install 'inferwatch[{extra}]'",
-                           name=missing[0])
+        raise MissingExtra(install_hint(", ".join(missing), extra), name=missing[0])
