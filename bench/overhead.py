@@ -92,12 +92,12 @@ from harness import (  # bench/, next to this
 from prometheus_client import CollectorRegistry, Histogram
 from quantiles import resnet18_payloads
 
-from inferwatch.cli import serve_options, serve_together
 from inferwatch.httplimits import HttpLimits
 from inferwatch.metrics import FeedbackStore, InferenceMetrics, QualityWorker, model_from_path
 from inferwatch.metrics.instruments import RequestRecorder, _SharedRecorder
 from inferwatch.operate.load import Payload, build_payloads
 from inferwatch.serve.app import ServeConfig, create_app, prepare_serving_process
+from inferwatch.serve.server import serve_options, serve_together
 
 SERVICES = {"on": [], "on-noq": ["--no-quality"], "off": ["--no-metrics"],
             "off-again": ["--no-metrics"], "noq-percall": ["--per-call", "--no-quality"],

@@ -130,7 +130,7 @@ def test_the_admin_server_runs_on_the_service_loop_and_stops_with_it() -> None:
 
     import uvicorn
 
-    from inferwatch.cli import serve_options, serve_together
+    from inferwatch.serve.server import serve_options, serve_together
 
     loops: list[str] = []
 

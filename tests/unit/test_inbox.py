@@ -6,12 +6,13 @@ from typing import Any
 
 import httpx
 import pytest
+from rich.console import Console
 from servers import serving
 
-from inferwatch.cli import _print_new_notifications
 from inferwatch.stack.inbox import (
     DEFAULT_PAGE,
     InboxFollower,
+    InboxPrinter,
     create_inbox_app,
     describe,
     read_inbox,
@@ -36,7 +37,7 @@ def test_label_values_are_printed_literally(tmp_path: Path,
         record(notification("A", model="[/x]")),
         record(notification("B", model="[bold]b[/bold]", instance="\x1b[2J\x9b1m")),
     ]) + "\n")
-    _print_new_notifications(InboxFollower(inbox))
+    InboxPrinter(inbox, Console()).print_new()
     out = capsys.readouterr().out
     assert "model=[/x]" in out and "model=[bold]b[/bold]" in out
     assert "\x1b" not in out and "\x9b" not in out
@@ -50,15 +51,15 @@ def test_the_printer_skips_malformed_records(tmp_path: Path, capsys: pytest.Capt
         "not json", "[1]", record({"alerts": [1]}), record({"alerts": [{"labels": [1]}]}),
         record(notification("Kept")), record(notification("Late"), at=1e300),
     ]) + "\n" + record(notification("Partial"))[:20])  # still being written
-    follower = InboxFollower(inbox)
+    printer = InboxPrinter(inbox, Console())
     with caplog.at_level(logging.WARNING, "inferwatch.stack.inbox"):
-        _print_new_notifications(follower)
+        printer.print_new()
     out = capsys.readouterr().out
     assert "FIRING Kept" in out and "Late" not in out
     assert len([r for r in caplog.records if "malformed" in r.message]) == 5
     with inbox.open("a") as f:
         f.write(record(notification("Partial"))[20:] + "\n")
-    _print_new_notifications(follower)
+    printer.print_new()
     assert "FIRING Partial" in capsys.readouterr().out
 
 

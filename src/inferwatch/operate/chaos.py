@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from inferwatch.secrets import read_secret_file
+from inferwatch.secrets import SecretFileError, read_secret_file
 
 
 class ChaosError(RuntimeError):
@@ -24,6 +24,20 @@ class ChaosClient:
     def __init__(self, admin_url: str, token: str, timeout: float = 10.0) -> None:
         self._client = httpx.Client(base_url=admin_url.rstrip("/"), timeout=timeout,
                                     headers={"Authorization": f"Bearer {token}"})
+
+    @classmethod
+    def connect(cls, run_dir: Path, admin_url: str | None = None,
+                token_file: Path | None = None) -> ChaosClient:
+        """The admin API at ``admin_url`` with the token of ``token_file``, else the one of
+        the stack in ``run_dir``."""
+        try:
+            if not admin_url:
+                return cls.from_run_dir(run_dir)
+            if token_file is None:
+                raise ChaosError("--admin-url needs --token-file")
+            return cls(admin_url, read_secret_file(token_file, "--token-file"))
+        except SecretFileError as exc:
+            raise ChaosError(str(exc)) from None
 
     @classmethod
     def from_run_dir(cls, run_dir: Path) -> ChaosClient:

@@ -21,13 +21,26 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
 from inferwatch.metrics import STAGES
+from inferwatch.metrics.names import (
+    BATCH_SIZE,
+    DRIFT_PSI,
+    LATENCY_SECONDS,
+    MODEL_INFO,
+    QUEUE_CAPACITY,
+    QUEUE_DEPTH,
+    SHED_REASON,
+    STAGE_SECONDS,
+)
 from inferwatch.operate.promapi import PrometheusAPI
+from inferwatch.stack import queries
 from inferwatch.stack.profiles import parse_duration
-from inferwatch.stack.rules import cpu_utilisation_expr, memory_utilisation_expr
 
-__all__ = ["Cause", "Diagnoser", "Diagnosis", "Evidence", "as_json", "change_point", "onset"]
+__all__ = ["Cause", "Diagnoser", "Diagnosis", "Evidence", "as_json", "change_point", "onset",
+           "render"]
 
 SQUASH_Z = 3.0  # a shift of 3 before-segment deviations is evidence 0.5
 SYMPTOM_Z = 2.0  # with a change that matters in practice, this shift makes a symptom
@@ -36,8 +49,6 @@ MIN_SEGMENT = 3
 # A shift is measured against the before-segment's spread, but never against less than
 # this share of its level: a flat series would make any wobble look like a large shift.
 RELATIVE_FLOOR = 0.1
-# Error reasons that the queue's shedding produces: evidence of saturation, not a cause.
-SHED_REASON = "overloaded"
 
 
 @dataclass(frozen=True)
@@ -184,10 +195,6 @@ class Diagnoser:
     def _sel(self) -> str:
         return f'model="{self.model}"' if self.model else ""
 
-    def _with(self, extra: str = "") -> str:
-        inner = ", ".join(p for p in (self._sel, extra) if p)
-        return f"{{{inner}}}" if inner else ""
-
     def _range(self, expr: str) -> dict[tuple[tuple[str, str], ...], np.ndarray]:
         data = self.prom.query_range(expr, self.start, self.end, self.step)
         out = {}
@@ -204,20 +211,13 @@ class Diagnoser:
         series = self._range(expr)
         return next(iter(series.values())) if series else None
 
-    def _rate(self, metric: str, extra: str = "", by: str = "") -> str:
-        grouping = f" by ({by})" if by else ""
-        return f"sum{grouping} (rate({metric}{self._with(extra)}[{self.window}]))"
-
     # -- symptoms ---------------------------------------------------------------------------
 
     def _symptoms(self) -> list[tuple[str, str, float, float]]:
         """(name, query, floor, sign) of each symptom; sign -1 where bad is down."""
-        latency = (f"{self._rate('inference_latency_seconds_sum')} / "
-                   f"{self._rate('inference_latency_seconds_count')}")
-        errors = (f"{self._rate('inference_errors_total')} / "
-                  f"{self._rate('inference_requests_total')}")
-        correct = self._rate("inference_feedback_total", 'outcome="correct"')
-        accuracy = f"{correct} / {self._rate('inference_feedback_total')}"
+        latency = queries.histogram_mean(LATENCY_SECONDS, self.window, self._sel)
+        errors = queries.error_ratio(self.window, self._sel)
+        accuracy = queries.accuracy(self.window, self._sel)
         return [("latency", latency, 0.0001, 1.0), ("errors", errors, 0.005, 1.0),
                 ("accuracy", accuracy, 0.01, -1.0)]
 
@@ -321,45 +321,47 @@ class Diagnoser:
         return _squash(ev.z) * self._timing(ev.lead_s) * relevance
 
     def _root_causes(self, reference: tuple[float, np.ndarray] | None) -> list[Cause]:
-        requests = self._rate("inference_requests_total")
+        requests = queries.request_rate(self.window, self._sel)
         traffic = self._root("traffic", [_Spec("request rate", requests, 1.0)], None)
         # CPU that rises with the offered load is the load's consequence, not interference.
         load = _squash(traffic.evidence[0].z) if traffic else 0.0
-        node = 'job="node"'
-        shed = self._rate("inference_error_reasons_total", f'reason="{SHED_REASON}"')
-        pressure = f"rate(node_pressure_cpu_waiting_seconds_total{{{node}}}[{self.window}])"
+        shed = queries.shed_rate(self.window, self._sel)
+        cpu_waiting = queries.select("node_pressure_cpu_waiting_seconds_total",
+                                     queries.LOCAL_NODE)
+        pressure = f"rate({cpu_waiting}[{self.window}])"
         causes = [
             self._root("CPU", [
-                _Spec("CPU utilisation", f"avg({cpu_utilisation_expr(self.window)})", 0.05,
+                _Spec("CPU utilisation", f"avg({queries.cpu_utilisation(self.window)})", 0.05,
                       (0.5, 0.9)),
                 _Spec("CPU pressure (share of time tasks waited for a CPU)",
                       f"avg({pressure})", 0.05, (0.1, 0.5)),
             ], reference, discount=load),
             self._root("memory", [
-                _Spec("memory utilisation", f"avg({memory_utilisation_expr()})", 0.02,
+                _Spec("memory utilisation", f"avg({queries.memory_utilisation()})", 0.02,
                        (0.7, 0.9))], reference),
             self._root("GPU", [
                 _Spec("GPU utilisation",
-                      f"avg(avg_over_time(inferwatch_gpu_utilization_ratio[{self.window}]))",
+                      f"avg({queries.gpu_utilisation(self.window)})",
                       0.05, (0.5, 0.9)),
                 _Spec("GPU memory",
-                      "avg(inferwatch_gpu_memory_used_bytes / inferwatch_gpu_memory_total_bytes)",
+                      f"avg({queries.gpu_memory_ratio()})",
                       0.02, (0.8, 0.95)),
             ], reference),
             self._root("queue saturation", [
                 _Spec("queue fill (depth / capacity)",
-                      f"max(avg_over_time(inference_queue_depth{self._with()}[{self.window}]))"
-                      f" / max(inference_queue_capacity{self._with()})", 0.05, (0.0, 0.5)),
+                      f"max(avg_over_time({queries.select(QUEUE_DEPTH, self._sel)}"
+                      f"[{self.window}])) / max({queries.select(QUEUE_CAPACITY, self._sel)})",
+                      0.05, (0.0, 0.5)),
                 _Spec("requests shed (503 overloaded) per request",
                       f"({shed} or vector(0)) / {requests}", 0.01, (0.0, 0.01)),
                 _Spec("mean batch size",
-                      f"{self._rate('inference_batch_size_sum')} / "
-                      f"{self._rate('inference_batch_size_count')}", 1.0, scored=False),
+                      queries.histogram_mean(BATCH_SIZE, self.window, self._sel), 1.0,
+                      scored=False),
                 _Spec("request rate", requests, 1.0, scored=False),
             ], reference),
             self._root("input drift", [
                 _Spec("PSI (max over features)",
-                      f"max(inference_drift_psi{self._with()})",
+                      f"max({queries.select(DRIFT_PSI, self._sel)})",
                       0.05)], reference),
             self._root("flapping target", [
                 _Spec("targets down", "count(up == 0) or vector(0)", 0.5)], reference),
@@ -373,15 +375,15 @@ class Diagnoser:
 
     def _reasons(self, requests: str, reference: tuple[float, np.ndarray] | None
                  ) -> list[Cause]:
-        query = self._rate("inference_error_reasons_total", f'reason!="{SHED_REASON}"',
-                           "reason")
+        query = queries.error_reason_rate(self.window, self._sel, f'reason!="{SHED_REASON}"',
+                                          by=("reason",))
         total = self._one(requests)
         causes = []
         for labels, values in self._range(query).items():
             reason = dict(labels).get("reason", "?")
             share = np.where(np.isnan(values), 0.0, values) / total if total is not None \
                 else values
-            one = self._rate("inference_error_reasons_total", f'reason="{reason}"')
+            one = queries.error_reason_rate(self.window, self._sel, f'reason="{reason}"')
             spec_query = f"{one} / {requests}"
             ev = self._measure(f"errors with reason {reason} per request", spec_query, share,
                                0.005, 1.0, reference)
@@ -394,7 +396,7 @@ class Diagnoser:
         return causes
 
     def _version_change(self, reference: tuple[float, np.ndarray] | None) -> Cause | None:
-        query = f"inference_model_info{self._with()}"
+        query = queries.select(MODEL_INFO, self._sel)
         series = self._range(query)
         first_seen: dict[str, float] = {}
         for labels, values in series.items():
@@ -423,8 +425,7 @@ class Diagnoser:
 
     def _stages(self, symptom: Evidence | None, reference: tuple[float, np.ndarray] | None
                 ) -> list[Cause]:
-        query = (f"{self._rate('inference_stage_seconds_sum', by='stage')} / "
-                 f"{self._rate('inference_stage_seconds_count', by='stage')}")
+        query = queries.histogram_mean(STAGE_SECONDS, self.window, self._sel, by=("stage",))
         series = {dict(k).get("stage", "?"): v for k, v in self._range(query).items()}
         if not series:
             self.skipped.append("stages")
@@ -478,3 +479,30 @@ def as_json(diagnosis: Diagnosis) -> dict[str, Any]:
         "skipped": diagnosis.skipped,
         "symptoms_measured": [asdict(e) for e in diagnosis.symptoms],
     })
+
+
+def render(diagnosis: Diagnosis, console: Console, since: str) -> None:
+    """Print the symptom of the look-back window ``since`` and the ranked causes."""
+    s = diagnosis.symptom
+    if s is None:
+        console.print(f"no symptom over the last {since}: latency, errors and accuracy held "
+                      "steady; causes below are ranked by their own change")
+    else:
+        at = time.strftime("%H:%M:%S", time.localtime(s.changed_at))
+        console.print(f"symptom: [bold]{s.signal}[/] {s.before:.4g} -> {s.after:.4g} "
+                      f"(shift {s.z:.1f} sd) from {at}")
+    table = Table(title=f"inferwatch diagnose (step {diagnosis.step:g}s, rate window "
+                        f"{diagnosis.rate_window})")
+    for column in ("rank", "cause", "score", "lead", "evidence", "query"):
+        table.add_column(column, overflow="fold")
+    for rank, cause in enumerate(diagnosis.causes, 1):
+        ev = cause.evidence[0]
+        lead = "" if ev.lead_s is None else f"{ev.lead_s:+.0f}s"
+        corr = "" if ev.correlation is None else f", r {ev.correlation:.2f}"
+        numbers = f"{ev.signal}: {ev.before:.4g} -> {ev.after:.4g} (shift {ev.z:.1f} sd{corr})"
+        if cause.detail:
+            numbers += f"; {cause.detail}"
+        table.add_row(str(rank), cause.name, f"{cause.score:.2f}", lead, numbers, ev.query)
+    console.print(table)
+    if diagnosis.skipped:
+        console.print("no data for: " + ", ".join(diagnosis.skipped))

@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 import yaml
+from rich.console import Console
+from rich.table import Table
 
 from inferwatch.operate.promapi import PrometheusAPI, PrometheusError
 
@@ -272,3 +274,14 @@ def failed(findings: list[Finding]) -> bool:
 
 def as_json(findings: list[Finding]) -> list[dict[str, Any]]:
     return [asdict(f) for f in findings]
+
+
+def render(findings: list[Finding], console: Console) -> None:
+    """Print the findings as a table, each status in its colour."""
+    table = Table(title="inferwatch doctor")
+    for column in ("check", "status", "detail", "fix"):
+        table.add_column(column)
+    colours = {OK: "green", WARN: "yellow", FAIL: "red"}
+    for f in findings:
+        table.add_row(f.check, f"[{colours[f.status]}]{f.status}[/]", f.detail, f.fix)
+    console.print(table)

@@ -36,6 +36,7 @@ from rich.progress import (
 from rich.table import Table
 
 from inferwatch.operate.promapi import PrometheusAPI, PrometheusError
+from inferwatch.stack import queries
 
 __all__ = [
     "QUANTILES",
@@ -46,6 +47,7 @@ __all__ = [
     "ProgressCallback",
     "RouteName",
     "build_payloads",
+    "first_prometheus_count",
     "prometheus_count",
     "prometheus_window",
     "report",
@@ -336,12 +338,25 @@ def prometheus_window(result: LoadResult, scrape_interval: float = 1.0,
 
 def prometheus_count(prometheus: PrometheusAPI, model: str | None = None,
                      at: float | None = None) -> float | None:
-    """``sum(inference_requests_total)`` now: take it before a run for an exact delta."""
-    return prometheus.scalar(f"sum(inference_requests_total{_selector(model)})", at)
+    """The requests Prometheus counted so far: take it before a run for an exact delta."""
+    return prometheus.scalar(queries.requests_now(_matcher(model)), at)
 
 
-def _selector(model: str | None) -> str:
-    return "" if model is None else "{model=" + json.dumps(model) + "}"
+def first_prometheus_count(prometheus: PrometheusAPI, model: str | None,
+                           scrape_interval: float) -> float | None:
+    """:func:`prometheus_count` once Prometheus has scraped the service at least once; None
+    when it has no sample of it within three scrapes (and five seconds)."""
+    deadline = time.monotonic() + 3 * scrape_interval + 5
+    while time.monotonic() < deadline:
+        count = prometheus_count(prometheus, model)
+        if count is not None:
+            return count
+        time.sleep(min(scrape_interval, 1.0))
+    return None
+
+
+def _matcher(model: str | None) -> str:
+    return "" if model is None else "model=" + json.dumps(model)
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -354,15 +369,13 @@ def _query_prometheus(
 ) -> dict[str, Any]:
     at, window = prometheus_window(result, scrape_interval)
     time.sleep(max(0.0, at - time.time()))
-    sel = _selector(model)
+    sel = _matcher(model)
     out: dict[str, Any] = {"at": at, "window_s": window}
     try:
         for q in QUANTILES:
-            expr = (f"histogram_quantile({q}, sum(increase("
-                    f"inference_latency_seconds_bucket{sel}[{window}s])) by (le))")
+            expr = queries.run_latency_quantile(q, f"{window}s", sel)
             out[f"p{round(q * 100)}_ms"] = _ms(prometheus.scalar(expr, at))
-        out["requests_increase"] = prometheus.scalar(
-            f"sum(increase(inference_requests_total{sel}[{window}s]))", at)
+        out["requests_increase"] = prometheus.scalar(queries.run_requests(f"{window}s", sel), at)
         out["requests_delta"] = None
         if count_before is not None:
             after = prometheus_count(prometheus, model, at)

@@ -14,16 +14,21 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 MAX_NOTIFICATION_BYTES = 1024 * 1024
 # Beyond this the file becomes NAME.1, replacing the previous one: at most twice this on disk.
@@ -171,6 +176,40 @@ class InboxFollower:
                                self._offset)
             self._offset += len(line) + 1
         return records
+
+
+class InboxPrinter:
+    """Prints the notifications that arrive in an inbox file, until SIGTERM or SIGINT: what
+    ``up`` shows while its stack runs."""
+
+    def __init__(self, path: Path, console: Console) -> None:
+        self.follower = InboxFollower(path)
+        self.console = console
+        self.should_exit = False
+
+    def handle_signals(self) -> None:
+        # Handle SIGINT ourselves too: a shell that starts us in the background ignores it,
+        # and Python then installs no KeyboardInterrupt handler.
+        signal.signal(signal.SIGTERM, self._exit)
+        signal.signal(signal.SIGINT, self._exit)
+
+    def _exit(self, signum: int, frame: FrameType | None) -> None:
+        self.should_exit = True
+
+    def run(self, interval: float = 0.5) -> None:
+        while not self.should_exit:
+            self.print_new()
+            time.sleep(interval)
+
+    def print_new(self) -> None:
+        from rich.text import Text
+
+        for record in self.follower.new_records():
+            stamp = time.strftime("%H:%M:%S", time.localtime(record["received_at"]))
+            status = record["notification"].get("status")
+            # A Text, not markup: label values are whatever was posted to the inbox.
+            self.console.print(Text(f"{stamp} {describe(record['notification'])}",
+                                    style="red" if status == "firing" else "green"))
 
 
 def _open_private(path: Path) -> int:

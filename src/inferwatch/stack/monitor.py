@@ -22,14 +22,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
+from inferwatch.metrics.names import ERRORS_TOTAL, LATENCY_SECONDS
 from inferwatch.proxy.discovery import DiscoveryError, discover_models
 from inferwatch.stack.addresses import address
 from inferwatch.stack.config import KNOWN_SERVERS
 from inferwatch.stack.native import NATIVE_SERVERS, NativeServer
-from inferwatch.stack.slo import SLO, slos_for
+from inferwatch.stack.slo import SLO, load_slos, slos_for
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = [
     "KINDS",
@@ -38,6 +43,7 @@ __all__ = [
     "check_metrics",
     "coverage_notes",
     "discover",
+    "monitored_servers",
     "monitored_slos",
     "parse_monitor",
     "parse_monitors",
@@ -158,10 +164,30 @@ def monitored_slos(servers: Iterable[MonitoredServer], path: Path | None = None)
     for slo in slos_for((m for s in servers for m in s.models), path):
         serving = [s for s in servers if slo.model in s.models]
         slos.append(slo.measurable(
-            errors=any(s.measures("inference_errors_total") for s in serving),
-            latency_histogram=any(s.measures("inference_latency_seconds_bucket")
+            errors=any(s.measures(ERRORS_TOTAL) for s in serving),
+            latency_histogram=any(s.measures(f"{LATENCY_SECONDS}_bucket")
                                   for s in serving)))
     return slos
+
+
+def monitored_servers(texts: Sequence[str] | None, proxy: bool, models: Sequence[str],
+                      slo: Path | None, console: Console
+                      ) -> tuple[list[MonitoredServer], list[SLO] | None]:
+    """The servers of the ``--monitor`` ``texts`` with their models, and SLOs for those models;
+    it prints what it found. Without ``texts``: none, and the SLOs of ``slo`` (None: the
+    built-in file's, for the built-in service)."""
+    if not texts:
+        if proxy:
+            raise MonitorError("--proxy needs --monitor")
+        return [], None if slo is None else load_slos(slo)
+    servers = [discover(s, models) for s in parse_monitors(texts, proxy)]
+    for note in coverage_notes(servers):
+        console.print(f"[yellow]note:[/] {note}")
+    slos = monitored_slos(servers, slo)
+    for s in servers:
+        console.print(f"monitoring {s.kind} at {s.api} (metrics: {s.metrics or 'the proxy'}); "
+                      f"models: {', '.join(s.models)}")
+    return servers, slos
 
 
 def coverage_notes(servers: Iterable[MonitoredServer]) -> list[str]:
@@ -171,8 +197,8 @@ def coverage_notes(servers: Iterable[MonitoredServer]) -> list[str]:
         if s.proxied or s.native is None:
             continue
         missing = [(series, slo) for record, series, slo in (
-            ("inference_errors_total", "per-model errors", "availability"),
-            ("inference_latency_seconds_bucket", "latency histogram", "latency"),
+            (ERRORS_TOTAL, "per-model errors", "availability"),
+            (f"{LATENCY_SECONDS}_bucket", "latency histogram", "latency"),
         ) if not s.measures(record)]
         if missing:
             notes.append(

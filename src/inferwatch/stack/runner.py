@@ -19,7 +19,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import yaml
@@ -610,11 +609,6 @@ def read_state(run_dir: Path) -> list[RunningProcess]:
     if not path.exists():
         return []
     return [RunningProcess(**p) for p in json.loads(path.read_text())["processes"]]
-
-
-def read_state_info(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "state.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def stop_processes(processes: Sequence[RunningProcess], timeout: float = 10.0) -> None:

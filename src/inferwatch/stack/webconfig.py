@@ -26,6 +26,7 @@ __all__ = [
     "WebConfigError",
     "check_web_config",
     "given_password",
+    "prometheus_credentials",
     "render_web_config",
     "write_web_config",
 ]
@@ -75,6 +76,26 @@ def given_password(password_file: Path | None = None,
         return password
     env = os.environ if env is None else env
     return env.get(PASSWORD_ENV) or None
+
+
+def prometheus_credentials(user: str | None, password_file: Path | None,
+                           saved: BasicAuth | None = None) -> tuple[str, str] | None:
+    """What a client sends to Prometheus: ``user`` with the password of ``password_file``, else
+    of ``$INFERWATCH_PROMETHEUS_PASSWORD``; without ``user``, ``saved`` (a stack's user and
+    file); None when neither is given."""
+    if user is None:
+        if password_file is not None:
+            raise WebConfigError("--prometheus-password-file needs --prometheus-user")
+        if saved is None:
+            return None
+        user, password_file = saved.username, saved.password_file
+    if password_file is not None:
+        return user, read_secret_file(password_file, "--prometheus-password-file")
+    password = os.environ.get(PASSWORD_ENV)
+    if not password:
+        raise WebConfigError(
+            f"--prometheus-user needs --prometheus-password-file or {PASSWORD_ENV}")
+    return user, password
 
 
 def render_web_config(username: str, password: str, rounds: int = BCRYPT_ROUNDS
