@@ -31,13 +31,9 @@ from inferwatch.metrics.buckets import (
 )
 from inferwatch.metrics.feedback import FeedbackStore
 from inferwatch.metrics.gpu import GPUCollector
-from inferwatch.metrics.instruments import (
-    ERROR_REASONS,
-    STAGES,
-    UNKNOWN_MODEL,
-    InferenceMetrics,
-)
+from inferwatch.metrics.instruments import STAGES, UNKNOWN_MODEL, InferenceMetrics
 from inferwatch.metrics.middleware import REASON_STATE_KEY, MetricsMiddleware, model_from_path
+from inferwatch.metrics.names import ERROR_REASONS
 from inferwatch.metrics.quality import (
     FeatureReference,
     QualityMetrics,

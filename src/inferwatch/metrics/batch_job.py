@@ -12,6 +12,15 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import push_to_gateway, pushadd_to_gateway
 
+from inferwatch.metrics.names import (
+    BATCH_JOB_DURATION_SECONDS,
+    BATCH_JOB_FAILURES_TOTAL,
+    BATCH_JOB_ITEMS_TOTAL,
+    BATCH_JOB_LAST_SUCCESS_TIMESTAMP_SECONDS,
+    MODEL_LABEL,
+    REASON_LABEL,
+)
+
 __all__ = ["BatchJobMetrics"]
 
 
@@ -29,18 +38,18 @@ class BatchJobMetrics:
         self.registry = CollectorRegistry()
         self.model = model
         self.duration = Gauge(
-            "inference_batch_job_duration_seconds", "Wall time of the job's last run.",
-            ["model"], registry=self.registry).labels(model)
+            BATCH_JOB_DURATION_SECONDS, "Wall time of the job's last run.",
+            [MODEL_LABEL], registry=self.registry).labels(model)
         self.items = Counter(
-            "inference_batch_job_items", "Inputs read by the last run, failed ones included.",
-            ["model"], registry=self.registry).labels(model)
+            BATCH_JOB_ITEMS_TOTAL, "Inputs read by the last run, failed ones included.",
+            [MODEL_LABEL], registry=self.registry).labels(model)
         self._failures = Counter(
-            "inference_batch_job_failures", "Inputs of the last run that could not be scored.",
-            ["model", "reason"], registry=self.registry)
+            BATCH_JOB_FAILURES_TOTAL, "Inputs of the last run that could not be scored.",
+            [MODEL_LABEL, REASON_LABEL], registry=self.registry)
         # Registered only when a run succeeds: see ``push``.
         self._last_success = Gauge(
-            "inference_batch_job_last_success_timestamp_seconds",
-            "Unix time at which the job last finished successfully.", ["model"], registry=None)
+            BATCH_JOB_LAST_SUCCESS_TIMESTAMP_SECONDS,
+            "Unix time at which the job last finished successfully.", [MODEL_LABEL], registry=None)
 
     def record_failure(self, reason: str) -> None:
         """``reason`` must come from a bounded set (an ``InputError`` reason)."""

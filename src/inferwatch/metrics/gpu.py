@@ -24,6 +24,16 @@ from typing import Any
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from inferwatch.metrics.names import (
+    GPU_AVAILABLE,
+    GPU_ENERGY_JOULES_TOTAL,
+    GPU_MEMORY_TOTAL_BYTES,
+    GPU_MEMORY_USED_BYTES,
+    GPU_POWER_WATTS,
+    GPU_TEMPERATURE_CELSIUS,
+    GPU_UTILIZATION_RATIO,
+)
+
 __all__ = ["GPU_LABELS", "INSTALL_HINT", "GPUCollector"]
 
 log = logging.getLogger("inferwatch.metrics.gpu")
@@ -100,7 +110,7 @@ class GPUCollector(Collector):
             log.info(message)
 
     def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily("inferwatch_gpu_available",
+        yield GaugeMetricFamily(GPU_AVAILABLE,
                                 "1 when NVML reports at least one GPU, else 0.",
                                 value=1.0 if self._devices else 0.0)
         if not self._devices:
@@ -109,23 +119,23 @@ class GPUCollector(Collector):
         assert nvml is not None
         families: list[tuple[GaugeMetricFamily | CounterMetricFamily,
                              Callable[[Any], float]]] = [
-            (GaugeMetricFamily("inferwatch_gpu_utilization_ratio",
+            (GaugeMetricFamily(GPU_UTILIZATION_RATIO,
                                "Share of the last sample period in which a kernel ran (0-1).",
                                labels=GPU_LABELS),
              lambda h: nvml.nvmlDeviceGetUtilizationRates(h).gpu / 100.0),
-            (GaugeMetricFamily("inferwatch_gpu_memory_used_bytes",
+            (GaugeMetricFamily(GPU_MEMORY_USED_BYTES,
                                "GPU memory allocated, in bytes.", labels=GPU_LABELS),
              lambda h: float(nvml.nvmlDeviceGetMemoryInfo(h).used)),
-            (GaugeMetricFamily("inferwatch_gpu_memory_total_bytes",
+            (GaugeMetricFamily(GPU_MEMORY_TOTAL_BYTES,
                                "GPU memory installed, in bytes.", labels=GPU_LABELS),
              lambda h: float(nvml.nvmlDeviceGetMemoryInfo(h).total)),
-            (GaugeMetricFamily("inferwatch_gpu_temperature_celsius",
+            (GaugeMetricFamily(GPU_TEMPERATURE_CELSIUS,
                                "GPU core temperature.", labels=GPU_LABELS),
              lambda h: float(nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU))),
-            (GaugeMetricFamily("inferwatch_gpu_power_watts",
+            (GaugeMetricFamily(GPU_POWER_WATTS,
                                "Power drawn by the board.", labels=GPU_LABELS),
              lambda h: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0),  # mW
-            (CounterMetricFamily("inferwatch_gpu_energy_joules",
+            (CounterMetricFamily(GPU_ENERGY_JOULES_TOTAL,
                                  "Energy used since the driver was loaded.", labels=GPU_LABELS),
              lambda h: nvml.nvmlDeviceGetTotalEnergyConsumption(h) / 1000.0),  # mJ
         ]

@@ -24,6 +24,27 @@ from inferwatch.metrics.buckets import (
     DEFAULT_STAGE_BUCKETS,
 )
 from inferwatch.metrics.histogram import DeferredHistogram, ExemplarLabels, Exemplars
+from inferwatch.metrics.names import (
+    BATCH_SIZE,
+    ERROR_REASONS,
+    ERROR_REASONS_TOTAL,
+    ERRORS_TOTAL,
+    IN_FLIGHT_REQUESTS,
+    LATENCY_SECONDS,
+    MODEL_HELDOUT_ACCURACY_RATIO,
+    MODEL_INFO,
+    MODEL_LABEL,
+    MODEL_LOAD_SECONDS,
+    QUEUE_CAPACITY,
+    QUEUE_DEPTH,
+    REASON_LABEL,
+    REQUESTS_TOTAL,
+    RESPONSES_TOTAL,
+    STAGE_LABEL,
+    STAGE_SECONDS,
+    TIME_TO_FIRST_BYTE_SECONDS,
+    VERSION_LABEL,
+)
 
 UNKNOWN_MODEL = "_unknown"
 """Label value that every model name outside the known set is folded into."""
@@ -50,17 +71,6 @@ _KNOWN_CODES = frozenset(
     {200, 201, 204, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429,
      500, 501, 502, 503, 504, 507}  # 507: TorchServe's "Out of resources"
 )
-
-ERROR_REASONS = frozenset(
-    {
-        "invalid_json", "invalid_image", "invalid_shape", "empty_body", "body_too_large",
-        "bad_request", "unsupported_media_type", "unknown_model", "method_not_allowed", "not_found",
-        "overloaded", "timeout", "internal", "injected", "upstream_connect", "proxy_internal",
-        "upstream_timeout", "upstream_5xx", "upstream_4xx", "client_closed", "image_too_large",
-        "unknown_output",
-    }
-)
-"""The ``reason`` label values: a closed set, so free text never becomes a label value."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -110,7 +120,7 @@ class InferenceMetrics:
         batch_size_buckets: Sequence[float] = DEFAULT_BATCH_SIZE_BUCKETS,
     ) -> None:
         kw: dict[str, Any] = {"registry": registry}
-        labels = ("model", "version")
+        labels = (MODEL_LABEL, VERSION_LABEL)
         self.shared = bool(getattr(values.ValueClass, "_multiprocess", False))
         # What RequestRecorders append, folded into the series below by `fold`.
         self._records = array.array("d")  # _RAW_RECORD numbers per request
@@ -122,38 +132,38 @@ class InferenceMetrics:
         # Another process reads shared values, and could not fold a deferred queue.
         histogram = Histogram if self.shared else DeferredHistogram
         self.requests = Counter(
-            "inference_requests", "Inference requests received.", labels, **kw
+            REQUESTS_TOTAL, "Inference requests received.", labels, **kw
         )
         self.errors = Counter(
-            "inference_errors",
+            ERRORS_TOTAL,
             "Inference requests that failed on the server side (status >= 500).",
             labels, **kw,
         )
         self.responses = Counter(
-            "inference_responses", "Inference responses by HTTP status code.",
+            RESPONSES_TOTAL, "Inference responses by HTTP status code.",
             (*labels, "code"), **kw,
         )
         self.error_reasons = Counter(
-            "inference_error_reasons", "Failed inference requests by reason, client or server.",
-            (*labels, "reason"), **kw,
+            ERROR_REASONS_TOTAL, "Failed inference requests by reason, client or server.",
+            (*labels, REASON_LABEL), **kw,
         )
         self.latency = histogram(
-            "inference_latency_seconds",
+            LATENCY_SECONDS,
             "End-to-end time of successful inference requests.",
             labels, buckets=latency_buckets, **kw,
         )
         self.stage_latency = histogram(
-            "inference_stage_seconds",
+            STAGE_SECONDS,
             "Time spent per request in each stage: queue, preprocess, compute, postprocess.",
-            (*labels, "stage"), buckets=stage_buckets, **kw,
+            (*labels, STAGE_LABEL), buckets=stage_buckets, **kw,
         )
         self.first_byte = histogram(
-            "inference_time_to_first_byte_seconds",
+            TIME_TO_FIRST_BYTE_SECONDS,
             "Time to the first byte of a streamed response (the first token of an LLM).",
             labels, buckets=latency_buckets, **kw,
         )
         self.batch_size = histogram(
-            "inference_batch_size", "Samples per executed model batch.",
+            BATCH_SIZE, "Samples per executed model batch.",
             labels, buckets=batch_size_buckets, **kw,
         )
         # With several worker processes (values shared through files, see
@@ -162,26 +172,26 @@ class InferenceMetrics:
         summed: dict[str, Any] = {**kw, "multiprocess_mode": "livesum"}
         highest: dict[str, Any] = {**kw, "multiprocess_mode": "livemax"}
         self.in_flight = Gauge(
-            "inference_in_flight_requests", "Inference requests being processed.", labels,
+            IN_FLIGHT_REQUESTS, "Inference requests being processed.", labels,
             **summed,
         )
         self.queue_depth = Gauge(
-            "inference_queue_depth", "Samples waiting in the batching queue.", labels, **summed
+            QUEUE_DEPTH, "Samples waiting in the batching queue.", labels, **summed
         )
         self.queue_capacity = Gauge(
-            "inference_queue_capacity", "Capacity of the batching queue, in samples.", labels,
+            QUEUE_CAPACITY, "Capacity of the batching queue, in samples.", labels,
             **summed,
         )
         self.model_info = Gauge(
-            "inference_model_info", "Loaded model, with its runtime; always 1.",
+            MODEL_INFO, "Loaded model, with its runtime; always 1.",
             (*labels, "runtime"), **highest,
         )
         self.model_load = Gauge(
-            "inference_model_load_seconds", "Time taken to load or train the model.", labels,
+            MODEL_LOAD_SECONDS, "Time taken to load or train the model.", labels,
             **highest,
         )
         self.model_accuracy = Gauge(
-            "inference_model_heldout_accuracy_ratio",
+            MODEL_HELDOUT_ACCURACY_RATIO,
             "Accuracy of the model on held-out data, measured at load time.", labels, **highest,
         )
         self._lock = threading.Lock()

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferwatch.metrics.instruments import InferenceMetrics
+from inferwatch.metrics.names import reason_for_status
 
 REASON_STATE_KEY = "inferwatch_error_reason"
 """Handlers put an error reason under this key of ``request.state`` for the middleware."""
@@ -98,7 +99,7 @@ class MetricsMiddleware:
             gauge.dec()
             reason = state.get(REASON_STATE_KEY)
             if status >= 400 and reason is None:
-                reason = "internal" if status >= 500 else _reason_for_status(status)
+                reason = reason_for_status(status)
             seconds = time.perf_counter() - start
             # Headers are read only for the requests whose exemplars a scrape keeps.
             self.metrics.observe_request(model, status, seconds, reason,
@@ -125,8 +126,3 @@ def _exemplar(headers: Iterable[tuple[bytes, bytes]],
                 request_id = value
                 break
     return None if request_id is None else {"request_id": request_id.decode()}
-
-
-def _reason_for_status(status: int) -> str:
-    return {404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
-            415: "unsupported_media_type", 429: "overloaded"}.get(status, "bad_request")

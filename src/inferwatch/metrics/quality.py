@@ -34,6 +34,19 @@ from inferwatch.metrics.exposition import (
     histogram_text,
 )
 from inferwatch.metrics.feedback import FeedbackStore
+from inferwatch.metrics.names import (
+    DRIFT_PSI,
+    DRIFT_WINDOW_SAMPLES,
+    FEEDBACK_REJECTED_TOTAL,
+    FEEDBACK_TOP5_TOTAL,
+    FEEDBACK_TOTAL,
+    INPUT_MEAN_INTENSITY,
+    MODEL_LABEL,
+    PREDICTION_CONFIDENCE,
+    PREDICTIONS_TOTAL,
+    REASON_LABEL,
+    VERSION_LABEL,
+)
 
 log = logging.getLogger("inferwatch.metrics.quality")
 
@@ -93,15 +106,15 @@ class QualityMetrics:
     def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
         self.monitors: list[QualityMonitor] = []
         kw: dict[str, Any] = {"registry": registry}
-        labels = ("model", "version")
+        labels = (MODEL_LABEL, VERSION_LABEL)
         self.feedback = Counter(
-            "inference_feedback", "Labelled feedback received, by outcome of the top-1 answer.",
+            FEEDBACK_TOTAL, "Labelled feedback received, by outcome of the top-1 answer.",
             (*labels, "outcome"), **kw)
         self.feedback_top5 = Counter(
-            "inference_feedback_top5", "Labelled feedback received, by outcome of the top-5.",
+            FEEDBACK_TOP5_TOTAL, "Labelled feedback received, by outcome of the top-5.",
             (*labels, "outcome"), **kw)
         self.feedback_rejected = Counter(
-            "inference_feedback_rejected", "Feedback refused, by reason.", ("reason",), **kw)
+            FEEDBACK_REJECTED_TOTAL, "Feedback refused, by reason.", (REASON_LABEL,), **kw)
         self.collector = _QualityCollector(self)
         if registry is not None:
             registry.register(self.collector)
@@ -137,23 +150,23 @@ class _QualityCollector(Collector):
 
     def _families(self, series: dict[str, list[HistogramSeries]] | None) -> list[Metric]:
         """With ``series``, the histograms' values go there instead of into their family."""
-        labels = ["model", "version"]
+        labels = [MODEL_LABEL, VERSION_LABEL]
         confidence = HistogramMetricFamily(
-            "inference_prediction_confidence", "Probability of the top-1 class per sample.",
+            PREDICTION_CONFIDENCE, "Probability of the top-1 class per sample.",
             labels=labels)
         predictions = CounterMetricFamily(
-            "inference_predictions", "Predicted (top-1) class per sample.",
+            PREDICTIONS_TOTAL, "Predicted (top-1) class per sample.",
             labels=[*labels, "class"])
         intensity = HistogramMetricFamily(
-            "inference_input_mean_intensity", "Mean intensity of each input, 0..1.",
+            INPUT_MEAN_INTENSITY, "Mean intensity of each input, 0..1.",
             labels=labels)
         drift = GaugeMetricFamily(
-            "inference_drift_psi",
+            DRIFT_PSI,
             "Population Stability Index of the last window of inputs against the training "
             'reference, per feature; feature="prediction" is the predicted class mix.',
             labels=[*labels, "feature"])
         window = GaugeMetricFamily(
-            "inference_drift_window_samples", "Samples in the window the PSI is computed on.",
+            DRIFT_WINDOW_SAMPLES, "Samples in the window the PSI is computed on.",
             labels=labels)
         for m in self.metrics.monitors:
             with m._lock:

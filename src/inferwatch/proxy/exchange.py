@@ -9,6 +9,7 @@ import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
 
+from inferwatch.metrics.names import SHED_REASON, STATUS_BY_REASON
 from inferwatch.proxy.context import ProxyContext
 from inferwatch.proxy.routes import Route
 
@@ -24,7 +25,6 @@ _RESPONSE_DROP = frozenset({
 })
 STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 _SERVER_FAILURE = b'"InternalServerException"'
-_UPSTREAM_STATUS = {"upstream_connect": 502, "upstream_timeout": 504}
 # What is read of a response after its client left, so that a response about to end is
 # counted as it ends (the openai SDK closes a stream at its `data: [DONE]`, before the last
 # bytes of the chunked body); beyond, the upstream is let go, as a client that left mid-answer
@@ -229,7 +229,7 @@ class Exchange:
 
     def fail(self, reason: str) -> None:
         """Answer 502/504 with a JSON reason; once bytes went out, cut the connection."""
-        status = _UPSTREAM_STATUS[reason]
+        status = STATUS_BY_REASON[reason]
         self._cancel_timer()
         self._let_go()
         if self.wrote:
@@ -269,7 +269,7 @@ class Exchange:
                 # worker to serve inference request"; serve: overloaded): InferenceRequestsShed.
                 # But TorchServe also answers 503 InternalServerException "Prediction failed"
                 # when a handler raises: a failure, found in the held-back last bytes.
-                reason = ("overloaded" if status == 503 and _SERVER_FAILURE not in last else
+                reason = (SHED_REASON if status == 503 and _SERVER_FAILURE not in last else
                           "upstream_5xx" if status >= 500 else "upstream_4xx")
             metrics.observe_request(self.model, status, time.perf_counter() - self.start,
                                     reason)

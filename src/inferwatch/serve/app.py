@@ -41,6 +41,7 @@ from inferwatch.metrics.exposition import render_exposition
 from inferwatch.metrics.feedback import FeedbackStore, RequestIds, answer_key
 from inferwatch.metrics.gpu import GPUCollector
 from inferwatch.metrics.instruments import RequestRecorder
+from inferwatch.metrics.names import reason_for_status
 from inferwatch.metrics.quality import QualityMetrics, QualityMonitor, QualityWorker
 from inferwatch.models import (
     InputError,
@@ -569,8 +570,9 @@ async def _inference_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-    return _failed(request, reason, str(exc.detail), exc.status_code, exc.headers)
+    # Starlette's routing raises 404 and 405, its form parser 400.
+    return _failed(request, reason_for_status(exc.status_code), str(exc.detail),
+                   exc.status_code, exc.headers)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:

@@ -6,18 +6,9 @@ from collections.abc import Mapping
 
 from starlette.responses import JSONResponse
 
-_STATUS_BY_REASON = {
-    "empty_body": 400, "invalid_json": 400, "invalid_image": 400, "bad_request": 400,
-    "unknown_output": 400,
-    "invalid_shape": 422, "unknown_model": 404, "not_found": 404, "method_not_allowed": 405,
-    "body_too_large": 413, "image_too_large": 413, "unsupported_media_type": 415,
-    "overloaded": 503,
-    "timeout": 504, "internal": 500, "injected": 500,
-    "unknown_request_id": 404, "duplicate_feedback": 409, "invalid_label": 422,
-    # nginx's code for a client that went away before the answer: there is nobody to send it
-    # to, but it is counted, as a client error.
-    "client_closed": 499,
-}
+from inferwatch.metrics.names import FEEDBACK_STATUS_BY_REASON, STATUS_BY_REASON
+
+_STATUS_BY_REASON = {**STATUS_BY_REASON, **FEEDBACK_STATUS_BY_REASON}
 
 
 class InferenceError(Exception):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from inferwatch.metrics.names import QUEUE_DEPTH
 from inferwatch.stack.compose import IMAGE
 from inferwatch.stack.grafana import render_dashboard, render_provisioning
 from inferwatch.stack.panels import DASHBOARD
@@ -39,7 +40,7 @@ __all__ = [
     "write_kubernetes",
 ]
 
-QUEUE_METRIC = "inference_queue_depth"  # the gauge the autoscaler reads, per model and pod
+QUEUE_METRIC = QUEUE_DEPTH  # the gauge the autoscaler reads, per model and pod
 NAME = "inferwatch"
 PORT = 8080
 REMOTE_WRITE_KINDS = ("thanos", "mimir", "victoriametrics")

@@ -20,6 +20,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from inferwatch.metrics.names import (
+    BATCH_SIZE,
+    ERRORS_TOTAL,
+    IN_FLIGHT_REQUESTS,
+    LATENCY_SECONDS,
+    MODEL_INFO,
+    QUEUE_DEPTH,
+    REQUESTS_TOTAL,
+    STAGE_SECONDS,
+    TIME_TO_FIRST_BYTE_SECONDS,
+)
+
 __all__ = [
     "COLUMNS",
     "MEASURED",
@@ -34,7 +46,7 @@ __all__ = [
     "quantile_note",
 ]
 
-MEASURED = 'inference_requests_total{source=""}'
+MEASURED = REQUESTS_TOTAL + '{source=""}'
 """The models that inferwatch measures itself: ``serve``, the proxy and the metrics library
 create this series for every model they know, at zero, and never with a ``source``."""
 
@@ -106,12 +118,12 @@ class NativeServer:
 
     def model_info_expr(self) -> str:
         """One series per model the server reports requests for, like ``inference_model_info``."""
-        requests = self.maps("inference_requests_total")[0]
+        requests = self.maps(REQUESTS_TOTAL)[0]
         return f"({self._relabelled(requests.natives, 'group')}) unless on (model) {MEASURED}"
 
     def recorded(self) -> list[tuple[str, str, dict[str, str]]]:
         """(record, expr, labels) of every rule, the model info first."""
-        rules = [("inference_model_info", self.model_info_expr(),
+        rules = [(MODEL_INFO, self.model_info_expr(),
                   {"source": self.name, "runtime": self.name})]
         rules += [(m.record, self.expr(m), {"source": self.name, **m.labels})
                   for m in self.series]
@@ -126,12 +138,12 @@ TORCHSERVE = NativeServer(
     "torchserve", "TorchServe", "0.12, `metrics_mode=prometheus`",
     "https://pytorch.org/serve/metrics.html",
     series=(
-        Mapped("inference_requests_total", ("ts_inference_requests_total",)),
-        Mapped("inference_latency_seconds_sum", ("ts_inference_latency_microseconds",), MICRO),
-        Mapped("inference_latency_seconds_count", ("ts_inference_requests_total",)),
-        Mapped("inference_stage_seconds_sum", ("ts_queue_latency_microseconds",), MICRO,
+        Mapped(REQUESTS_TOTAL, ("ts_inference_requests_total",)),
+        Mapped(f"{LATENCY_SECONDS}_sum", ("ts_inference_latency_microseconds",), MICRO),
+        Mapped(f"{LATENCY_SECONDS}_count", ("ts_inference_requests_total",)),
+        Mapped(f"{STAGE_SECONDS}_sum", ("ts_queue_latency_microseconds",), MICRO,
                "queue"),
-        Mapped("inference_stage_seconds_count", ("ts_inference_requests_total",),
+        Mapped(f"{STAGE_SECONDS}_count", ("ts_inference_requests_total",),
                stage="queue"),
     ),
     gaps={"errors": "`Requests5XX` counts every API's answers per host, not per model",
@@ -149,24 +161,24 @@ TRITON = NativeServer(
     "triton", "Triton", "r24.04",
     "https://github.com/triton-inference-server/server/blob/r24.04/docs/user_guide/metrics.md",
     series=(
-        Mapped("inference_requests_total",
+        Mapped(REQUESTS_TOTAL,
                ("nv_inference_request_success", "nv_inference_request_failure")),
-        Mapped("inference_errors_total", ("nv_inference_request_failure",)),
-        Mapped("inference_latency_seconds_sum", ("nv_inference_request_duration_us",), MICRO),
-        Mapped("inference_latency_seconds_count", ("nv_inference_request_success",)),
-        Mapped("inference_stage_seconds_sum", ("nv_inference_queue_duration_us",), MICRO,
+        Mapped(ERRORS_TOTAL, ("nv_inference_request_failure",)),
+        Mapped(f"{LATENCY_SECONDS}_sum", ("nv_inference_request_duration_us",), MICRO),
+        Mapped(f"{LATENCY_SECONDS}_count", ("nv_inference_request_success",)),
+        Mapped(f"{STAGE_SECONDS}_sum", ("nv_inference_queue_duration_us",), MICRO,
                "queue"),
-        Mapped("inference_stage_seconds_count", ("nv_inference_request_success",),
+        Mapped(f"{STAGE_SECONDS}_count", ("nv_inference_request_success",),
                stage="queue"),
-        Mapped("inference_batch_size_sum", ("nv_inference_count",)),
-        Mapped("inference_batch_size_count", ("nv_inference_exec_count",)),
-        Mapped("inference_stage_seconds_sum",
+        Mapped(f"{BATCH_SIZE}_sum", ("nv_inference_count",)),
+        Mapped(f"{BATCH_SIZE}_count", ("nv_inference_exec_count",)),
+        Mapped(f"{STAGE_SECONDS}_sum",
                ("nv_inference_compute_input_duration_us",
                 "nv_inference_compute_infer_duration_us",
                 "nv_inference_compute_output_duration_us"), MICRO, "compute"),
-        Mapped("inference_stage_seconds_count", ("nv_inference_request_success",),
+        Mapped(f"{STAGE_SECONDS}_count", ("nv_inference_request_success",),
                stage="compute"),
-        Mapped("inference_queue_depth", ("nv_inference_pending_request_count",)),
+        Mapped(QUEUE_DEPTH, ("nv_inference_pending_request_count",)),
     ),
     gaps={"latency quantiles": "counters of microseconds; the optional summaries "
                                "(`--metrics-config summary_latencies=true`) hold per-process "
@@ -181,14 +193,14 @@ TRITON = NativeServer(
 VLLM = NativeServer(
     "vllm", "vLLM", "0.9 (V1 engine)", "https://docs.vllm.ai/en/v0.9.1/usage/metrics.html",
     series=(
-        Mapped("inference_requests_total", ("vllm:request_success_total",)),
-        *_histogram("inference_latency_seconds", "vllm:e2e_request_latency_seconds"),
-        *_histogram("inference_stage_seconds", "vllm:request_queue_time_seconds", "queue"),
-        *_histogram("inference_stage_seconds", "vllm:request_inference_time_seconds",
+        Mapped(REQUESTS_TOTAL, ("vllm:request_success_total",)),
+        *_histogram(LATENCY_SECONDS, "vllm:e2e_request_latency_seconds"),
+        *_histogram(STAGE_SECONDS, "vllm:request_queue_time_seconds", "queue"),
+        *_histogram(STAGE_SECONDS, "vllm:request_inference_time_seconds",
                     "compute"),
-        *_histogram("inference_time_to_first_byte_seconds", "vllm:time_to_first_token_seconds"),
-        Mapped("inference_queue_depth", ("vllm:num_requests_waiting",)),
-        Mapped("inference_in_flight_requests",
+        *_histogram(TIME_TO_FIRST_BYTE_SECONDS, "vllm:time_to_first_token_seconds"),
+        Mapped(QUEUE_DEPTH, ("vllm:num_requests_waiting",)),
+        Mapped(IN_FLIGHT_REQUESTS,
                ("vllm:num_requests_running", "vllm:num_requests_waiting")),
     ),
     gaps={"errors": "there is no failure counter; `vllm:request_success_total` counts every "
@@ -205,10 +217,10 @@ VLLM = NativeServer(
 MLSERVER = NativeServer(
     "mlserver", "MLServer", "1.7", "https://docs.seldon.ai/mlserver/user-guide/metrics",
     series=(
-        Mapped("inference_requests_total",
+        Mapped(REQUESTS_TOTAL,
                ("model_infer_request_success_total", "model_infer_request_failure_total")),
-        Mapped("inference_errors_total", ("model_infer_request_failure_total",)),
-        *_histogram("inference_latency_seconds", "model_infer_request_duration",
+        Mapped(ERRORS_TOTAL, ("model_infer_request_failure_total",)),
+        *_histogram(LATENCY_SECONDS, "model_infer_request_duration",
                     buckets=False),
     ),
     gaps={"latency quantiles": "the per-model duration is a summary without quantiles; the "
@@ -224,13 +236,13 @@ NATIVE_SERVERS = (TORCHSERVE, TRITON, VLLM, MLSERVER)
 
 # The coverage table's columns: (title, canonical series, stage).
 COLUMNS = (
-    ("requests", ("inference_requests_total",), None),
-    ("errors", ("inference_errors_total",), None),
-    ("latency mean", ("inference_latency_seconds_sum", "inference_latency_seconds_count"),
+    ("requests", (REQUESTS_TOTAL,), None),
+    ("errors", (ERRORS_TOTAL,), None),
+    ("latency mean", (f"{LATENCY_SECONDS}_sum", f"{LATENCY_SECONDS}_count"),
      None),
-    ("latency quantiles", ("inference_latency_seconds_bucket",), None),
-    ("queue time", ("inference_stage_seconds_sum", "inference_stage_seconds_count"), "queue"),
-    ("batch", ("inference_batch_size_sum", "inference_batch_size_count"), None),
+    ("latency quantiles", (f"{LATENCY_SECONDS}_bucket",), None),
+    ("queue time", (f"{STAGE_SECONDS}_sum", f"{STAGE_SECONDS}_count"), "queue"),
+    ("batch", (f"{BATCH_SIZE}_sum", f"{BATCH_SIZE}_count"), None),
 )
 
 
@@ -265,8 +277,8 @@ def quantile_note(servers: Iterable[NativeServer] = NATIVE_SERVERS) -> str:
     From latency histograms: inferwatch's own, or a server's (vLLM). Triton and MLSe
     """
     servers = list(servers)
-    with_ = [s.title for s in servers if s.maps("inference_latency_seconds_bucket")]
-    without = [s.title for s in servers if not s.maps("inference_latency_seconds_bucket")]
+    with_ = [s.title for s in servers if s.maps(f"{LATENCY_SECONDS}_bucket")]
+    without = [s.title for s in servers if not s.maps(f"{LATENCY_SECONDS}_bucket")]
     return (f"From latency histograms: inferwatch's own, or a server's ({_and(with_)}). "
             f"{_and(without)} export no per-model latency histogram: their models show in "
             "the average latency only, and have no latency SLO; `inferwatch proxy` in front "

@@ -17,8 +17,37 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from inferwatch.metrics.names import (
+    BATCH_SIZE,
+    DRIFT_PSI,
+    FEEDBACK_TOP5_TOTAL,
+    GPU_AVAILABLE,
+    GPU_MEMORY_TOTAL_BYTES,
+    GPU_MEMORY_USED_BYTES,
+    GPU_UTILIZATION_RATIO,
+    IN_FLIGHT_REQUESTS,
+    INPUT_MEAN_INTENSITY,
+    LATENCY_SECONDS,
+    MODEL_HELDOUT_ACCURACY_RATIO,
+    MODEL_INFO,
+    PREDICTION_CONFIDENCE,
+    PREDICTIONS_TOTAL,
+    QUEUE_DEPTH,
+    RESPONSES_TOTAL,
+    STAGE_SECONDS,
+)
 from inferwatch.stack.native import quantile_note
 from inferwatch.stack.profiles import DEFAULT, Profile
+from inferwatch.stack.queries import (
+    accuracy,
+    error_ratio,
+    error_reason_rate,
+    histogram_mean,
+    histogram_quantile,
+    request_rate,
+    select,
+    summed,
+)
 
 __all__ = [
     "DASHBOARD",
@@ -130,25 +159,20 @@ class Variable:
 
 VARIABLES = (
     # Loaded models, not every model label: requests for an unknown model are "_unknown".
-    Variable("model", "Model", "inference_model_info", "model"),
-    Variable("instance", "Host", "inference_model_info", "instance", r"^(.+?)(?::[0-9]+)?$"),
+    Variable("model", "Model", MODEL_INFO, "model"),
+    Variable("instance", "Host", MODEL_INFO, "instance", r"^(.+?)(?::[0-9]+)?$"),
 )
 
 _M = 'model=~"$model"'
 _I = 'instance=~"$instance(:[0-9]+)?"'
 _S = f"{_M}, {_I}"
-_W = "[$window]"
+_WINDOW = "$window"
+_W = f"[{_WINDOW}]"
+_BY_MODEL = ("model",)
 
 
-def _ratio_of_rates(metric: str, by: str) -> str:
-    """The mean of a histogram over the window: rate(sum) / rate(count)."""
-    return (f"sum by ({by}) (rate({metric}_sum{{{_S}}}{_W}))"
-            f" / sum by ({by}) (rate({metric}_count{{{_S}}}{_W}))")
-
-
-def _quantile(q: float) -> str:
-    return (f"histogram_quantile({q}, sum by (model, le) "
-            f"(rate(inference_latency_seconds_bucket{{{_S}}}{_W})))")
+def _quantile(q: float, histogram: str = LATENCY_SECONDS) -> str:
+    return histogram_quantile(q, _WINDOW, _S, by=_BY_MODEL, histogram=histogram)
 
 
 def _both(metric_a: str, name_a: str, metric_b: str, name_b: str, by: str, selector: str) -> str:
@@ -161,15 +185,13 @@ def _both(metric_a: str, name_a: str, metric_b: str, name_b: str, by: str, selec
 
 
 SEED_PANELS = (
-    Panel("qps", "Requests per second (QPS)",
-          f"sum by (model) (rate(inference_requests_total{{{_S}}}{_W}))", "reqps"),
+    Panel("qps", "Requests per second (QPS)", request_rate(_WINDOW, _S, by=_BY_MODEL), "reqps"),
     Panel("latency_avg", "Average latency",
-          _ratio_of_rates("inference_latency_seconds", "model"), "s", width=6),
+          histogram_mean(LATENCY_SECONDS, _WINDOW, _S, by=_BY_MODEL), "s", width=6),
     Panel("latency_p95", "p95 latency", _quantile(0.95), "s", width=6,
           description=quantile_note()),
     Panel("error_ratio", "Error ratio (5xx)",
-          f"sum by (model) (rate(inference_errors_total{{{_S}}}{_W}))"
-          f" / sum by (model) (rate(inference_requests_total{{{_S}}}{_W}))",
+          error_ratio(_WINDOW, _S, by=_BY_MODEL),
           "percentunit", thresholds=(OK, Threshold(0.05, "red")),
           description="Server-side failures over all requests; the seed's alert fires above "
                       "5%."),
@@ -181,8 +203,9 @@ SEED_PANELS = (
 )
 _QPS, _LATENCY_AVG, _LATENCY_P95, _ERROR_RATIO, _CPU = SEED_PANELS
 
-GPU_PRESENT = f"max(inferwatch_gpu_available{{{_I}}}) > 0"
+GPU_PRESENT = f"max({select(GPU_AVAILABLE, _I)}) > 0"
 """Returns a sample when a host in ``$instance`` reports a usable GPU."""
+_GPU_NOTE = f"Appears when the host reports a GPU ({GPU_AVAILABLE} = 1)."
 
 _FS = 'fstype!~"tmpfs|ramfs|squashfs|nsfs|devtmpfs"'
 _GPU = "instance, gpu, name"
@@ -192,7 +215,7 @@ PANELS = (
     _QPS,
     _ERROR_RATIO,
     Panel("responses_by_code", "Responses by status code",
-          f"sum by (code) (rate(inference_responses_total{{{_S}}}{_W}))", "reqps",
+          summed(RESPONSES_TOTAL, _WINDOW, _S, by=("code",)), "reqps",
           legend="{{code}}"),
     _LATENCY_AVG,
     Panel("latency_p50", "p50 latency", _quantile(0.5), "s", width=6,
@@ -201,51 +224,46 @@ PANELS = (
     Panel("latency_p99", "p99 latency", _quantile(0.99), "s", width=6,
           description=quantile_note()),
     Panel("stage_latency", "Mean time per stage",
-          _ratio_of_rates("inference_stage_seconds", "model, stage"), "s",
+          histogram_mean(STAGE_SECONDS, _WINDOW, _S, by=("model", "stage")), "s",
           legend="{{model}} {{stage}}",
           description="Where a request's time goes: queue, preprocess, compute, postprocess."),
     Panel("error_reasons", "Failed requests by reason",
-          f"sum by (model, reason) (rate(inference_error_reasons_total{{{_S}}}{_W}))", "reqps",
+          error_reason_rate(_WINDOW, _S, by=("model", "reason")), "reqps",
           legend="{{model}} {{reason}}"),
-    Panel("batch_size", "Mean batch size", _ratio_of_rates("inference_batch_size", "model"),
-          "none"),
+    Panel("batch_size", "Mean batch size",
+          histogram_mean(BATCH_SIZE, _WINDOW, _S, by=_BY_MODEL), "none"),
     Panel("queue_depth", "Queue depth (samples waiting)",
-          f"sum by (model) (inference_queue_depth{{{_S}}})", "none", width=12),
+          f"sum by (model) ({select(QUEUE_DEPTH, _S)})", "none", width=12),
     Panel("in_flight", "Requests in flight",
-          f"sum by (model) (inference_in_flight_requests{{{_S}}})", "none", width=12),
+          f"sum by (model) ({select(IN_FLIGHT_REQUESTS, _S)})", "none", width=12),
     # Model quality: accuracy measured at load and from labelled feedback, drift, confidence.
     Panel("heldout_accuracy", "Held-out accuracy",
-          f"max by (model, version) (inference_model_heldout_accuracy_ratio{{{_S}}})",
+          f"max by (model, version) ({select(MODEL_HELDOUT_ACCURACY_RATIO, _S)})",
           "percentunit", row="quality", kind="stat", legend="{{model}} v{{version}}",
           thresholds=(Threshold(None, "red"), Threshold(0.9, "orange"), Threshold(0.95, "green")),
           description="Accuracy on held-out data, measured when the model was loaded.", width=6),
     Panel("feedback_accuracy", "Accuracy from feedback (top-1)",
-          f'sum by (model) (rate(inference_feedback_total{{{_S}, outcome="correct"}}{_W}))'
-          f" / sum by (model) (rate(inference_feedback_total{{{_S}}}{_W}))",
-          "percentunit", row="quality", width=6,
+          accuracy(_WINDOW, _S, by=_BY_MODEL), "percentunit", row="quality", width=6,
           thresholds=(Threshold(None, "red"), Threshold(0.9, "green")),
           description="Share of answers whose labelled feedback (POST /feedback) agreed."),
     Panel("feedback_top5_accuracy", "Accuracy from feedback (top-5)",
-          f'sum by (model) (rate(inference_feedback_top5_total{{{_S}, outcome="correct"}}{_W}))'
-          f" / sum by (model) (rate(inference_feedback_top5_total{{{_S}}}{_W}))",
-          "percentunit", row="quality", width=6,
+          accuracy(_WINDOW, _S, by=_BY_MODEL, feedback=FEEDBACK_TOP5_TOTAL), "percentunit",
+          row="quality", width=6,
           thresholds=(Threshold(None, "red"), Threshold(0.9, "green"))),
     Panel("drift_psi", "Input drift (PSI vs training data)",
-          f"max by (model, feature) (inference_drift_psi{{{_S}}})", "none", row="quality",
+          f"max by (model, feature) ({select(DRIFT_PSI, _S)})", "none", row="quality",
           legend="{{model}} {{feature}}", width=6,
           thresholds=(OK, Threshold(0.1, "orange"), Threshold(0.25, "red")),
           description="Population Stability Index of the last window of inputs; "
                       "feature=prediction is the predicted class mix."),
     Panel("confidence", "Median top-1 confidence",
-          f"histogram_quantile(0.5, sum by (model, le) (rate("
-          f"inference_prediction_confidence_bucket{{{_S}}}{_W})))", "percentunit",
+          _quantile(0.5, PREDICTION_CONFIDENCE), "percentunit",
           row="quality", width=12),
     Panel("class_mix", "Predicted class mix",
-          f"sum by (class) (rate(inference_predictions_total{{{_S}}}{_W}))", "reqps",
+          summed(PREDICTIONS_TOTAL, _WINDOW, _S, by=("class",)), "reqps",
           row="quality", legend="{{class}}", width=12),
     Panel("input_mean", "Mean input intensity (median)",
-          f"histogram_quantile(0.5, sum by (model, le) (rate("
-          f"inference_input_mean_intensity_bucket{{{_S}}}{_W})))", "percentunit",
+          _quantile(0.5, INPUT_MEAN_INTENSITY), "percentunit",
           row="quality", width=12),
     # System: the hosts, from node_exporter (and the GPU exporter where there is a GPU).
     _CPU,
@@ -269,16 +287,16 @@ PANELS = (
                 "instance", f'device!="lo", {_I}'),
           "Bps", row="system", legend="{{instance}} {{direction}}", width=12),
     Panel("gpu_utilization", "GPU utilisation",
-          f"max by ({_GPU}) (inferwatch_gpu_utilization_ratio{{{_I}}})", "percentunit",
+          f"max by ({_GPU}) ({select(GPU_UTILIZATION_RATIO, _I)})", "percentunit",
           row="system", legend="{{instance}} GPU {{gpu}} {{name}}", width=12,
           thresholds=(OK, Threshold(0.9, "red")), requires=GPU_PRESENT,
-          description="Appears when the host reports a GPU (inferwatch_gpu_available = 1)."),
+          description=_GPU_NOTE),
     Panel("gpu_memory", "GPU memory used",
-          f"max by ({_GPU}) (inferwatch_gpu_memory_used_bytes{{{_I}}})"
-          f" / max by ({_GPU}) (inferwatch_gpu_memory_total_bytes{{{_I}}})",
+          f"max by ({_GPU}) ({select(GPU_MEMORY_USED_BYTES, _I)})"
+          f" / max by ({_GPU}) ({select(GPU_MEMORY_TOTAL_BYTES, _I)})",
           "percentunit", row="system", legend="{{instance}} GPU {{gpu}} {{name}}", width=12,
           thresholds=(OK, Threshold(0.9, "red")), requires=GPU_PRESENT,
-          description="Appears when the host reports a GPU (inferwatch_gpu_available = 1)."),
+          description=_GPU_NOTE),
     # Alerts: Prometheus' ALERTS series. "or on() vector(0)" makes "none" a 0, not a gap.
     Panel("alerts_firing", "Alerts firing",
           'count(ALERTS{alertstate="firing"}) or on() vector(0)', "none", row="alerts",

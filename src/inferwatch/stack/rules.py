@@ -17,8 +17,32 @@ from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit
 
+from inferwatch.metrics.names import (
+    DRIFT_PSI,
+    FEEDBACK_TOP5_TOTAL,
+    FEEDBACK_TOTAL,
+    LATENCY_SECONDS,
+    QUEUE_CAPACITY,
+    QUEUE_DEPTH,
+    REQUESTS_TOTAL,
+    STAGE_SECONDS,
+)
 from inferwatch.stack.native import NATIVE_SERVERS, NativeServer
 from inferwatch.stack.profiles import Profile, parse_duration
+from inferwatch.stack.queries import (
+    LOCAL_NODE,
+    accuracy,
+    cpu_utilisation,
+    error_ratio,
+    gpu_memory_ratio,
+    gpu_utilisation,
+    histogram_quantile,
+    memory_utilisation,
+    request_rate,
+    select,
+    shed_rate,
+    summed,
+)
 from inferwatch.stack.slo import SLO, load_slos
 
 RUNBOOK_BASE = "docs/runbooks.md"  # the local stack's: read in the checkout next to it
@@ -66,18 +90,6 @@ def runbook_base_url(given: str | None = None) -> str:
     return base
 
 
-def select(metric: str, *matchers: str) -> str:
-    """``metric`` with the non-empty ``matchers`` as its selector.
-
-    >>> select("up", 'job="inferwatch"', "", 'namespace="ml"')
-    'up{job="inferwatch", namespace="ml"}'
-    >>> select("up", "")
-    'up'
-    """
-    inner = ", ".join(m for m in matchers if m)
-    return f"{metric}{{{inner}}}" if inner else metric
-
-
 def job_matcher(jobs: Sequence[str]) -> str:
     return f'job="{jobs[0]}"' if len(jobs) == 1 else f'job=~"{"|".join(jobs)}"'
 
@@ -101,15 +113,18 @@ class RuleScope:
     # series, they keep the copies (and the alerts on each) apart, as `recorded` selects.
     host_labels: dict[str, str] = field(default_factory=dict)
 
+    def grouping(self, *labels: str) -> tuple[str, ...]:
+        return (*self.keep, *labels)
+
     def by(self, *labels: str) -> str:
-        return f"by ({', '.join((*self.keep, *labels))})"
+        return f"by ({', '.join(self.grouping(*labels))})"
 
 
 # The local stack's scrape jobs: stack/config.py and stack/compose.py name them, and
 # tests/integration/test_rules.py checks that every job they render is one of these.
 LOCAL_SERVICE_JOBS = ("inference", "proxy", *(s.name for s in NATIVE_SERVERS))
 LOCAL_JOBS = (*LOCAL_SERVICE_JOBS, "node", "alertmanager", "prometheus", "pushgateway", "dcgm")
-LOCAL_SCOPE = RuleScope(service=job_matcher(LOCAL_SERVICE_JOBS), node='job="node"',
+LOCAL_SCOPE = RuleScope(service=job_matcher(LOCAL_SERVICE_JOBS), node=LOCAL_NODE,
                         targets=job_matcher(LOCAL_JOBS))
 
 
@@ -196,33 +211,21 @@ def slow_ratio_record(window: str) -> str:
 def service_recordings(profile: Profile, scope: RuleScope = LOCAL_SCOPE) -> list[RecordingRule]:
     w = profile.rate_window
     s = scope.service
-    by_model = scope.by("model")
-
-    def rate(metric: str, *matchers: str) -> str:
-        return f"rate({select(metric, s, *matchers)}[{w}])"
-
+    by_model = scope.grouping("model")
     rules = [
-        RecordingRule(f"model:inference_requests:rate{w}",
-                      f"sum {by_model} ({rate('inference_requests_total')})"),
-        RecordingRule(f"model:inference_errors:ratio_rate{w}",
-                      f"sum {by_model} ({rate('inference_errors_total')})"
-                      f" / sum {by_model} ({rate('inference_requests_total')})"),
+        RecordingRule(f"model:inference_requests:rate{w}", request_rate(w, s, by=by_model)),
+        RecordingRule(f"model:inference_errors:ratio_rate{w}", error_ratio(w, s, by=by_model)),
     ]
     for q in ("50", "95", "99"):
-        rules.append(RecordingRule(
-            f"model:inference_latency_seconds:p{q}_rate{w}",
-            f"histogram_quantile(0.{q}, sum {scope.by('model', 'le')} "
-            f"({rate('inference_latency_seconds_bucket')}))"))
-    for name, metric in (("accuracy", "inference_feedback"),
-                         ("top5_accuracy", "inference_feedback_top5")):
-        correct = rate(f"{metric}_total", 'outcome="correct"')
-        rules.append(RecordingRule(
-            feedback_record(profile, name),
-            f"sum {by_model} ({correct}) / sum {by_model} ({rate(f'{metric}_total')})"))
+        rules.append(RecordingRule(f"model:inference_latency_seconds:p{q}_rate{w}",
+                                   histogram_quantile(f"0.{q}", w, s, by=by_model)))
+    for name, feedback in (("accuracy", FEEDBACK_TOTAL), ("top5_accuracy", FEEDBACK_TOP5_TOTAL)):
+        rules.append(RecordingRule(feedback_record(profile, name),
+                                   accuracy(w, s, by=by_model, feedback=feedback)))
     rules.append(RecordingRule(
         f"model_stage:inference_stage_seconds:p95_rate{w}",
-        f"histogram_quantile(0.95, sum {scope.by('model', 'stage', 'le')} "
-        f"({rate('inference_stage_seconds_bucket')}))"))
+        histogram_quantile(0.95, w, s, by=scope.grouping("model", "stage"),
+                           histogram=STAGE_SECONDS)))
     return rules
 
 
@@ -234,47 +237,34 @@ def native_recordings(servers: Sequence[NativeServer] = NATIVE_SERVERS) -> list[
             for server in servers for record, expr, labels in server.recorded()]
 
 
-# The node-mixin formulas (node_exporter's own mixin), per instance. ``node`` selects
-# node_exporter: job "node" here, "node-exporter" in kube-prometheus-stack.
-def cpu_utilisation_expr(window: str, node: str = LOCAL_SCOPE.node) -> str:
-    cpu = select("node_cpu_seconds_total", node, 'mode=~"idle|iowait|steal"')
-    return f"1 - avg without (cpu) (sum without (mode) (rate({cpu}[{window}])))"
-
-
-def memory_utilisation_expr(node: str = LOCAL_SCOPE.node) -> str:
-    return (f"1 - ({select('node_memory_MemAvailable_bytes', node)}"
-            f" / {select('node_memory_MemTotal_bytes', node)})")
-
-
 def host_recordings(profile: Profile, scope: RuleScope = LOCAL_SCOPE) -> list[RecordingRule]:
     return [
-        RecordingRule(cpu_record(profile), cpu_utilisation_expr(profile.rate_window, scope.node),
+        RecordingRule(cpu_record(profile), cpu_utilisation(profile.rate_window, scope.node),
                       dict(scope.host_labels)),
-        RecordingRule(MEMORY_RECORD, memory_utilisation_expr(scope.node), dict(scope.host_labels)),
+        RecordingRule(MEMORY_RECORD, memory_utilisation(scope.node), dict(scope.host_labels)),
     ]
 
 
 def slo_recordings(slos: Sequence[SLO], scope: RuleScope = LOCAL_SCOPE) -> list[RecordingRule]:
     """Error and slow-request ratios per SLO window, each a ratio of summed increases."""
-    by_model = scope.by("model")
+    by_model = scope.grouping("model")
 
     def increase(metric: str, window: str, *matchers: str) -> str:
-        return f"sum {by_model} (increase({select(metric, scope.service, *matchers)}[{window}]))"
+        return summed(metric, window, scope.service, *matchers, by=by_model, func="increase")
 
     rules = []
     for w in SLO_WINDOWS:
         rules.append(RecordingRule(
             error_ratio_record(w),
-            f"{increase('inference_errors_total', w)}"
-            f" / {increase('inference_requests_total', w)}"))
+            error_ratio(w, scope.service, by=by_model, func="increase")))
     for slo in slos:
         if slo.latency_threshold is None:
             continue
         # The threshold bucket differs per model; the static label keeps rules distinct.
         sel = f'model="{slo.model}"'
         for w in SLO_WINDOWS:
-            ok = increase("inference_latency_seconds_count", w, sel)
-            fast = increase("inference_latency_seconds_bucket", w, sel, f'le="{slo.le}"')
+            ok = increase(f"{LATENCY_SECONDS}_count", w, sel)
+            fast = increase(f"{LATENCY_SECONDS}_bucket", w, sel, f'le="{slo.le}"')
             rules.append(RecordingRule(slow_ratio_record(w), f"({ok} - {fast}) / {ok}",
                                        {"model": slo.model}))
     return rules
@@ -331,15 +321,12 @@ def service_alerts(profile: Profile, slos: Sequence[SLO],
                    scope: RuleScope = LOCAL_SCOPE) -> list[AlertRule]:
     w = profile.rate_window
     s = scope.service
-    shed = select("inference_error_reasons_total", s, 'reason="overloaded"')
     rules = [
         # The seed's rule, kept as written but for the scope; its window and `for` follow
         # the profile.
         AlertRule(
             "HighInferenceErrorRate",
-            f"rate({select('inference_errors_total', s)}[{w}])"
-            f" / rate({select('inference_requests_total', s)}[{w}])"
-            f" > {ERROR_RATIO_THRESHOLD}",
+            f"{error_ratio(w, s, by=None)} > {ERROR_RATIO_THRESHOLD}",
             profile.error_alert_for, "critical",
             "High inference error rate on {{ $labels.instance }}",
             "The inference error ratio of model {{ $labels.model }} on {{ $labels.instance }}"
@@ -353,15 +340,15 @@ def service_alerts(profile: Profile, slos: Sequence[SLO],
             "metrics and the alerts built on them are blind until it is back."),
         AlertRule(
             "InferenceQueueSaturated",
-            f"max {scope.by('model', 'instance')} ({select('inference_queue_depth', s)}"
-            f" / {select('inference_queue_capacity', s)}) > {QUEUE_SATURATION_THRESHOLD}",
+            f"max {scope.by('model', 'instance')} ({select(QUEUE_DEPTH, s)}"
+            f" / {select(QUEUE_CAPACITY, s)}) > {QUEUE_SATURATION_THRESHOLD}",
             profile.error_alert_for, "warning",
             "Batching queue of {{ $labels.model }} on {{ $labels.instance }} is nearly full",
             "The queue is {{ $value | humanizePercentage }} full; beyond capacity requests are "
             "shed with 503."),
         AlertRule(
             "InferenceRequestsShed",
-            f"sum {scope.by('model', 'instance')} (rate({shed}[{w}])) > 0",
+            f"{shed_rate(w, s, by=scope.grouping('model', 'instance'))} > 0",
             profile.error_alert_for, "warning",
             "{{ $labels.instance }} sheds requests for {{ $labels.model }}",
             "The service answers 503 overloaded to {{ $value | humanize }} requests per second."),
@@ -380,16 +367,14 @@ def service_alerts(profile: Profile, slos: Sequence[SLO],
             "Memory utilisation is {{ $value | humanizePercentage }}."),
         AlertRule(
             "GPUHighUtilisation",
-            f"avg_over_time({select('inferwatch_gpu_utilization_ratio', s)}[{w}])"
-            f" > {GPU_UTILISATION_THRESHOLD}",
+            f"{gpu_utilisation(w, s)} > {GPU_UTILISATION_THRESHOLD}",
             profile.slow_alert_for, "warning",
             "GPU {{ $labels.gpu }} ({{ $labels.name }}) on {{ $labels.instance }} is saturated",
             f"The GPU ran kernels {{{{ $value | humanizePercentage }}}} of the time over {w}: "
             "batches queue for it and latency grows with load."),
         AlertRule(
             "GPUMemoryHigh",
-            f"{select('inferwatch_gpu_memory_used_bytes', s)}"
-            f" / {select('inferwatch_gpu_memory_total_bytes', s)} > {GPU_MEMORY_THRESHOLD}",
+            f"{gpu_memory_ratio(s)} > {GPU_MEMORY_THRESHOLD}",
             profile.slow_alert_for, "warning",
             "Memory of GPU {{ $labels.gpu }} ({{ $labels.name }}) on {{ $labels.instance }} "
             "is nearly full",
@@ -398,7 +383,7 @@ def service_alerts(profile: Profile, slos: Sequence[SLO],
     ]
     rules.append(AlertRule(
         "ModelDrift",
-        f"max {scope.by('model', 'feature')} ({select('inference_drift_psi', s)})"
+        f"max {scope.by('model', 'feature')} ({select(DRIFT_PSI, s)})"
         f" > {DRIFT_PSI_THRESHOLD}",
         profile.slow_alert_for, "warning",
         "Inputs of {{ $labels.model }} drifted from the training data ({{ $labels.feature }})",
@@ -424,8 +409,8 @@ def service_alerts(profile: Profile, slos: Sequence[SLO],
             threshold = slo.latency_threshold
             rules.append(AlertRule(
                 "InferenceLatencyHigh",
-                f"histogram_quantile(0.95, sum {scope.by('model', 'le')} (rate("
-                f"{select('inference_latency_seconds_bucket', s, model)}[{w}]))) > {threshold:g}",
+                f"{histogram_quantile(0.95, w, s, model, by=scope.grouping('model'))}"
+                f" > {threshold:g}",
                 profile.slow_alert_for, "warning",
                 f"p95 latency of {m} is above {threshold * 1000:g} ms",
                 f"The p95 latency of model {m} over {w} is above its objective of "
@@ -433,10 +418,10 @@ def service_alerts(profile: Profile, slos: Sequence[SLO],
                 "the time goes.",
                 {"model": m}))
         if slo.expect_traffic:
-            requests = select("inference_requests_total", s, model)
             rules.append(AlertRule(
                 "InferenceNoTraffic",
-                f"sum {scope.by('model')} (rate({requests}[{w}])) == 0\nor absent({requests})",
+                f"{request_rate(w, s, model, by=scope.grouping('model'))} == 0\n"
+                f"or absent({select(REQUESTS_TOTAL, s, model)})",
                 profile.slow_alert_for, "warning",
                 f"Model {m} receives no requests",
                 f"Model {m} is expected to serve traffic but received none over {w}: clients, "

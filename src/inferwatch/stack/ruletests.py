@@ -15,6 +15,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from inferwatch.metrics.names import (
+    DRIFT_PSI,
+    ERROR_REASONS_TOTAL,
+    ERRORS_TOTAL,
+    FEEDBACK_TOTAL,
+    GPU_MEMORY_TOTAL_BYTES,
+    GPU_MEMORY_USED_BYTES,
+    GPU_UTILIZATION_RATIO,
+    LATENCY_SECONDS,
+    QUEUE_CAPACITY,
+    QUEUE_DEPTH,
+    REQUESTS_TOTAL,
+    SHED_REASON,
+)
 from inferwatch.stack import rules as r
 from inferwatch.stack.profiles import Profile, parse_duration
 from inferwatch.stack.slo import SLO
@@ -132,21 +146,21 @@ def service_scenarios(profile: Profile, slos: Sequence[SLO]) -> list[Scenario]:
 
     found = [
         Scenario("HighInferenceErrorRate", lambda lv, n: [
-            series("inference_requests_total", SERVICE, ramp(100, n)),
-            series("inference_errors_total", SERVICE, ramp(100 * err * lv, n)),
+            series(REQUESTS_TOTAL, SERVICE, ramp(100, n)),
+            series(ERRORS_TOTAL, SERVICE, ramp(100 * err * lv, n)),
         ], SERVICE, value=lambda lv: err * lv),
         Scenario("TargetDown", lambda lv, n: [
             series("up", {"instance": INSTANCE, "job": "inference"},
                    f"1 1 {flat(0 if lv > 1 else 1, n)}"),
         ], {"instance": INSTANCE, "job": "inference"}, onset_intervals=2),
         Scenario("InferenceQueueSaturated", lambda lv, n: [
-            series("inference_queue_depth", SERVICE, flat(100 * queue * lv, n)),
-            series("inference_queue_capacity", SERVICE, flat(100, n)),
+            series(QUEUE_DEPTH, SERVICE, flat(100 * queue * lv, n)),
+            series(QUEUE_CAPACITY, SERVICE, flat(100, n)),
         ], {"instance": INSTANCE, "model": "digits"}, value=lambda lv: queue * lv,
             onset_intervals=0),
         # The threshold is "more than zero": just below is none shed, just above is one.
         Scenario("InferenceRequestsShed", lambda lv, n: [
-            series("inference_error_reasons_total", {**SERVICE, "reason": "overloaded"},
+            series(ERROR_REASONS_TOTAL, {**SERVICE, "reason": SHED_REASON},
                    ramp(1 if lv > 1 else 0, n)),
         ], {"instance": INSTANCE, "model": "digits"},
             value=lambda lv: 1 / profile.scrape_seconds),
@@ -161,17 +175,17 @@ def service_scenarios(profile: Profile, slos: Sequence[SLO]) -> list[Scenario]:
             series("node_memory_MemTotal_bytes", NODE, flat(100, n)),
         ], NODE, value=lambda lv: mem * lv, onset_intervals=0),
         Scenario("GPUHighUtilisation", lambda lv, n: [
-            series("inferwatch_gpu_utilization_ratio", GPU, flat(gpu * lv, n)),
+            series(GPU_UTILIZATION_RATIO, GPU, flat(gpu * lv, n)),
         ], GPU, value=lambda lv: gpu * lv, onset_intervals=0),
         # Free memory shrinks with the level, so "above" stays a possible share (< 100%).
         Scenario("GPUMemoryHigh", lambda lv, n: [
-            series("inferwatch_gpu_memory_used_bytes", GPU, flat(100 * gpu_used(lv), n)),
-            series("inferwatch_gpu_memory_total_bytes", GPU, flat(100, n)),
+            series(GPU_MEMORY_USED_BYTES, GPU, flat(100 * gpu_used(lv), n)),
+            series(GPU_MEMORY_TOTAL_BYTES, GPU, flat(100, n)),
         ], GPU, value=gpu_used, onset_intervals=0),
     ]
     psi_limit = r.DRIFT_PSI_THRESHOLD
     found.append(Scenario("ModelDrift", lambda lv, n: [
-        series("inference_drift_psi", {**SERVICE, "feature": "ink_fraction"},
+        series(DRIFT_PSI, {**SERVICE, "feature": "ink_fraction"},
                flat(psi_limit * lv, n)),
     ], {"model": "digits", "feature": "ink_fraction"}, value=lambda lv: psi_limit * lv,
         onset_intervals=0))
@@ -198,7 +212,7 @@ def service_scenarios(profile: Profile, slos: Sequence[SLO]) -> list[Scenario]:
     traffic = next((s for s in slos if s.expect_traffic), None)
     if traffic is not None:
         found.append(Scenario("InferenceNoTraffic", lambda lv, n: [
-            series("inference_requests_total", {**SERVICE, "model": traffic.model},
+            series(REQUESTS_TOTAL, {**SERVICE, "model": traffic.model},
                    ramp(0 if lv > 1 else 1, n, start=5)),
         ], {"model": traffic.model}))
     return found
@@ -212,9 +226,9 @@ def _accuracy_at(objective: float, level: float) -> float:
 def _feedback(model: str, objective: float, level: float, n: int) -> list[dict[str, str]]:
     accuracy = _accuracy_at(objective, level)
     sel = {**SERVICE, "model": model}
-    return [series("inference_feedback_total", {**sel, "outcome": "correct"},
+    return [series(FEEDBACK_TOTAL, {**sel, "outcome": "correct"},
                    ramp(100 * accuracy, n)),
-            series("inference_feedback_total", {**sel, "outcome": "incorrect"},
+            series(FEEDBACK_TOTAL, {**sel, "outcome": "incorrect"},
                    ramp(100 * (1 - accuracy), n))]
 
 
@@ -228,9 +242,9 @@ def _latency_buckets(slo: SLO, level: float, n: int) -> list[dict[str, str]]:
     assert t is not None
     sel = {**SERVICE, "model": slo.model}
     buckets = [(f"{t / 2:g}", under / 2), (slo.le, under), (f"{t * 2:g}", 1.0), ("+Inf", 1.0)]
-    out = [series("inference_latency_seconds_bucket", {**sel, "le": le},
+    out = [series(f"{LATENCY_SECONDS}_bucket", {**sel, "le": le},
                   ramp(total * share, n)) for le, share in buckets]
-    out.append(series("inference_latency_seconds_count", sel, ramp(total, n)))
+    out.append(series(f"{LATENCY_SECONDS}_count", sel, ramp(total, n)))
     return out
 
 
@@ -242,15 +256,15 @@ def slo_scenarios(slo: SLO) -> list[tuple[Scenario, float]]:
     def errors(budget_factor: float) -> Callable[[float, int], list[dict[str, str]]]:
         def build(lv: float, n: int) -> list[dict[str, str]]:
             ratio = slo.error_budget * budget_factor * lv
-            return [series("inference_requests_total", sel, ramp(1000, n)),
-                    series("inference_errors_total", sel, ramp(1000 * ratio, n))]
+            return [series(REQUESTS_TOTAL, sel, ramp(1000, n)),
+                    series(ERRORS_TOTAL, sel, ramp(1000 * ratio, n))]
         return build
 
     def slow(budget_factor: float) -> Callable[[float, int], list[dict[str, str]]]:
         def build(lv: float, n: int) -> list[dict[str, str]]:
             ratio = slo.latency_budget * budget_factor * lv
-            return [series("inference_latency_seconds_count", sel, ramp(1000, n)),
-                    series("inference_latency_seconds_bucket", {**sel, "le": slo.le},
+            return [series(f"{LATENCY_SECONDS}_count", sel, ramp(1000, n)),
+                    series(f"{LATENCY_SECONDS}_bucket", {**sel, "le": slo.le},
                            ramp(1000 * (1 - ratio), n))]
         return build
 
@@ -355,8 +369,8 @@ def request_weighted_test(slo: SLO) -> dict[str, Any]:
         "name": "InferenceErrorBudgetBurnFast: long windows are request-weighted",
         "interval": "1m",
         "input_series": [
-            series("inference_requests_total", sel, "0+1000x344 345000+10x15"),
-            series("inference_errors_total", sel, "0x344 0+10x15"),
+            series(REQUESTS_TOTAL, sel, "0+1000x344 345000+10x15"),
+            series(ERRORS_TOTAL, sel, "0x344 0+10x15"),
         ],
         "alert_rule_test": [{"eval_time": "360m", "alertname": "InferenceErrorBudgetBurnFast",
                              "exp_alerts": []}],
