@@ -93,6 +93,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from quantiles import resnet18_payloads
 
 from inferwatch.httplimits import HttpLimits
+from inferwatch.limitedhttp import uvicorn_options
 from inferwatch.metrics import FeedbackStore, InferenceMetrics, QualityWorker, model_from_path
 from inferwatch.metrics.instruments import RequestRecorder, _SharedRecorder
 from inferwatch.operate.load import Payload, build_payloads
@@ -189,7 +190,7 @@ def serve_all(model: str, services: list[str]) -> None:
         apps.append((int(port), create_app(serve_config(flags, model))))
     prepare_serving_process()
     configs = [uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                              access_log=False, **serve_options(), **HttpLimits().uvicorn_options())
+                              access_log=False, **serve_options(), **uvicorn_options(HttpLimits()))
                for port, app in apps]
     serve_together(uvicorn.Server(configs[0]), configs[1:])
 

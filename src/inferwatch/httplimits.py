@@ -5,25 +5,20 @@ uvicorn parses requests with httptools (llhttp), which caps no header size, and 
 timer, the keep-alive one, after a first response: a client that connects and trickles a
 header holds the connection, and every byte of its header, for ever. Every server inferwatch
 runs (the service and its admin API, the dashboard page, the alert inbox) gets
-:meth:`HttpLimits.uvicorn_options`.
+:func:`inferwatch.limitedhttp.uvicorn_options`; this module imports no uvicorn (a third of the
+command line's start-up time).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 __all__ = ["HttpLimits"]
 
 
 @dataclasses.dataclass(frozen=True)
 class HttpLimits:
-    """Limits of each server process, as keyword arguments of ``uvicorn.Config``:
-
-    >>> options = HttpLimits(header_timeout=5).uvicorn_options()  # uvicorn.Config(app, **options)
-    >>> options["timeout_keep_alive"], options["http"].limits.header_timeout
-    (5.0, 5)
-    """
+    """Limits of each server process."""
 
     max_header_bytes: int = 64 << 10
     """Largest request head (target and header fields); beyond, 431."""
@@ -39,10 +34,3 @@ class HttpLimits:
         for field in dataclasses.fields(self):
             if getattr(self, field.name) <= 0:
                 raise ValueError(f"--{field.name.replace('_', '-')} must be positive")
-
-    def uvicorn_options(self) -> dict[str, Any]:
-        # Imported here: uvicorn takes a third of the command line's start-up time.
-        from inferwatch.limitedhttp import LimitedHttpToolsProtocol
-
-        protocol = type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {"limits": self})
-        return {"http": protocol, "timeout_keep_alive": self.keep_alive_timeout}

@@ -11,7 +11,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from inferwatch.httplimits import HttpLimits
 
-__all__ = ["LimitedHttpToolsProtocol"]
+__all__ = ["LimitedHttpToolsProtocol", "uvicorn_options"]
 
 
 def _error(status: HTTPStatus, reason: str, message: str) -> tuple[bytes, bytes]:
@@ -132,3 +132,14 @@ async def _refuse_head(scope: Any, receive: Any, send: Any) -> None:
                             (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
+
+
+def uvicorn_options(limits: HttpLimits) -> dict[str, Any]:
+    """``limits`` as keyword arguments of ``uvicorn.Config``:
+
+    >>> options = uvicorn_options(HttpLimits(header_timeout=5))  # uvicorn.Config(app, **options)
+    >>> options["timeout_keep_alive"], options["http"].limits.header_timeout
+    (5.0, 5)
+    """
+    protocol = type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {"limits": limits})
+    return {"http": protocol, "timeout_keep_alive": limits.keep_alive_timeout}

@@ -11,11 +11,7 @@ from pathlib import Path
 
 import inferwatch
 
-ALLOWED = {
-    # httplimits imports limitedhttp late, to keep uvicorn off the CLI's start-up, and
-    # limitedhttp names HttpLimits: outside the proxy and stack work of issue 23
-    frozenset({"inferwatch.httplimits", "inferwatch.limitedhttp"}),
-}
+ALLOWED: set[frozenset[str]] = set()  # no cycle is allowed
 
 
 def module_files(package: Path) -> dict[str, Path]:

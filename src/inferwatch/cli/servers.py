@@ -164,11 +164,12 @@ def inbox(
     """Receive Alertmanager webhook notifications, print and keep them."""
     import uvicorn
 
+    from inferwatch.limitedhttp import uvicorn_options
     from inferwatch.stack.inbox import create_inbox_app
 
     limits = http_limits(max_header_bytes, header_timeout, keep_alive_timeout, max_connections)
     uvicorn.run(create_inbox_app(file), host=host, port=port, log_level="warning",
-                access_log=False, **limits.uvicorn_options())
+                access_log=False, **uvicorn_options(limits))
 
 
 def dashboard(
@@ -190,6 +191,7 @@ def dashboard(
     """Serve the built-in dashboard page: the Grafana dashboard's panels, without Grafana."""
     import uvicorn
 
+    from inferwatch.limitedhttp import uvicorn_options
     from inferwatch.stack.dashboard import DashboardConfig, create_dashboard_app
     from inferwatch.stack.profiles import ProfileError, profile_named
 
@@ -202,4 +204,4 @@ def dashboard(
         raise fail(str(exc)) from None
     limits = http_limits(max_header_bytes, header_timeout, keep_alive_timeout, max_connections)
     uvicorn.run(create_dashboard_app(config), host=host, port=port, log_level="warning",
-                access_log=False, **limits.uvicorn_options())
+                access_log=False, **uvicorn_options(limits))

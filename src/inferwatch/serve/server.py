@@ -12,6 +12,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from inferwatch.httplimits import HttpLimits
+from inferwatch.limitedhttp import uvicorn_options
 from inferwatch.serve.admin import ADMIN_HOST
 
 __all__ = ["run_service", "serve_options", "serve_together"]
@@ -36,12 +37,12 @@ def run_service(app: ASGIApp, host: str, port: int, limits: HttpLimits,
     ``admin_port``, the admin API beside it on 127.0.0.1."""
     main = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, **serve_options(),
-        **limits.uvicorn_options()))
+        **uvicorn_options(limits)))
     if admin is None or admin_port is None:
         main.run()
         return
     side = uvicorn.Config(admin, host=ADMIN_HOST, port=admin_port, log_level="warning",
-                          access_log=False, **limits.uvicorn_options())
+                          access_log=False, **uvicorn_options(limits))
     serve_together(main, [side])
 
 

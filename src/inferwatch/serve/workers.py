@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.values import close_all_multiprocess_files
 
 from inferwatch.httplimits import HttpLimits
+from inferwatch.limitedhttp import uvicorn_options
 from inferwatch.metrics.workers import (
     SUPERVISOR,
     CollectorPublisher,
@@ -269,7 +270,7 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
 
     server = WorkerServer(uvicorn.Config(
         app, log_level="warning", access_log=False, **spec["uvicorn"],
-        **HttpLimits(**spec["http_limits"]).uvicorn_options()))
+        **uvicorn_options(HttpLimits(**spec["http_limits"]))))
     stop_publishing = _publish(CollectorPublisher(app.state.service.quality_metrics.collector))
     try:
         server.run(sockets=[socket.socket(fileno=spec["fd"])])
