@@ -131,6 +131,9 @@ def proxy(
     discover_wait: Annotated[float, typer.Option(
         help="Without --model: how long to wait for an unreachable upstream, in seconds.")
     ] = 60.0,
+    llm_metrics: Annotated[bool, typer.Option(
+        help="Read OpenAI-style completions for tokens, time to first token, inter-token "
+             "latency and finish reasons.")] = True,
 ) -> None:
     """Forward to an inference server (TorchServe, OIP v2, OpenAI-style) and export metrics."""
     from inferwatch.proxy import DiscoveryError, ProxyConfig, ProxyServer, discover_models
@@ -140,7 +143,8 @@ def proxy(
                                                                         wait=discover_wait)
         server = ProxyServer(ProxyConfig(
             upstream=upstream, host=host, port=port, models=models, default_model=default_model,
-            timeout=timeout, connect_timeout=connect_timeout, max_body_bytes=max_body_bytes))
+            timeout=timeout, connect_timeout=connect_timeout, max_body_bytes=max_body_bytes,
+            llm_metrics=llm_metrics))
     except (ValueError, DiscoveryError) as exc:
         raise fail(str(exc)) from None
     console.print(f"proxy http://{host}:{port} -> {upstream}; models: {', '.join(models)}; "

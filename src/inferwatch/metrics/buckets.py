@@ -12,6 +12,9 @@ from collections.abc import Iterable
 _FINE = (1.0, 1.125, 1.25, 1.375, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0, 3.5, 4.0, 4.5,
          5.0, 5.5, 6.0, 7.0, 8.0, 9.0)
 _COARSE = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
+# Neighbours at most 1/3 apart: the LLM series below are three histograms per model, each
+# over three to four decades, where alerts read quantiles to within about 15%.
+_MEDIUM = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
 
 
 def log_buckets(low: float, high: float, mantissas: Iterable[float] = _FINE) -> tuple[float, ...]:
@@ -45,6 +48,18 @@ DEFAULT_STAGE_BUCKETS = log_buckets(0.0001, 10.0, _COARSE)
 """Per-stage latency: 0.1 ms to 10 s, 6 bounds per decade (four stages per model)."""
 
 DEFAULT_BATCH_SIZE_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
+
+DEFAULT_TIME_TO_FIRST_TOKEN_BUCKETS = log_buckets(0.005, 60.0, _MEDIUM)
+"""Time to first token: 5 ms (a warm, idle server) to 60 s (a long prompt queued under load,
+near clients' timeouts)."""
+
+DEFAULT_INTER_TOKEN_BUCKETS = log_buckets(0.001, 2.0, _MEDIUM)
+"""Gaps between streamed tokens: 1 ms (a small model, or chunks that arrive in one read) to
+2 s (a server stalled by preemption or prefills of other requests)."""
+
+DEFAULT_TOKENS_PER_SECOND_BUCKETS = log_buckets(1.0, 2000.0, _MEDIUM)
+"""Output tokens per second of a stream: 1 (a large model on CPU) to 2000 (a small one on a
+GPU, or speculative decoding)."""
 
 SEED_LATENCY_BUCKETS = (0.1, 0.5, 1.0, 2.0)
 """The seed tutorial's buckets, kept for comparison benchmarks."""

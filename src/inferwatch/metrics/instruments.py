@@ -20,8 +20,11 @@ from prometheus_client.samples import Exemplar
 
 from inferwatch.metrics.buckets import (
     DEFAULT_BATCH_SIZE_BUCKETS,
+    DEFAULT_INTER_TOKEN_BUCKETS,
     DEFAULT_LATENCY_BUCKETS,
     DEFAULT_STAGE_BUCKETS,
+    DEFAULT_TIME_TO_FIRST_TOKEN_BUCKETS,
+    DEFAULT_TOKENS_PER_SECOND_BUCKETS,
 )
 from inferwatch.metrics.histogram import DeferredHistogram, ExemplarLabels, Exemplars
 from inferwatch.metrics.names import (
@@ -29,12 +32,17 @@ from inferwatch.metrics.names import (
     ERROR_REASONS,
     ERROR_REASONS_TOTAL,
     ERRORS_TOTAL,
+    FINISH_REASON_LABEL,
+    FINISH_REASONS,
+    FINISH_REASONS_TOTAL,
     IN_FLIGHT_REQUESTS,
+    INTER_TOKEN_LATENCY_SECONDS,
     LATENCY_SECONDS,
     MODEL_HELDOUT_ACCURACY_RATIO,
     MODEL_INFO,
     MODEL_LABEL,
     MODEL_LOAD_SECONDS,
+    OUTPUT_TOKENS_PER_SECOND,
     QUEUE_CAPACITY,
     QUEUE_DEPTH,
     REASON_LABEL,
@@ -43,6 +51,10 @@ from inferwatch.metrics.names import (
     STAGE_LABEL,
     STAGE_SECONDS,
     TIME_TO_FIRST_BYTE_SECONDS,
+    TIME_TO_FIRST_TOKEN_SECONDS,
+    TOKEN_SOURCE_LABEL,
+    TOKEN_TYPE_LABEL,
+    TOKENS_TOTAL,
     VERSION_LABEL,
 )
 
@@ -74,6 +86,11 @@ _KNOWN_CODES = frozenset(
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# The (type, source) pairs of inference_tokens_total: a prompt is never estimated. They and
+# every finish reason are made at zero with a model's first completion, so that rate() sees
+# the first increase of each.
+_TOKEN_SERIES = (("input", "usage"), ("output", "usage"), ("output", "estimated"))
+
 
 def _status_code_label(status: int) -> str:
     return str(status) if status in _KNOWN_CODES else f"{status // 100}xx"
@@ -92,6 +109,40 @@ class _ModelSeries:
     first_byte: Any = None
     codes: dict[int, Any] = field(default_factory=dict)
     reasons: dict[str, Any] = field(default_factory=dict)
+    completions: _CompletionSeries | None = None
+
+
+@dataclass
+class _CompletionSeries:
+    """A model's LLM series; the histograms only for a known model, as ``first_byte``."""
+
+    tokens: dict[tuple[str, str], Any]  # by (type, source)
+    finish_reasons: dict[str, Any]
+    first_token: Any
+    inter_token: Any
+    tokens_per_second: Any
+
+
+@dataclass
+class Completion:
+    """What one OpenAI-style answer produced, for :meth:`InferenceMetrics.observe_completion`.
+
+    Tokens are the server's own ``usage``, or with ``estimated`` the output counted from a
+    stream's chunks (no input then); None where unknown. Times are in seconds:
+    ``first_token`` from the request's start, ``gaps`` between content chunks.
+    """
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    estimated: bool = False
+    finish_reasons: Sequence[str] = ()
+    first_token: float | None = None
+    gaps: Sequence[float] = ()
+    tokens_per_second: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.estimated and self.input_tokens is not None:
+            raise ValueError("input tokens are never estimated: only a stream's output is")
 
 
 class InferenceMetrics:
@@ -118,6 +169,9 @@ class InferenceMetrics:
         latency_buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS,
         stage_buckets: Sequence[float] = DEFAULT_STAGE_BUCKETS,
         batch_size_buckets: Sequence[float] = DEFAULT_BATCH_SIZE_BUCKETS,
+        first_token_buckets: Sequence[float] = DEFAULT_TIME_TO_FIRST_TOKEN_BUCKETS,
+        inter_token_buckets: Sequence[float] = DEFAULT_INTER_TOKEN_BUCKETS,
+        tokens_per_second_buckets: Sequence[float] = DEFAULT_TOKENS_PER_SECOND_BUCKETS,
     ) -> None:
         kw: dict[str, Any] = {"registry": registry}
         labels = (MODEL_LABEL, VERSION_LABEL)
@@ -165,6 +219,32 @@ class InferenceMetrics:
         self.batch_size = histogram(
             BATCH_SIZE, "Samples per executed model batch.",
             labels, buckets=batch_size_buckets, **kw,
+        )
+        self.tokens = Counter(
+            TOKENS_TOTAL,
+            "Tokens of OpenAI-style completions: input (prompt) and output (completion), from "
+            "the server's usage or estimated from a stream's chunks.",
+            (*labels, TOKEN_TYPE_LABEL, TOKEN_SOURCE_LABEL), **kw,
+        )
+        self.finish_reasons = Counter(
+            FINISH_REASONS_TOTAL, "Choices of OpenAI-style completions by finish reason.",
+            (*labels, FINISH_REASON_LABEL), **kw,
+        )
+        self.first_token = histogram(
+            TIME_TO_FIRST_TOKEN_SECONDS,
+            "Time to the first content chunk of a streamed completion.",
+            labels, buckets=first_token_buckets, **kw,
+        )
+        self.inter_token = histogram(
+            INTER_TOKEN_LATENCY_SECONDS,
+            "Gaps between the content chunks of streamed completions.",
+            labels, buckets=inter_token_buckets, **kw,
+        )
+        self.tokens_per_second = histogram(
+            OUTPUT_TOKENS_PER_SECOND,
+            "Output tokens of a streamed completion per second, from its first content chunk "
+            "to its last.",
+            labels, buckets=tokens_per_second_buckets, **kw,
         )
         # With several worker processes (values shared through files, see
         # inferwatch.metrics.workers) gauges are summed over the live workers or their maximum
@@ -295,6 +375,45 @@ class InferenceMetrics:
             label = self.model_label(model)
             s.first_byte = self.first_byte.labels(label, self._versions.get(label, ""))
         s.first_byte.observe(seconds)
+
+    def observe_completion(self, model: str | None, completion: Completion,
+                           exemplar: ExemplarLabels | None = None) -> None:
+        """Count one OpenAI-style answer's tokens and finish reasons, and time its stream;
+        ``exemplar`` goes with the time to first token. Unknown models get counters only."""
+        s = self._children(model)
+        series = s.completions or self._completion_series(model, s)
+        source = "estimated" if completion.estimated else "usage"
+        if completion.output_tokens is not None:
+            series.tokens[("output", source)].inc(completion.output_tokens)
+        if completion.input_tokens is not None:
+            series.tokens[("input", source)].inc(completion.input_tokens)
+        reasons = series.finish_reasons
+        for reason in completion.finish_reasons:
+            reasons.get(reason, reasons["other"]).inc()
+        if series.first_token is None:
+            return
+        if completion.first_token is not None:
+            series.first_token.observe(completion.first_token,
+                                       None if self.shared else exemplar)
+        observe_gap = series.inter_token.observe
+        for gap in completion.gaps:
+            observe_gap(gap)
+        if completion.tokens_per_second is not None:
+            series.tokens_per_second.observe(completion.tokens_per_second)
+
+    def _completion_series(self, model: str | None, s: _ModelSeries) -> _CompletionSeries:
+        label = self.model_label(model)
+        values = (label, self._versions.get(label, ""))
+        known = bool(s.stages)
+        series = _CompletionSeries(
+            tokens={key: self.tokens.labels(*values, *key) for key in _TOKEN_SERIES},
+            finish_reasons={r: self.finish_reasons.labels(*values, r) for r in FINISH_REASONS},
+            first_token=self.first_token.labels(*values) if known else None,
+            inter_token=self.inter_token.labels(*values) if known else None,
+            tokens_per_second=self.tokens_per_second.labels(*values) if known else None,
+        )
+        s.completions = series
+        return series
 
     def observe_batch(self, model: str, size: int) -> None:
         child = self._children(model).batch_size

@@ -108,6 +108,16 @@ class MetricsMiddleware:
                                          if status < 400 else None)
 
 
+def request_exemplar(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str] | None:
+    """The exemplar of a request from its headers alone, their names in any case (as the
+    proxy receives them): the trace id of its ``traceparent``, else its ``X-Request-ID``.
+
+    >>> request_exemplar([(b"Traceparent", b"00-" + b"ab" * 16 + b"-" + b"cd" * 8 + b"-01")])
+    {'trace_id': 'abababababababababababababababab'}
+    """
+    return _exemplar([(name.lower(), value) for name, value in headers], ())
+
+
 def _exemplar(headers: Iterable[tuple[bytes, bytes]],
               answered: Iterable[tuple[bytes, bytes]]) -> dict[str, str] | None:
     """``{"trace_id": ...}`` from a valid ``traceparent``, else ``{"request_id": ...}`` from

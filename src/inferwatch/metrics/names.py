@@ -25,6 +25,25 @@ MODEL_INFO = "inference_model_info"
 MODEL_LOAD_SECONDS = "inference_model_load_seconds"
 MODEL_HELDOUT_ACCURACY_RATIO = "inference_model_heldout_accuracy_ratio"
 
+# LLM serving (OpenAI-style APIs through the proxy; vLLM's own series mapped by recording
+# rules). Token type is OpenTelemetry's gen_ai.token.type: input (prompt), output (completion).
+TOKENS_TOTAL = "inference_tokens_total"  # labels: model, version, type, source
+TIME_TO_FIRST_TOKEN_SECONDS = "inference_time_to_first_token_seconds"
+INTER_TOKEN_LATENCY_SECONDS = "inference_inter_token_latency_seconds"
+OUTPUT_TOKENS_PER_SECOND = "inference_output_tokens_per_second"
+FINISH_REASONS_TOTAL = "inference_finish_reasons_total"  # labels: model, version, finish_reason
+KV_CACHE_USAGE_RATIO = "inference_kv_cache_usage_ratio"  # from servers that report it (vLLM)
+PREEMPTIONS_TOTAL = "inference_preemptions_total"  # from servers that report it (vLLM)
+TOKEN_TYPE_LABEL = "type"
+TOKEN_TYPES = ("input", "output")
+TOKEN_SOURCE_LABEL = "source"
+TOKEN_SOURCES = ("usage", "estimated")
+"""usage: the server's own ``usage`` counts; estimated: one token per streamed content chunk,
+for a stream without ``stream_options.include_usage``."""
+FINISH_REASON_LABEL = "finish_reason"
+FINISH_REASONS = ("stop", "length", "tool_calls", "content_filter", "function_call", "other")
+"""OpenAI's finish reasons; any other value is counted as ``other`` (a bounded label)."""
+
 # Model quality.
 FEEDBACK_TOTAL = "inference_feedback_total"
 FEEDBACK_TOP5_TOTAL = "inference_feedback_top5_total"

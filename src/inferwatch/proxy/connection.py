@@ -25,6 +25,7 @@ _REQUEST_DROP = frozenset({
     b"content-length", b"expect", b"x-forwarded-for",
 })
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_COMPLETION_PATHS = frozenset({b"/v1/chat/completions", b"/v1/completions"})
 _TOO_DEEP = "invalid JSON: nested too deeply"
 
 
@@ -309,6 +310,7 @@ class ClientConnection(asyncio.Protocol):
             except ValueError as exc:
                 ex.respond(400, "invalid_json", str(exc))
                 return
+            ex.reads_completion = context.llm_metrics and ex.path in _COMPLETION_PATHS
         if ex.counted:
             ex.gauge = context.metrics.in_flight_gauge(ex.model)
             ex.gauge.inc()

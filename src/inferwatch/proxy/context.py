@@ -32,3 +32,5 @@ class ProxyContext:
     client_timeout: float
     max_body_bytes: int
     max_header_bytes: int
+    llm_metrics: bool
+    """Whether OpenAI-style completions are read for their tokens, times and finish reasons."""

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
 
+from inferwatch.metrics.histogram import ExemplarLabels
+from inferwatch.metrics.middleware import request_exemplar
 from inferwatch.metrics.names import SHED_REASON, STATUS_BY_REASON
+from inferwatch.proxy.completions import StreamedCompletion, WholeCompletion
 from inferwatch.proxy.context import ProxyContext
 from inferwatch.proxy.routes import Route
 
@@ -50,10 +54,11 @@ class Exchange:
     """One request: received from a client, maybe forwarded, answered exactly once."""
 
     __slots__ = (
-        "body", "chunked", "client", "close_after", "context", "counted", "done", "drain",
-        "first_byte", "gauge", "headers", "held", "http11", "keep_alive", "method", "model",
-        "path", "pending", "query", "request", "retried", "route", "start", "status",
-        "streamed", "timer", "up_close", "up_end", "up_sent", "up_start", "upstream", "wrote",
+        "body", "chunked", "client", "close_after", "completion", "context", "counted", "done",
+        "drain", "first_byte", "gauge", "headers", "held", "http11", "keep_alive", "method",
+        "model", "path", "pending", "query", "reads_completion", "request", "retried", "route",
+        "start", "status", "streamed", "timer", "up_close", "up_end", "up_sent", "up_start",
+        "upstream", "wrote",
     )
 
     def __init__(self, client: Downstream, context: ProxyContext, route: Route, method: bytes,
@@ -90,6 +95,8 @@ class Exchange:
         self.up_end = 0.0
         self.up_sent = 0.0
         self.up_close = False
+        self.reads_completion = False  # an OpenAI-style completion, read for the LLM series
+        self.completion: StreamedCompletion | WholeCompletion | None = None
 
     @property
     def active(self) -> bool:
@@ -101,6 +108,7 @@ class Exchange:
         self.status = status
         lines = [STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
         length = chunked = False
+        content_type = b""
         for name, value in headers:
             low = name.lower()
             if low in _RESPONSE_DROP:
@@ -108,7 +116,14 @@ class Exchange:
                 continue
             if low == b"content-length":
                 length = True
+            elif low == b"content-type":
+                content_type = value
             lines.append(b"%s: %s\r\n" % (name, value))
+        if self.reads_completion and status == 200:
+            if b"event-stream" in content_type:
+                self.completion = StreamedCompletion(self.start)
+            elif b"json" in content_type:
+                self.completion = WholeCompletion()
         if not length and status not in (204, 304) and status >= 200:
             self.streamed = True
             self.up_close = not chunked  # the body ends when the upstream closes
@@ -131,6 +146,12 @@ class Exchange:
     def upstream_body(self, chunk: bytes) -> None:
         if not chunk:
             return
+        if self.completion is not None:
+            try:
+                self.completion.feed(chunk)
+            except Exception:  # a bug in the reading: the answer goes on, uncounted
+                self.completion = None
+                logger.exception("proxy_internal: reading a completion failed")
         if self.drain is not None:
             self.drain -= len(chunk)
             if self.drain < 0:
@@ -271,15 +292,32 @@ class Exchange:
                 # when a handler raises: a failure, found in the held-back last bytes.
                 reason = (SHED_REASON if status == 503 and _SERVER_FAILURE not in last else
                           "upstream_5xx" if status >= 500 else "upstream_4xx")
+            # Made, and the headers read, only for the observations a scrape keeps.
+            exemplar = functools.partial(request_exemplar, self.headers)
             metrics.observe_request(self.model, status, time.perf_counter() - self.start,
-                                    reason)
+                                    reason, exemplar)
             if self.up_end and self.model is not None:
                 metrics.observe_stage(self.model, "compute", self.up_end - self.up_start)
             if self.first_byte is not None:
                 metrics.observe_first_byte(self.model, self.first_byte)
+            if self.completion is not None:
+                self._observe_completion(self.completion, exemplar)
         if last:
             self.client.write(last)
         self.client.finished(self)
+
+    def _observe_completion(self, completion: StreamedCompletion | WholeCompletion,
+                            exemplar: ExemplarLabels) -> None:
+        """What was read of a 200's completion, however its answer ended: the tokens that
+        came were spent."""
+        self.completion = None
+        try:
+            done = completion.completion()
+        except Exception:  # as in upstream_body
+            logger.exception("proxy_internal: reading a completion failed")
+            return
+        if done is not None:
+            self.context.metrics.observe_completion(self.model, done, exemplar)
 
     def _release_gauge(self) -> None:
         if self.gauge is not None:

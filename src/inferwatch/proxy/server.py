@@ -51,6 +51,9 @@ class ProxyConfig:
     client_timeout: float = 75.0
     """Idle keep-alive client connections, and clients that stall mid-request, are closed."""
     latency_buckets: Sequence[float] | None = None
+    llm_metrics: bool = True
+    """Read OpenAI-style completions (``/v1/chat/completions``, ``/v1/completions``) for their
+    tokens, time to first token, inter-token latency and finish reasons."""
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.upstream)
@@ -115,7 +118,8 @@ class ProxyServer:
             prefix=parts.path.rstrip("/").encode(),
             host_header=parts.netloc.rsplit("@", 1)[-1].encode(),
             timeout=config.timeout, client_timeout=config.client_timeout,
-            max_body_bytes=config.max_body_bytes, max_header_bytes=config.max_header_bytes)
+            max_body_bytes=config.max_body_bytes, max_header_bytes=config.max_header_bytes,
+            llm_metrics=config.llm_metrics)
         self._server = await loop.create_server(
             lambda: ClientConnection(context, self.state), config.host, config.port,
             backlog=1024, reuse_address=True)
