@@ -3,7 +3,8 @@ promtool must find inferwatch's canonical series, the dashboard's panels, the re
 and the SLO alerts with the right values, and nothing counted twice behind the proxy.
 
 The input series are written here from each server's documentation (names, labels, units),
-not from ``stack/native.py``: a wrong name or unit there fails these tests.
+not from ``stack/native.py``: a wrong name or unit there fails these tests. vLLM's are those
+of vllm/v1/metrics/loggers.py, with the names a release exports during a rename: both.
 """
 
 import subprocess
@@ -14,17 +15,20 @@ from typing import Any
 import pytest
 
 from inferwatch.stack.native import MEASURED
+from inferwatch.stack.otel import render_genai_rule_file
 from inferwatch.stack.panels import DASHBOARD
 from inferwatch.stack.profiles import DEFAULT
 from inferwatch.stack.rules import render_rule_file, slo_alerts
-from inferwatch.stack.slo import SLO
+from inferwatch.stack.slo import SLO, LatencyObjective
 from inferwatch.stack.yamlfile import write_yaml
 
 STEP = 10  # seconds between samples, the default profile's scrape and evaluation interval
 AT = "10m"
 N = 60  # samples up to AT
 SLOS = [SLO("digits", availability=0.999, latency_objective=0.99, latency_threshold=0.025),
-        SLO("opt-125m", availability=0.99, latency_objective=0.95, latency_threshold=0.5)]
+        SLO("opt-125m", availability=0.99, latency_objective=0.95, latency_threshold=0.5,
+            time_to_first_token=LatencyObjective(0.95, 1.0),
+            inter_token_latency=LatencyObjective(0.95, 0.1))]
 
 TS = {"instance": "127.0.0.1:8082", "job": "torchserve"}
 TRITON = {"instance": "127.0.0.1:8002", "job": "triton"}
@@ -73,11 +77,43 @@ def triton(model: str = "simple", success: float = 20, n: int = N) -> list[dict[
             series("nv_gpu_utilization", {**TRITON, "gpu_uuid": "GPU-0"}, 0.5, n, gauge=True)]
 
 
+def vllm_tokens(e: dict[str, str], n: int, ttft_fast: float,
+                preempted: float) -> list[dict[str, str]]:
+    """One engine's token series: 50 prompt and 10 output tokens per second, 5 first tokens
+    per 10 s (``ttft_fast`` of them within 250 ms, all within 500 ms)."""
+    out = [series("vllm:prompt_tokens_total", e, 500, n),
+           series("vllm:generation_tokens_total", e, 100, n),
+           series("vllm:num_preemptions_total", e, preempted, n)]
+    for le, count in (("0.25", ttft_fast), ("0.5", 5), ("1.0", 5), ("+Inf", 5)):
+        out.append(series("vllm:time_to_first_token_seconds_bucket", {**e, "le": le}, count, n))
+    return out
+
+
+def vllm_renamed(e: dict[str, str], n: int, kv: float,
+                 names: tuple[str, str]) -> list[dict[str, str]]:
+    """One engine's renamed series under ``names`` (inter-token histogram, KV cache): 100
+    gaps between tokens per 10 s, 80 within 50 ms, all within 100 ms; ``kv`` of the cache."""
+    itl, kv_cache = names
+    out = [series(f"{itl}_bucket", {**e, "le": le}, count, n)
+           for le, count in (("0.05", 80), ("0.1", 100), ("+Inf", 100))]
+    return [*out, series(f"{itl}_sum", e, 4, n), series(f"{itl}_count", e, 100, n),
+            series(kv_cache, e, kv, n, gauge=True)]
+
+
+CURRENT = ("vllm:inter_token_latency_seconds", "vllm:kv_cache_usage_perc")
+OLD = ("vllm:time_per_output_token_seconds", "vllm:gpu_cache_usage_perc")
+
+
 def vllm(n: int = N) -> list[dict[str, str]]:
-    """vLLM 0.9, two engines of 5 requests per 10 s: one of the ten in (0.5, 0.8] s."""
+    """vLLM, two engines of 5 requests per 10 s: one of the ten in (0.5, 0.8] s. The renamed
+    series under both names, as a release exports them while the old one is deprecated (0.9
+    the KV cache's, 0.11 the inter-token histogram's)."""
     out = []
-    for engine, under_half, e2e_sum in (("0", 5, 2.0), ("1", 4, 2.5)):
+    for engine, under_half, e2e_sum, ttft_fast, kv, preempted in (("0", 5, 2.0, 4, 0.4, 1),
+                                                                  ("1", 4, 2.5, 3, 0.6, 0)):
         e = {**VLLM, "model_name": "opt-125m", "engine": engine}
+        out += [*vllm_tokens(e, n, ttft_fast, preempted), *vllm_renamed(e, n, kv, CURRENT),
+                *vllm_renamed(e, n, kv, OLD)]
         out += [series("vllm:request_success_total", {**e, "finished_reason": reason}, count, n)
                 for reason, count in (("stop", 4), ("length", 1), ("abort", 0))]
         for le, count in (("0.3", 0), ("0.5", under_half), ("0.8", 5), ("1.0", 5), ("+Inf", 5)):
@@ -94,8 +130,7 @@ def vllm(n: int = N) -> list[dict[str, str]]:
                 series("vllm:time_to_first_token_seconds_sum", e, 0.25, n),
                 series("vllm:time_to_first_token_seconds_count", e, 5, n),
                 series("vllm:num_requests_running", e, 2, n, gauge=True),
-                series("vllm:num_requests_waiting", e, 1, n, gauge=True),
-                series("vllm:gpu_cache_usage_perc", e, 0.4, n, gauge=True)]
+                series("vllm:num_requests_waiting", e, 1, n, gauge=True)]
     return out
 
 
@@ -147,6 +182,13 @@ def m(model: str, **labels: str) -> dict[str, str]:
     return {"model": model, **labels}
 
 
+def shown(key: str, expected: bool) -> dict[str, Any]:
+    """The panel's requirement returns a sample, so the page draws it (or says why not)."""
+    requirement = DASHBOARD.panel(key).requirement(DEFAULT)
+    return {"expr": f"count({requirement})", "eval_time": AT,
+            "exp_samples": [{"labels": "{}", "value": 1}] if expected else []}
+
+
 def canonical_test() -> dict[str, Any]:
     ts = {**TS, "model": "densenet161", "version": "default", "source": "torchserve"}
     tr = {**TRITON, "model": "simple", "version": "1", "source": "triton"}
@@ -181,6 +223,44 @@ def canonical_test() -> dict[str, Any]:
         *close("sum by (model) (rate(inference_time_to_first_byte_seconds_sum[5m]))"
                " / sum by (model) (rate(inference_time_to_first_byte_seconds_count[5m]))",
                [(m("opt-125m"), 0.05)]),
+        # vLLM's LLM series, each renamed one counted once under its two names.
+        exact("inference_tokens_total", [({**vl, "type": "input"}, 60_000),
+                                         ({**vl, "type": "output"}, 12_000)]),
+        exact("inference_inter_token_latency_seconds_count", [(vl, 12_000)]),
+        exact("inference_finish_reasons_total", [({**vl, "finish_reason": reason}, count)
+                                                 for reason, count in (("length", 120),
+                                                                       ("other", 0),
+                                                                       ("stop", 480))]),
+        exact("inference_kv_cache_usage_ratio", [(vl, 0.6)]),  # the fuller engine's
+        exact("inference_preemptions_total", [(vl, 60)]),
+        *close(panel("llm_tokens"), [(m("opt-125m", type="input"), 100),
+                                     (m("opt-125m", type="output"), 20)]),
+        # 7 of 10 first tokens within 250 ms, all within 500 ms; 160 of 200 gaps within 50 ms,
+        # all within 100 ms.
+        *close(panel("llm_ttft_p95"), [(m("opt-125m"), 0.25 + 0.25 * 2.5 / 3)]),
+        *close(panel("llm_itl_p95"), [(m("opt-125m"), 0.05 + 0.05 * 30 / 40)]),
+        *close(panel("llm_requests"), [(m("opt-125m", state="waiting"), 2),
+                                       (m("opt-125m", state="in flight"), 6)]),
+        *close(panel("llm_kv_cache"), [(m("opt-125m"), 0.6)]),
+        *close(panel("llm_preemptions"), [(m("opt-125m"), 0.1)]),
+        *close(panel("llm_finish_reasons"), [(m("opt-125m", finish_reason="stop"), 0.8),
+                                             (m("opt-125m", finish_reason="length"), 0.2),
+                                             (m("opt-125m", finish_reason="other"), 0)]),
+        *(shown(p.key, p.key != "llm_stream_speed")  # per-stream speed: the proxy's only
+          for p in DASHBOARD.panels if p.row == "llm"),
+        # OpenTelemetry's names, from the optional rule file.
+        *close("sum by (gen_ai_request_model, gen_ai_token_type) "
+               "(rate(gen_ai_client_token_usage_sum[5m]))",
+               [({"gen_ai_request_model": "opt-125m", "gen_ai_token_type": "input"}, 100),
+                ({"gen_ai_request_model": "opt-125m", "gen_ai_token_type": "output"}, 20)]),
+        *close("histogram_quantile(0.95, sum by (gen_ai_request_model, le) "
+               "(rate(gen_ai_server_time_to_first_token_seconds_bucket[5m])))",
+               [({"gen_ai_request_model": "opt-125m"}, 0.25 + 0.25 * 2.5 / 3)]),
+        *close("sum by (gen_ai_request_model) "
+               "(rate(gen_ai_server_time_per_output_token_seconds_sum[5m]))"
+               " / sum by (gen_ai_request_model) "
+               "(rate(gen_ai_server_time_per_output_token_seconds_count[5m]))",
+               [({"gen_ai_request_model": "opt-125m"}, 0.04)]),
     ]
     return {"name": "each server's own series become inferwatch's canonical ones",
             "interval": f"{STEP}s", "input_series": torchserve() + triton() + vllm() + mlserver(),
@@ -206,15 +286,37 @@ def proxied_test() -> dict[str, Any]:
             ]}
 
 
+def old_names_test() -> dict[str, Any]:
+    """A vLLM release before the renames."""
+    e = {**VLLM, "model_name": "opt-125m", "engine": "0"}
+    vl = {**VLLM, "model": "opt-125m", "source": "vllm"}
+    return {"name": "vLLM's series are read under their old names where the new are absent",
+            "interval": f"{STEP}s",
+            "input_series": [series("vllm:request_success_total",
+                                    {**e, "finished_reason": "stop"}, 5),
+                             *vllm_renamed(e, N, 0.4, OLD)],
+            "promql_expr_test": [exact("inference_kv_cache_usage_ratio", [(vl, 0.4)]),
+                                 exact("inference_inter_token_latency_seconds_count",
+                                       [(vl, 6000)])]}
+
+
 def slo_test() -> dict[str, Any]:
-    """MLServer fails 4% of digits' requests; vLLM answers 90% of opt-125m's after 0.5 s."""
+    """MLServer fails 4% of digits' requests; vLLM answers 90% of opt-125m's after 0.5 s,
+    streams 90% of its first tokens after 1 s and 80% of the gaps between tokens are longer
+    than 100 ms."""
     n = 75 * 60 // STEP
     e = {**VLLM, "model_name": "opt-125m", "engine": "0"}
     slow = [series("vllm:request_success_total", {**e, "finished_reason": "stop"}, 10, n),
             series("vllm:e2e_request_latency_seconds_bucket", {**e, "le": "0.5"}, 1, n),
             series("vllm:e2e_request_latency_seconds_bucket", {**e, "le": "+Inf"}, 10, n),
             series("vllm:e2e_request_latency_seconds_sum", e, 8, n),
-            series("vllm:e2e_request_latency_seconds_count", e, 10, n)]
+            series("vllm:e2e_request_latency_seconds_count", e, 10, n),
+            series("vllm:time_to_first_token_seconds_bucket", {**e, "le": "1.0"}, 1, n),
+            series("vllm:time_to_first_token_seconds_bucket", {**e, "le": "+Inf"}, 10, n),
+            series("vllm:time_to_first_token_seconds_count", e, 10, n),
+            series("vllm:inter_token_latency_seconds_bucket", {**e, "le": "0.1"}, 20, n),
+            series("vllm:inter_token_latency_seconds_bucket", {**e, "le": "+Inf"}, 100, n),
+            series("vllm:inter_token_latency_seconds_count", e, 100, n)]
     alerts = {(a.name, a.labels["model"]): a for slo in SLOS for a in slo_alerts(slo)}
 
     def firing(name: str, model: str) -> dict[str, Any]:
@@ -226,21 +328,28 @@ def slo_test() -> dict[str, Any]:
     return {"name": "SLO alerts fire on a server's own series", "interval": f"{STEP}s",
             "input_series": mlserver("digits", success=24, n=n) + slow,
             "alert_rule_test": [firing("InferenceErrorBudgetBurnFast", "digits"),
-                                firing("InferenceLatencyBudgetBurnFast", "opt-125m")],
+                                firing("InferenceLatencyBudgetBurnFast", "opt-125m"),
+                                firing("InferenceTimeToFirstTokenBudgetBurnFast", "opt-125m"),
+                                firing("InferenceInterTokenLatencyBudgetBurnFast", "opt-125m")],
             "promql_expr_test": [
                 *close('model:inference_availability_errors:ratio_rate1h{model="digits"}',
                        [(m("digits"), 0.04)], at="75m"),
                 *close('model:inference_latency_slow:ratio_rate1h{model="opt-125m"}',
                        [(m("opt-125m"), 0.9)], at="75m"),
+                *close('model:inference_time_to_first_token_slow:ratio_rate1h'
+                       '{model="opt-125m"}', [(m("opt-125m"), 0.9)], at="75m"),
+                *close('model:inference_inter_token_latency_slow:ratio_rate1h'
+                       '{model="opt-125m"}', [(m("opt-125m"), 0.8)], at="75m"),
             ]}
 
 
 @pytest.fixture()
 def files(tmp_path: Path) -> tuple[Path, Path]:
     rules = write_yaml(tmp_path / "rules.yml", render_rule_file(DEFAULT, SLOS))
+    otel = write_yaml(tmp_path / "otel-genai.yml", render_genai_rule_file())
     tests = write_yaml(tmp_path / "native-tests.yml", {
-        "rule_files": [rules.name], "evaluation_interval": f"{STEP}s",
-        "tests": [canonical_test(), proxied_test(), slo_test()]})
+        "rule_files": [rules.name, otel.name], "evaluation_interval": f"{STEP}s",
+        "tests": [canonical_test(), proxied_test(), old_names_test(), slo_test()]})
     return rules, tests
 
 

@@ -18,6 +18,7 @@ from inferwatch.stack.alerting import (
 )
 from inferwatch.stack.config import write_stack_config
 from inferwatch.stack.kubernetes import KubernetesOptions, render_kubernetes, rule_scope
+from inferwatch.stack.monitor import discover, monitored_slos, parse_monitor
 from inferwatch.stack.profiles import DEFAULT, PROFILES
 from inferwatch.stack.rules import LOCAL_SCOPE, AlertRule, alert_names, rule_groups
 from inferwatch.stack.ruletests import expand
@@ -53,6 +54,8 @@ def test_promtool_check_config_and_rules(generated: dict[str, Path]) -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
     rules = run("promtool", "check", "rules", str(generated["rules"]))
     assert rules.returncode == 0, rules.stdout + rules.stderr
+    otel = run("promtool", "check", "rules", str(generated["optional_rules_otel"]))
+    assert otel.returncode == 0, otel.stdout + otel.stderr
 
 
 def test_promtool_behaviour_tests_pass_and_cover_every_alert(
@@ -78,6 +81,33 @@ def test_promtool_tests_can_fail(generated: dict[str, Path]) -> None:
         generated["rules"].write_text(rules)
     assert result.returncode != 0
     assert "HighInferenceErrorRate" in result.stdout + result.stderr
+
+
+LLM_BURNS = [f"Inference{sli}BudgetBurn{speed}" for sli in ("TimeToFirstToken", "InterTokenLatency")
+             for speed in ("Fast", "Slow")]
+
+
+def test_promtool_fires_and_silences_the_llm_slo_alerts(tmp_path: Path) -> None:
+    """A monitored vLLM's model gets time-to-first-token and inter-token objectives: the
+    generated tests cover their burn-rate alerts, pass, and fail when a threshold is wrong."""
+    server = discover(parse_monitor("vllm=127.0.0.1:8000"), ["opt-125m"])
+    paths = write_stack_config(tmp_path, DEFAULT, StackPorts(), slos=monitored_slos([server]),
+                               known_servers={"vllm": server.metrics}, inference=None)
+    tests = [str(paths["rule_tests_service"]), str(paths["rule_tests_slo"])]
+    result = run("promtool", "test", "rules", *tests)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = paths["rule_tests_slo"].read_text()
+    for name in LLM_BURNS:
+        assert f"alertname: {name}" in text, name
+    rules = paths["rules"].read_text()
+    # The inter-token page over 6h and 30m at 6 times the 5% budget, moved to 7 times.
+    broken = rules.replace("inter_token_latency_slow:ratio_rate30m{model=\"opt-125m\"} > 0.3)",
+                           "inter_token_latency_slow:ratio_rate30m{model=\"opt-125m\"} > 0.35)")
+    assert broken != rules
+    paths["rules"].write_text(broken)
+    result = run("promtool", "test", "rules", *tests)
+    assert result.returncode != 0
+    assert "InferenceInterTokenLatencyBudgetBurnFast" in result.stdout + result.stderr
 
 
 def test_amtool_check_config(generated: dict[str, Path]) -> None:

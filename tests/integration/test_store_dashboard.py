@@ -130,7 +130,7 @@ def test_every_panel_through_the_page_has_data_where_prometheus_has(
             if not _finite(local.query_range(panel.query(FAST, *selection), end - 60, end, 1)):
                 empty["prometheus"].append((panel.key, model, instance))
     assert empty["store"] == empty["prometheus"]
-    assert {key for key, _, _ in empty["store"]} <= CONDITIONAL  # no GPU here
+    assert {key for key, _, _ in empty["store"]} <= CONDITIONAL  # no GPU, no LLM here
 
 
 def _by_labels(samples: list[Sample]) -> dict[tuple[tuple[str, str], ...], float]:

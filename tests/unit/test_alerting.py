@@ -1,4 +1,5 @@
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,9 @@ from inferwatch.stack.alerting import (
     receivers_from_env,
     render_alertmanager_config,
 )
+from inferwatch.stack.monitor import discover, monitored_slos, parse_monitor
 from inferwatch.stack.profiles import DEFAULT
+from inferwatch.stack.rules import alert_names
 from inferwatch.stack.ruletests import expand, humanize, humanize_duration
 from inferwatch.stack.slo import SLOError, load_slos, parse_slos
 
@@ -75,3 +78,14 @@ def test_humanize_duration_matches_prometheus() -> None:
     assert humanize_duration(-61) == "-1m 1s"
     assert humanize_duration(0.25) == "250ms"
     assert expand("{{ $value | humanizeDuration }} ago", {}, 90) == "1m 30s ago"
+
+
+def test_every_alert_has_its_runbook_section() -> None:
+    """Built-in models' alerts, and a monitored LLM's (behind the proxy: every objective)."""
+    llm = discover(parse_monitor("vllm=127.0.0.1:8000,proxy"), ["opt"])
+    names = {*alert_names(DEFAULT, load_slos()), *alert_names(DEFAULT, monitored_slos([llm]))}
+    runbooks = Path(__file__).resolve().parents[2] / "docs" / "runbooks.md"
+    sections = set(re.findall(r"^## (\w+)$", runbooks.read_text(), re.MULTILINE))
+    assert {"InferenceTimeToFirstTokenBudgetBurnFast",
+            "InferenceInterTokenLatencyBudgetBurnSlow"} <= names
+    assert names - sections == set()

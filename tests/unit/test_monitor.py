@@ -27,7 +27,7 @@ from inferwatch.stack.profiles import FAST
 from inferwatch.stack.rules import alert_names, render_rule_file
 from inferwatch.stack.ruletests import render_rule_tests
 from inferwatch.stack.runner import HA_PORTS, StackError, StackOptions, components
-from inferwatch.stack.slo import SLOError, parse_slos, slos_for
+from inferwatch.stack.slo import LatencyObjective, SLOError, load_slos, parse_slos, slos_for
 
 
 @pytest.mark.parametrize(("spec", "metrics", "models_at"), [
@@ -130,10 +130,52 @@ def test_rules_of_a_native_torchserve_have_no_alert_that_cannot_evaluate() -> No
     render_rule_tests(FAST, slos, "rules.yml")  # every remaining alert has its promtool test
 
 
+def stream_objectives(spec: str) -> tuple[bool, bool]:
+    """(time-to-first-token objective, inter-token latency objective) of the server's model."""
+    slo, = monitored_slos(served(spec, "m"))
+    return slo.time_to_first_token is not None, slo.inter_token_latency is not None
+
+
+def test_llm_objectives_only_where_llm_streams_are_measured() -> None:
+    # vLLM's own series, or the proxy before an OpenAI-style server (vLLM, or one it does
+    # not know); TorchServe, Triton and MLServer stream no tokens, proxied or not.
+    for spec in ("vllm=127.0.0.1:8000", "vllm=127.0.0.1:8000,proxy", "proxy=127.0.0.1:8000"):
+        assert stream_objectives(spec) == (True, True), spec
+    for spec in ("torchserve=127.0.0.1:8080,proxy", "triton=127.0.0.1:8000",
+                 "mlserver=127.0.0.1:8080,proxy"):
+        assert stream_objectives(spec) == (False, False), spec
+    slo, = monitored_slos(served("vllm=127.0.0.1:8000", "m"))
+    assert slo.time_to_first_token is not None and slo.inter_token_latency is not None
+    # Bounds of inferwatch's buckets and of vLLM's, so the share above them is exact.
+    assert (slo.time_to_first_token.le, slo.inter_token_latency.le) == ("1.0", "0.1")
+    # serve's own models are no LLMs: their SLOs set none.
+    assert all(s.time_to_first_token is None and s.inter_token_latency is None
+               for s in load_slos())
+
+
+def test_llm_objectives_are_checked_against_their_histograms_buckets() -> None:
+    slo, = parse_slos({"models": {"m": {"time_to_first_token": {
+        "objective": 0.9, "threshold_seconds": 0.25}}}})
+    assert slo.time_to_first_token == LatencyObjective(0.9, 0.25)
+    assert (slo.availability, slo.latency_threshold, slo.inter_token_latency) == (
+        None, None, None)
+    with pytest.raises(SLOError, match=r"inter_token_latency threshold_seconds 0\.11 .* "
+                                       r"nearest bounds: 0\.1, 0\.125"):
+        parse_slos({"models": {"m": {"inter_token_latency": {
+            "objective": 0.9, "threshold_seconds": 0.11}}}})
+    with pytest.raises(SLOError, match=r"time_to_first_token\.objective"):
+        parse_slos({"models": {"m": {"time_to_first_token": {
+            "objective": 95, "threshold_seconds": 1.0}}}})
+
+
 @pytest.mark.parametrize(("spec", "slo_alerts"), [
     ("vllm=127.0.0.1:8000,proxy", {"InferenceLatencyHigh", "InferenceLatencyBudgetBurnFast",
-                                   "InferenceErrorBudgetBurnSlow"}),
-    ("vllm=127.0.0.1:8000", {"InferenceLatencyHigh", "InferenceLatencyBudgetBurnSlow"}),
+                                   "InferenceErrorBudgetBurnSlow",
+                                   "InferenceTimeToFirstTokenBudgetBurnFast",
+                                   "InferenceInterTokenLatencyBudgetBurnSlow"}),
+    ("vllm=127.0.0.1:8000", {"InferenceLatencyHigh", "InferenceLatencyBudgetBurnSlow",
+                             "InferenceTimeToFirstTokenBudgetBurnSlow",
+                             "InferenceInterTokenLatencyBudgetBurnFast"}),
     ("triton=127.0.0.1:8000", {"InferenceErrorBudgetBurnFast"}),
     ("mlserver=127.0.0.1:8080", {"InferenceErrorBudgetBurnSlow"}),
 ])

@@ -4,6 +4,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from inferwatch.metrics import InferenceMetrics
+from inferwatch.metrics.instruments import Completion
+from inferwatch.metrics.names import KV_CACHE_USAGE_RATIO, PREEMPTIONS_TOTAL
 from inferwatch.stack.config import KNOWN_SERVERS
 from inferwatch.stack.native import (
     COLUMNS,
@@ -15,6 +17,7 @@ from inferwatch.stack.native import (
     VLLM,
     NativeServer,
     coverage_table,
+    mapping_table,
     quantile_note,
 )
 from inferwatch.stack.panels import DASHBOARD
@@ -22,10 +25,12 @@ from inferwatch.stack.profiles import FAST
 from inferwatch.stack.rules import native_recordings, rule_groups
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "proxy.md"
+# Reported by servers (vLLM), never measured by inferwatch itself.
+SERVER_ONLY = {KV_CACHE_USAGE_RATIO, PREEMPTIONS_TOTAL}
 
 
 def canonical_names() -> set[str]:
-    """Every sample name that inferwatch's own instruments export."""
+    """Every sample name that inferwatch's own instruments export, and the servers' only."""
     registry = CollectorRegistry()
     metrics = InferenceMetrics({"m": "1"}, registry=registry)
     metrics.observe_request("m", 200, 0.1)
@@ -34,7 +39,10 @@ def canonical_names() -> set[str]:
     metrics.observe_first_byte("m", 0.05)
     metrics.watch_queue("m", lambda: 0, 8)
     metrics.set_model_loaded("m", runtime="numpy", load_seconds=1)
-    return {s.name for family in registry.collect() for s in family.samples}
+    metrics.observe_completion("m", Completion(input_tokens=3, output_tokens=2,
+                                               finish_reasons=("stop",), first_token=0.1,
+                                               gaps=(0.02,), tokens_per_second=50))
+    return {s.name for family in registry.collect() for s in family.samples} | SERVER_ONLY
 
 
 def test_servers_are_the_known_scrape_jobs() -> None:
@@ -93,3 +101,31 @@ def test_quantile_panels_say_which_servers_have_no_histogram() -> None:
     for key in ("latency_p50", "latency_p95", "latency_p99"):
         assert DASHBOARD.panel(key).description == note
     assert quantile_note([VLLM, MLSERVER]).count("MLServer export") == 1
+
+
+LLM_DOCS = DOCS.with_name("llm.md")
+
+
+def test_vllm_maps_the_llm_series_under_old_and_new_names() -> None:
+    [itl] = VLLM.maps("inference_inter_token_latency_seconds_bucket")
+    # Both names while the old one is deprecated: the new one's series, never their sum.
+    new, old = VLLM.expr(itl).removesuffix(f" unless on (model) {MEASURED}").split(" or ")
+    assert "vllm:inter_token_latency_seconds_bucket" in new
+    assert "vllm:time_per_output_token_seconds_bucket" in old
+    [kv] = VLLM.maps("inference_kv_cache_usage_ratio")
+    assert VLLM.expr(kv).startswith("(max without (model_name, engine, finished_reason) (")
+    tokens = {r.labels["type"]: r.expr for r in native_recordings([VLLM])
+              if r.record == "inference_tokens_total"}
+    assert set(tokens) == {"input", "output"}
+    assert "vllm:prompt_tokens_total" in tokens["input"]
+    [reasons] = VLLM.maps("inference_finish_reasons_total")
+    assert ('"finish_reason", "$1", "finished_reason", '
+            '"(stop|length|tool_calls|content_filter|function_call)"), "finish_reason", '
+            '"other", "finish_reason", ""') in VLLM.expr(reasons)
+
+
+def test_docs_show_the_vllm_mapping_rendered_from_it() -> None:
+    table = mapping_table(VLLM)
+    assert "| `inference_tokens_total{type=\"output\"}` | `vllm:generation_tokens_total` |" \
+        in table
+    assert table in LLM_DOCS.read_text(), "docs/llm.md: paste stack.native.mapping_table(VLLM)"

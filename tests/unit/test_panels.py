@@ -5,6 +5,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from inferwatch.metrics import InferenceMetrics
+from inferwatch.metrics.instruments import Completion
+from inferwatch.metrics.names import KV_CACHE_USAGE_RATIO, PREEMPTIONS_TOTAL
 from inferwatch.metrics.quality import (
     FeatureReference,
     QualityMetrics,
@@ -15,6 +17,7 @@ from inferwatch.stack.panels import (
     ALL,
     DASHBOARD,
     GPU_PRESENT,
+    LLM_PRESENT,
     PANELS,
     SEED_PANELS,
     VARIABLES,
@@ -24,6 +27,7 @@ from inferwatch.stack.profiles import DEFAULT, FAST
 
 GPU_METRICS = {"inferwatch_gpu_utilization_ratio", "inferwatch_gpu_memory_used_bytes",
                "inferwatch_gpu_memory_total_bytes", "inferwatch_gpu_available"}
+SERVER_ONLY = {KV_CACHE_USAGE_RATIO, PREEMPTIONS_TOTAL}  # from servers that report them: vLLM
 
 
 def emitted_names() -> set[str]:
@@ -32,6 +36,9 @@ def emitted_names() -> set[str]:
     metrics.watch_queue("m", lambda: 0, 1)
     metrics.set_model_loaded("m", runtime="numpy", load_seconds=1, accuracy=0.9)
     metrics.observe_request("m", 400, 0.1, "invalid_image")
+    metrics.observe_completion("m", Completion(input_tokens=3, output_tokens=2,
+                                               finish_reasons=("stop",), first_token=0.1,
+                                               gaps=(0.02,), tokens_per_second=50))
     quality = QualityMetrics(registry)
     monitor = QualityMonitor(quality, "m", "1", ["a", "b"], QualityReference(
         {"x": FeatureReference(np.array([0.5]), np.array([0.5, 0.5]))}, np.array([0.5, 0.5])),
@@ -48,7 +55,8 @@ def test_seed_panels_keep_their_keys_and_order() -> None:
 
 
 def test_rows_in_the_issue_order_and_every_panel_in_one() -> None:
-    assert [r.key for r in DASHBOARD.rows] == ["business", "quality", "system", "alerts"]
+    assert [r.key for r in DASHBOARD.rows] == ["business", "llm", "quality", "system",
+                                               "alerts"]
     assert DASHBOARD.panels == PANELS  # PANELS is written row by row
     keys = [p.key for p in PANELS]
     assert len(keys) == len(set(keys))
@@ -64,14 +72,20 @@ def test_queries_read_only_metrics_that_exist() -> None:
         assert panel.metrics, panel.key
         for name in panel.metrics:
             assert (name in emitted or name.startswith("node_") or name == "ALERTS"
-                    or name in GPU_METRICS), (panel.key, name)
+                    or name in GPU_METRICS or name in SERVER_ONLY), (panel.key, name)
 
 
-def test_gpu_panels_and_only_they_are_conditional() -> None:
+def test_gpu_and_llm_panels_and_only_they_are_conditional() -> None:
     conditional = {p.key for p in PANELS if p.requires}
-    assert conditional == {p.key for p in PANELS if p.metrics & GPU_METRICS}
-    assert conditional == {"gpu_utilization", "gpu_memory"}
-    assert all(p.requires == GPU_PRESENT for p in PANELS if p.requires)
+    gpu = {p.key for p in PANELS if p.metrics & GPU_METRICS}
+    llm = {p.key for p in PANELS if p.row == "llm"}
+    assert conditional == gpu | llm
+    assert gpu == {"gpu_utilization", "gpu_memory"}
+    assert all(p.requires == GPU_PRESENT for p in PANELS if p.key in gpu)
+    # Each LLM panel appears with its series: tokens, streams, or a server's KV cache.
+    assert {p.key for p in PANELS if p.requires == LLM_PRESENT} == {
+        "llm_tokens", "llm_requests", "llm_finish_reasons"}
+    assert all(p.absent for p in PANELS if p.requires)  # Grafana says why it is empty
 
 
 def test_every_placeholder_is_substituted() -> None:

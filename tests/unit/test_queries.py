@@ -2,7 +2,12 @@
 
 import doctest
 
-from inferwatch.metrics.names import FEEDBACK_TOP5_TOTAL, STAGE_SECONDS
+from inferwatch.metrics.names import (
+    FEEDBACK_TOP5_TOTAL,
+    LATENCY_SECONDS,
+    STAGE_SECONDS,
+    TIME_TO_FIRST_TOKEN_SECONDS,
+)
 from inferwatch.stack import queries
 from inferwatch.stack.panels import DASHBOARD
 from inferwatch.stack.profiles import DEFAULT
@@ -22,9 +27,10 @@ from inferwatch.stack.queries import (
     run_requests,
     select,
     shed_rate,
+    slow_ratio,
 )
-from inferwatch.stack.rules import LOCAL_SCOPE, rule_groups
-from inferwatch.stack.slo import load_slos
+from inferwatch.stack.rules import LOCAL_SCOPE, rule_groups, slo_recordings
+from inferwatch.stack.slo import SLO, LatencyObjective, load_slos
 
 JOB = 'job="inference"'
 
@@ -115,3 +121,15 @@ def test_the_rules_and_panels_render_these_expressions() -> None:
     assert DASHBOARD.panel("error_ratio").expr \
         == error_ratio("$window", 'model=~"$model", instance=~"$instance(:[0-9]+)?"',
                        by=("model",))
+
+
+def test_slo_windows_count_the_share_above_the_thresholds_bucket() -> None:
+    slo = SLO("opt", availability=None, latency_objective=0.95, latency_threshold=0.5,
+              time_to_first_token=LatencyObjective(0.95, 1.0))
+    recorded = {r.record: r.expr for r in slo_recordings([slo]) if r.labels}
+    by_model, s = LOCAL_SCOPE.grouping("model"), LOCAL_SCOPE.service
+    assert recorded["model:inference_latency_slow:ratio_rate1h"] == slow_ratio(
+        LATENCY_SECONDS, "0.5", "1h", s, 'model="opt"', by=by_model)
+    assert recorded["model:inference_time_to_first_token_slow:ratio_rate6h"] == slow_ratio(
+        TIME_TO_FIRST_TOKEN_SECONDS, "1.0", "6h", s, 'model="opt"', by=by_model)
+    assert not any("inter_token" in record for record in recorded)

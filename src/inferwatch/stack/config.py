@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from inferwatch.stack.addresses import HOST, StackPorts, address, url
 from inferwatch.stack.alerting import Receivers, render_alertmanager_config
+from inferwatch.stack.otel import render_genai_rule_file
 from inferwatch.stack.profiles import Profile
 from inferwatch.stack.rules import render_rule_file
 from inferwatch.stack.ruletests import render_rule_tests
@@ -135,4 +136,7 @@ def write_stack_config(directory: Path, profile: Profile, ports: StackPorts,
     for kind, content in tests.items():
         paths[f"rule_tests_{kind}"] = write_yaml(directory / "rule-tests" / f"{kind}.yml",
                                                  content)
+    # Copied into rules/ by whoever wants OpenTelemetry's GenAI names (docs/llm.md).
+    paths["optional_rules_otel"] = write_yaml(directory / "optional-rules" / "otel-genai.yml",
+                                              render_genai_rule_file())
     return paths

@@ -85,8 +85,8 @@ def _panel(panel: Panel, profile: Profile) -> stat.Panel | timeseries.Panel:
              .height(_HEIGHT).span(panel.width))
     if panel.description:
         built = built.description(panel.description)
-    if panel.requires is not None:
-        built = built.no_value("no GPU reported")
+    if panel.absent:
+        built = built.no_value(panel.absent)
     return built
 
 

@@ -26,7 +26,12 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from inferwatch.metrics.names import ERRORS_TOTAL, LATENCY_SECONDS
+from inferwatch.metrics.names import (
+    ERRORS_TOTAL,
+    INTER_TOKEN_LATENCY_SECONDS,
+    LATENCY_SECONDS,
+    TIME_TO_FIRST_TOKEN_SECONDS,
+)
 from inferwatch.proxy.discovery import DiscoveryError, discover_models
 from inferwatch.stack.addresses import address
 from inferwatch.stack.config import KNOWN_SERVERS
@@ -51,6 +56,12 @@ __all__ = [
 
 PROXY_ONLY = "proxy"
 KINDS = (*KNOWN_SERVERS, PROXY_ONLY)
+
+# The proxy measures these on OpenAI-style streams only: vLLM's, and those of a server it
+# does not know, most often an LLM server with an OpenAI-style API (TGI, llama.cpp, SGLang).
+_STREAM_SERIES = frozenset({f"{TIME_TO_FIRST_TOKEN_SECONDS}_bucket",
+                            f"{INTER_TOKEN_LATENCY_SECONDS}_bucket"})
+_OPENAI_KINDS = ("vllm", PROXY_ONLY)
 
 # What a metrics endpoint that does not answer usually means, by server.
 _METRICS_HINTS = {
@@ -81,8 +92,11 @@ class MonitoredServer:
 
     def measures(self, record: str) -> bool:
         """Whether its models get the canonical series ``record``: the proxy measures every
-        one it needs; without it, the server's own mapping decides."""
-        return self.proxied or bool(self.native and self.native.maps(record))
+        one it needs (an LLM stream's of an OpenAI-style server only); without it, the
+        server's own mapping decides."""
+        if self.proxied and (record not in _STREAM_SERIES or self.kind in _OPENAI_KINDS):
+            return True
+        return bool(self.native and self.native.maps(record))
 
     @property
     def metrics_url(self) -> str | None:
@@ -166,7 +180,11 @@ def monitored_slos(servers: Iterable[MonitoredServer], path: Path | None = None)
         slos.append(slo.measurable(
             errors=any(s.measures(ERRORS_TOTAL) for s in serving),
             latency_histogram=any(s.measures(f"{LATENCY_SECONDS}_bucket")
-                                  for s in serving)))
+                                  for s in serving),
+            first_token=any(s.measures(f"{TIME_TO_FIRST_TOKEN_SECONDS}_bucket")
+                            for s in serving),
+            inter_token=any(s.measures(f"{INTER_TOKEN_LATENCY_SECONDS}_bucket")
+                            for s in serving)))
     return slos
 
 

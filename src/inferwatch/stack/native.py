@@ -18,18 +18,27 @@ True
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from inferwatch.metrics.names import (
     BATCH_SIZE,
     ERRORS_TOTAL,
+    FINISH_REASON_LABEL,
+    FINISH_REASONS,
+    FINISH_REASONS_TOTAL,
     IN_FLIGHT_REQUESTS,
+    INTER_TOKEN_LATENCY_SECONDS,
+    KV_CACHE_USAGE_RATIO,
     LATENCY_SECONDS,
     MODEL_INFO,
+    PREEMPTIONS_TOTAL,
     QUEUE_DEPTH,
     REQUESTS_TOTAL,
     STAGE_SECONDS,
     TIME_TO_FIRST_BYTE_SECONDS,
+    TIME_TO_FIRST_TOKEN_SECONDS,
+    TOKEN_TYPE_LABEL,
+    TOKENS_TOTAL,
 )
 
 __all__ = [
@@ -43,6 +52,7 @@ __all__ = [
     "Mapped",
     "NativeServer",
     "coverage_table",
+    "mapping_table",
     "quantile_note",
 ]
 
@@ -55,23 +65,43 @@ MICRO = 1e-6  # microseconds to seconds
 
 @dataclass(frozen=True)
 class Mapped:
-    """One canonical series: the sum of the server's ``natives``, times ``scale``."""
+    """One canonical series: the ``aggregate`` (sum) of the server's ``natives``, times
+    ``scale``.
+
+    ``renamed_from`` names the same series in older releases, read where the current name is
+    absent: a release that exports both (while one is deprecated) is not counted twice.
+    """
 
     record: str
     natives: tuple[str, ...]
     scale: float = 1.0
     stage: str | None = None  # the ``stage`` label of inference_stage_seconds_*
+    renamed_from: tuple[str, ...] = ()
+    aggregate: str = "sum"
+    fixed: Mapping[str, str] = field(default_factory=dict)  # labels such as type="input"
+    finish_reason: str | None = None  # the native label of the finish reason, if any
 
     @property
     def labels(self) -> dict[str, str]:
-        return {"stage": self.stage} if self.stage else {}
+        return {**({"stage": self.stage} if self.stage else {}), **self.fixed}
 
 
 def _histogram(record: str, native: str, stage: str | None = None,
-               buckets: bool = True) -> tuple[Mapped, ...]:
+               buckets: bool = True, renamed_from: str | None = None) -> tuple[Mapped, ...]:
     """A native histogram (or summary) in seconds onto a canonical one."""
     parts = ("sum", "count", "bucket") if buckets else ("sum", "count")
-    return tuple(Mapped(f"{record}_{p}", (f"{native}_{p}",), stage=stage) for p in parts)
+    return tuple(Mapped(f"{record}_{p}", (f"{native}_{p}",), stage=stage,
+                        renamed_from=(f"{renamed_from}_{p}",) if renamed_from else ())
+                 for p in parts)
+
+
+# Finish reasons outside OpenAI's (vLLM's "abort") are counted as "other", a bounded label.
+_KNOWN_REASONS = "|".join(r for r in FINISH_REASONS if r != "other")
+
+
+def _finish_reason(expr: str, native: str) -> str:
+    expr = f'label_replace({expr}, "{FINISH_REASON_LABEL}", "$1", "{native}", "({_KNOWN_REASONS})")'
+    return f'label_replace({expr}, "{FINISH_REASON_LABEL}", "other", "{FINISH_REASON_LABEL}", "")'
 
 
 @dataclass(frozen=True)
@@ -94,7 +124,8 @@ class NativeServer:
         return [m for m in self.series
                 if m.record == record and (stage is None or m.stage == stage)]
 
-    def _relabelled(self, natives: tuple[str, ...], op: str = "sum") -> str:
+    def _relabelled(self, natives: tuple[str, ...], op: str = "sum",
+                    finish_reason: str | None = None) -> str:
         """The native series with ``model`` and ``version`` labels, the others aggregated
         away with ``op``.
 
@@ -108,13 +139,17 @@ class NativeServer:
             if native != canonical:
                 expr = f'label_replace({expr}, "{canonical}", "$1", "{native}", "(.+)")'
                 dropped.append(native)
-        return f"{op} without ({', '.join((*dropped, *self.drop))}) ({expr})"
+        if finish_reason is not None:
+            expr = _finish_reason(expr, finish_reason)
+            dropped.append(finish_reason)
+        return f"{op} without ({', '.join(dict.fromkeys((*dropped, *self.drop)))}) ({expr})"
 
     def expr(self, mapped: Mapped) -> str:
-        expr = self._relabelled(mapped.natives)
-        if mapped.scale != 1:
-            expr = f"{expr} * {mapped.scale:g}"
-        return f"({expr}) unless on (model) {MEASURED}"
+        parts = []
+        for natives in filter(None, (mapped.natives, mapped.renamed_from)):
+            part = self._relabelled(natives, mapped.aggregate, mapped.finish_reason)
+            parts.append(f"{part} * {mapped.scale:g}" if mapped.scale != 1 else part)
+        return f"({' or '.join(parts)}) unless on (model) {MEASURED}"
 
     def model_info_expr(self) -> str:
         """One series per model the server reports requests for, like ``inference_model_info``."""
@@ -189,7 +224,12 @@ TRITON = NativeServer(
 )
 
 # https://docs.vllm.ai/en/v0.9.1/usage/metrics.html (the V1 engine): histograms in seconds,
-# a series per engine (`engine` label) and finish reason, summed here.
+# a series per engine (`engine` label) and finish reason, summed here. Two series were
+# renamed (vllm/v1/metrics/loggers.py): `vllm:gpu_cache_usage_perc` is
+# `vllm:kv_cache_usage_perc` from 0.9, `vllm:time_per_output_token_seconds` (the time between
+# two iterations' tokens, 0.13 removes it) `vllm:inter_token_latency_seconds` from 0.11;
+# both names are exported while the old one is deprecated. The KV cache's share is the
+# fullest engine's: a sum of shares is not one.
 VLLM = NativeServer(
     "vllm", "vLLM", "0.9 (V1 engine)", "https://docs.vllm.ai/en/v0.9.1/usage/metrics.html",
     series=(
@@ -202,6 +242,17 @@ VLLM = NativeServer(
         Mapped(QUEUE_DEPTH, ("vllm:num_requests_waiting",)),
         Mapped(IN_FLIGHT_REQUESTS,
                ("vllm:num_requests_running", "vllm:num_requests_waiting")),
+        *_histogram(TIME_TO_FIRST_TOKEN_SECONDS, "vllm:time_to_first_token_seconds"),
+        *_histogram(INTER_TOKEN_LATENCY_SECONDS, "vllm:inter_token_latency_seconds",
+                    renamed_from="vllm:time_per_output_token_seconds"),
+        Mapped(TOKENS_TOTAL, ("vllm:prompt_tokens_total",), fixed={TOKEN_TYPE_LABEL: "input"}),
+        Mapped(TOKENS_TOTAL, ("vllm:generation_tokens_total",),
+               fixed={TOKEN_TYPE_LABEL: "output"}),
+        Mapped(FINISH_REASONS_TOTAL, ("vllm:request_success_total",),
+               finish_reason="finished_reason"),
+        Mapped(KV_CACHE_USAGE_RATIO, ("vllm:kv_cache_usage_perc",),
+               renamed_from=("vllm:gpu_cache_usage_perc",), aggregate="max"),
+        Mapped(PREEMPTIONS_TOTAL, ("vllm:num_preemptions_total",)),
     ),
     gaps={"errors": "there is no failure counter; `vllm:request_success_total` counts every "
                     "finished request, aborted ones included",
@@ -263,6 +314,41 @@ def coverage_table(servers: Iterable[NativeServer] = NATIVE_SERVERS) -> str:
                  *(_cell(s, title, records, stage) for title, records, stage in COLUMNS),
                  s.proxy_adds]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_PARTS = ("_bucket", "_count", "_sum")
+
+
+def _family(record: str, natives: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """A histogram's part as its family, when the native's is the same part."""
+    for part in _PARTS:
+        if record.endswith(part) and all(n.endswith(part) for n in natives):
+            return record.removesuffix(part), tuple(n.removesuffix(part) for n in natives)
+    return record, natives
+
+
+def mapping_table(server: NativeServer) -> str:
+    """The Markdown table of docs/llm.md: each canonical series and the server's series that
+    it is recorded from (summed over the labels in ``drop`` unless it says otherwise)."""
+    lines = [f"| inferwatch series | {server.title} series | how |", "|---|---|---|"]
+    rows = []
+    for m in server.series:
+        record, natives = _family(m.record, m.natives)
+        labels = ", ".join(f'{k}="{v}"' for k, v in m.labels.items())
+        how = [f"`{m.aggregate}`, not the sum"] if m.aggregate != "sum" else []
+        if m.scale != 1:
+            how.append(f"times {m.scale:g}")
+        if m.finish_reason:
+            how.append(f"`{m.finish_reason}` as `{FINISH_REASON_LABEL}`, outside "
+                       f"{', '.join(FINISH_REASONS[:-1])}: `other`")
+        if m.renamed_from:
+            old = " + ".join(f"`{n}`" for n in _family(m.record, m.renamed_from)[1])
+            how.append(f"else {old} (before the rename)")
+        native = " + ".join(f"`{n}`" for n in natives)
+        series = f"{record}{{{labels}}}" if labels else record
+        rows.append(f"| `{series}` | {native} | {'; '.join(how)} |")
+    lines += dict.fromkeys(rows)
     return "\n".join(lines) + "\n"
 
 

@@ -21,20 +21,27 @@ from inferwatch.metrics.names import (
     BATCH_SIZE,
     DRIFT_PSI,
     FEEDBACK_TOP5_TOTAL,
+    FINISH_REASONS_TOTAL,
     GPU_AVAILABLE,
     GPU_MEMORY_TOTAL_BYTES,
     GPU_MEMORY_USED_BYTES,
     GPU_UTILIZATION_RATIO,
     IN_FLIGHT_REQUESTS,
     INPUT_MEAN_INTENSITY,
+    INTER_TOKEN_LATENCY_SECONDS,
+    KV_CACHE_USAGE_RATIO,
     LATENCY_SECONDS,
     MODEL_HELDOUT_ACCURACY_RATIO,
     MODEL_INFO,
+    OUTPUT_TOKENS_PER_SECOND,
     PREDICTION_CONFIDENCE,
     PREDICTIONS_TOTAL,
+    PREEMPTIONS_TOTAL,
     QUEUE_DEPTH,
     RESPONSES_TOTAL,
     STAGE_SECONDS,
+    TIME_TO_FIRST_TOKEN_SECONDS,
+    TOKENS_TOTAL,
 )
 from inferwatch.stack.native import quantile_note
 from inferwatch.stack.profiles import DEFAULT, Profile
@@ -52,6 +59,7 @@ from inferwatch.stack.queries import (
 __all__ = [
     "DASHBOARD",
     "GPU_PRESENT",
+    "LLM_PRESENT",
     "PANELS",
     "ROWS",
     "SEED_PANELS",
@@ -91,6 +99,7 @@ class Panel:
     thresholds: tuple[Threshold, ...] = ()
     width: int = 8  # of 24 grid columns
     requires: str | None = None  # PromQL that returns a sample when the panel can have data
+    absent: str = ""  # what Grafana shows where ``requires`` returns none
     description: str = ""
 
     def query(self, profile: Profile = DEFAULT, model: str = ALL, instance: str = ALL,
@@ -206,6 +215,36 @@ _QPS, _LATENCY_AVG, _LATENCY_P95, _ERROR_RATIO, _CPU = SEED_PANELS
 GPU_PRESENT = f"max({select(GPU_AVAILABLE, _I)}) > 0"
 """Returns a sample when a host in ``$instance`` reports a usable GPU."""
 _GPU_NOTE = f"Appears when the host reports a GPU ({GPU_AVAILABLE} = 1)."
+_GPU_ABSENT = "no GPU reported"
+
+def _counted(metric: str, by: str = "") -> str:
+    """Returns a sample when a model in ``$model`` counted some of ``metric``."""
+    return f"sum{by} ({select(metric, _S)}) > 0"
+
+
+def _reported(metric: str) -> str:
+    """Returns a sample when a server reports the gauge ``metric`` for a model in ``$model``."""
+    return f"count({select(metric, _S)})"
+
+
+LLM_PRESENT = _counted(TOKENS_TOTAL)
+"""Returns a sample when a model in ``$model`` counted tokens: an LLM, behind the proxy or
+on vLLM."""
+_LLM_NOTE = "Appears when a selected model counts tokens (an LLM behind the proxy, or vLLM)."
+_STREAM_NOTE = "Appears when a selected model streams its answers."
+_LLM_ABSENT = "no LLM traffic"
+
+
+def _llm_only(expr: str) -> str:
+    """``expr`` for the models that counted tokens only: a digits model has a queue too."""
+    return f"({expr}) and on (model) ({_counted(TOKENS_TOTAL, ' by (model)')})"
+
+
+def _states(*states: tuple[str, str]) -> str:
+    """Gauges summed per model in one panel, told apart by a ``state`` label."""
+    return " or ".join(f'label_replace(sum by (model) ({select(metric, _S)}), "state", '
+                       f'"{name}", "", "")' for name, metric in states)
+
 
 _FS = 'fstype!~"tmpfs|ramfs|squashfs|nsfs|devtmpfs"'
 _GPU = "instance, gpu, name"
@@ -236,6 +275,47 @@ PANELS = (
           f"sum by (model) ({select(QUEUE_DEPTH, _S)})", "none", width=12),
     Panel("in_flight", "Requests in flight",
           f"sum by (model) ({select(IN_FLIGHT_REQUESTS, _S)})", "none", width=12),
+    # LLM serving: tokens and the stream's timing, from the proxy or a server's own series.
+    Panel("llm_tokens", "Tokens per second",
+          summed(TOKENS_TOTAL, _WINDOW, _S, by=("model", "type")), "none",
+          row="llm", legend="{{model}} {{type}}", width=12,
+          requires=LLM_PRESENT, absent=_LLM_ABSENT,
+          description=f"Input (prompt) and output (completion) tokens. {_LLM_NOTE}"),
+    Panel("llm_ttft_p95", "p95 time to first token",
+          _quantile(0.95, TIME_TO_FIRST_TOKEN_SECONDS), "s", row="llm", width=6,
+          requires=_counted(f"{TIME_TO_FIRST_TOKEN_SECONDS}_count"), absent="no streams",
+          description=f"From the request to the first token. {_STREAM_NOTE}"),
+    Panel("llm_itl_p95", "p95 inter-token latency",
+          _quantile(0.95, INTER_TOKEN_LATENCY_SECONDS), "s", row="llm", width=6,
+          requires=_counted(f"{INTER_TOKEN_LATENCY_SECONDS}_count"), absent="no streams",
+          description=f"The gaps between a stream's tokens, after the first. {_STREAM_NOTE}"),
+    Panel("llm_requests", "LLM requests waiting and in flight",
+          _llm_only(_states(("waiting", QUEUE_DEPTH), ("in flight", IN_FLIGHT_REQUESTS))),
+          "none", row="llm", legend="{{model}} {{state}}", requires=LLM_PRESENT,
+          absent=_LLM_ABSENT,
+          description="Waiting: queued by the server. In flight: being answered, waiting "
+                      f"ones included. {_LLM_NOTE}"),
+    Panel("llm_kv_cache", "KV cache usage",
+          f"max by (model) ({select(KV_CACHE_USAGE_RATIO, _S)})", "percentunit", row="llm",
+          thresholds=(OK, Threshold(0.9, "orange"), Threshold(0.99, "red")),
+          requires=_reported(KV_CACHE_USAGE_RATIO), absent="not reported",
+          description="The fullest engine's share of KV cache blocks in use; when full, "
+                      "requests are preempted. From servers that report it (vLLM)."),
+    Panel("llm_preemptions", "Preemptions per second",
+          summed(PREEMPTIONS_TOTAL, _WINDOW, _S, by=_BY_MODEL), "none", row="llm",
+          requires=_reported(PREEMPTIONS_TOTAL), absent="not reported",
+          description="Requests evicted from the batch for want of KV cache: each stalls a "
+                      "stream. From servers that report it (vLLM)."),
+    Panel("llm_finish_reasons", "Finished answers by reason",
+          summed(FINISH_REASONS_TOTAL, _WINDOW, _S, by=("model", "finish_reason")), "reqps",
+          row="llm", legend="{{model}} {{finish_reason}}", width=12,
+          requires=LLM_PRESENT, absent=_LLM_ABSENT,
+          description=f"length: cut short by max_tokens or the context. {_LLM_NOTE}"),
+    Panel("llm_stream_speed", "Output tokens per second per stream (median)",
+          _quantile(0.5, OUTPUT_TOKENS_PER_SECOND), "none", row="llm", width=12,
+          requires=_counted(f"{OUTPUT_TOKENS_PER_SECOND}_count"), absent="no streams",
+          description="A stream's output tokens per second after its first, as the proxy "
+                      "measures it."),
     # Model quality: accuracy measured at load and from labelled feedback, drift, confidence.
     Panel("heldout_accuracy", "Held-out accuracy",
           f"max by (model, version) ({select(MODEL_HELDOUT_ACCURACY_RATIO, _S)})",
@@ -290,13 +370,13 @@ PANELS = (
           f"max by ({_GPU}) ({select(GPU_UTILIZATION_RATIO, _I)})", "percentunit",
           row="system", legend="{{instance}} GPU {{gpu}} {{name}}", width=12,
           thresholds=(OK, Threshold(0.9, "red")), requires=GPU_PRESENT,
-          description=_GPU_NOTE),
+          absent=_GPU_ABSENT, description=_GPU_NOTE),
     Panel("gpu_memory", "GPU memory used",
           f"max by ({_GPU}) ({select(GPU_MEMORY_USED_BYTES, _I)})"
           f" / max by ({_GPU}) ({select(GPU_MEMORY_TOTAL_BYTES, _I)})",
           "percentunit", row="system", legend="{{instance}} GPU {{gpu}} {{name}}", width=12,
           thresholds=(OK, Threshold(0.9, "red")), requires=GPU_PRESENT,
-          description=_GPU_NOTE),
+          absent=_GPU_ABSENT, description=_GPU_NOTE),
     # Alerts: Prometheus' ALERTS series. "or on() vector(0)" makes "none" a 0, not a gap.
     Panel("alerts_firing", "Alerts firing",
           'count(ALERTS{alertstate="firing"}) or on() vector(0)', "none", row="alerts",
@@ -322,6 +402,7 @@ class Row:
 
 ROWS = (
     ("business", "Business: traffic, latency, errors, saturation"),
+    ("llm", "LLM serving: tokens, time to first token, inter-token latency, KV cache"),
     ("quality", "Model quality"),
     ("system", "System: CPU, memory, disk, network, GPU"),
     ("alerts", "Alerts"),

@@ -44,6 +44,7 @@ __all__ = [
     "run_requests",
     "select",
     "shed_rate",
+    "slow_ratio",
     "summed",
 ]
 
@@ -135,6 +136,21 @@ def histogram_quantile(quantile: float | str, window: str, *matchers: str,
     """
     buckets = summed(f"{histogram}_bucket", window, *matchers, by=(*by, "le"), func=func)
     return f"histogram_quantile({quantile}, {buckets})"
+
+
+def slow_ratio(histogram: str, le: str, window: str, *matchers: str,
+               by: Sequence[str] = (), func: str = "increase") -> str:
+    """The share of ``histogram``'s observations above the bucket bound ``le``: exact, where
+    a quantile is an estimate. "increase" (the default) for SLO windows.
+
+    >>> for part in slow_ratio("t_seconds", "0.5", "1h").split(" / "):
+    ...     print(part)
+    (sum (increase(t_seconds_count[1h])) - sum (increase(t_seconds_bucket{le="0.5"}[1h])))
+    sum (increase(t_seconds_count[1h]))
+    """
+    total = summed(f"{histogram}_count", window, *matchers, by=by, func=func)
+    fast = summed(f"{histogram}_bucket", window, *matchers, f'le="{le}"', by=by, func=func)
+    return f"({total} - {fast}) / {total}"
 
 
 def accuracy(window: str, *matchers: str, by: Sequence[str] = (),

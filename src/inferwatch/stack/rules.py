@@ -11,7 +11,8 @@ one deployment's rules never read another's series in a shared Prometheus.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -21,7 +22,6 @@ from inferwatch.metrics.names import (
     DRIFT_PSI,
     FEEDBACK_TOP5_TOTAL,
     FEEDBACK_TOTAL,
-    LATENCY_SECONDS,
     QUEUE_CAPACITY,
     QUEUE_DEPTH,
     REQUESTS_TOTAL,
@@ -41,9 +41,9 @@ from inferwatch.stack.queries import (
     request_rate,
     select,
     shed_rate,
-    summed,
+    slow_ratio,
 )
-from inferwatch.stack.slo import SLO, load_slos
+from inferwatch.stack.slo import LATENCY_SLIS, SLO, LatencySLI, load_slos
 
 RUNBOOK_BASE = "docs/runbooks.md"  # the local stack's: read in the checkout next to it
 # Labels of ``[project.urls]`` in pyproject.toml that name the repository holding the docs.
@@ -204,8 +204,9 @@ def error_ratio_record(window: str) -> str:
     return f"model:inference_availability_errors:ratio_rate{window}"
 
 
-def slow_ratio_record(window: str) -> str:
-    return f"model:inference_latency_slow:ratio_rate{window}"
+def slow_ratio_record(window: str, sli: str = "latency") -> str:
+    """The share of observations slower than the SLO's threshold; ``sli``: a LatencySLI key."""
+    return f"model:inference_{sli}_slow:ratio_rate{window}"
 
 
 def service_recordings(profile: Profile, scope: RuleScope = LOCAL_SCOPE) -> list[RecordingRule]:
@@ -248,29 +249,27 @@ def host_recordings(profile: Profile, scope: RuleScope = LOCAL_SCOPE) -> list[Re
 def slo_recordings(slos: Sequence[SLO], scope: RuleScope = LOCAL_SCOPE) -> list[RecordingRule]:
     """Error and slow-request ratios per SLO window, each a ratio of summed increases."""
     by_model = scope.grouping("model")
-
-    def increase(metric: str, window: str, *matchers: str) -> str:
-        return summed(metric, window, scope.service, *matchers, by=by_model, func="increase")
-
     rules = []
     for w in SLO_WINDOWS:
         rules.append(RecordingRule(
             error_ratio_record(w),
             error_ratio(w, scope.service, by=by_model, func="increase")))
     for slo in slos:
-        if slo.latency_threshold is None:
-            continue
-        # The threshold bucket differs per model; the static label keeps rules distinct.
-        sel = f'model="{slo.model}"'
-        for w in SLO_WINDOWS:
-            ok = increase(f"{LATENCY_SECONDS}_count", w, sel)
-            fast = increase(f"{LATENCY_SECONDS}_bucket", w, sel, f'le="{slo.le}"')
-            rules.append(RecordingRule(slow_ratio_record(w), f"({ok} - {fast}) / {ok}",
-                                       {"model": slo.model}))
+        for sli in LATENCY_SLIS:
+            objective = slo.objective(sli)
+            if objective is None:
+                continue
+            # The threshold bucket differs per model; the static label keeps rules distinct.
+            sel = f'model="{slo.model}"'
+            rules += [RecordingRule(slow_ratio_record(w, sli.key),
+                                    slow_ratio(sli.histogram, objective.le, w, scope.service,
+                                               sel, by=by_model),
+                                    {"model": slo.model})
+                      for w in SLO_WINDOWS]
     return rules
 
 
-def _burn_expr(record: Any, slo_model: str, budget: float,
+def _burn_expr(record: Callable[[str], str], slo_model: str, budget: float,
                pairs: Sequence[tuple[str, str, float]], scope: RuleScope) -> str:
     parts = []
     for long, short, factor in pairs:
@@ -290,6 +289,21 @@ def _windows_text(pairs: Sequence[tuple[str, str, float]]) -> str:
     return ", or ".join(f"{long} and {short} above {factor:g}x" for long, short, factor in pairs)
 
 
+# Per LatencySLI key: the alerts' name part, the budget's name, and what the model does.
+_LATENCY_BURNS = {
+    "latency": ("Latency", "latency", "serves more requests slower than {threshold}"),
+    "time_to_first_token": ("TimeToFirstToken", "time-to-first-token",
+                            "streams the first token of more requests later than {threshold}"),
+    "inter_token_latency": ("InterTokenLatency", "inter-token latency",
+                            "leaves more gaps between streamed tokens longer than {threshold}"),
+}
+
+
+def latency_burn_alert(sli: LatencySLI) -> str:
+    """The burn-rate alerts' name on ``sli``, less their Fast or Slow."""
+    return f"Inference{_LATENCY_BURNS[sli.key][0]}BudgetBurn"
+
+
 def slo_alerts(slo: SLO, scope: RuleScope = LOCAL_SCOPE) -> list[AlertRule]:
     m = slo.model
     slis = []  # only the objectives that the SLO sets
@@ -298,12 +312,17 @@ def slo_alerts(slo: SLO, scope: RuleScope = LOCAL_SCOPE) -> list[AlertRule]:
         slis.append(("Error", "availability", error_ratio_record, slo.error_budget, "error",
                      f"fails requests faster than its {avail} availability objective over "
                      f"{slo.window} allows"))
-    if slo.latency_objective is not None and slo.latency_threshold is not None:
-        lat = f"{slo.latency_objective * 100:.6g}%"
-        thr = f"{slo.latency_threshold * 1000:g} ms"
-        slis.append(("Latency", "latency", slow_ratio_record, slo.latency_budget, "latency",
-                     f"serves more requests slower than {thr} than its objective ({lat} "
-                     f"within {thr} over {slo.window}) allows"))
+    for sli in LATENCY_SLIS:
+        objective = slo.objective(sli)
+        if objective is None:
+            continue
+        name, budget_name, what = _LATENCY_BURNS[sli.key]
+        share = f"{objective.objective * 100:.6g}%"
+        thr = f"{objective.threshold * 1000:g} ms"
+        slis.append((name, sli.key, functools.partial(slow_ratio_record, sli=sli.key),
+                     objective.budget, budget_name,
+                     f"{what.format(threshold=thr)} than its objective ({share} within {thr} "
+                     f"over {slo.window}) allows"))
     return [
         AlertRule(
             f"Inference{sli}BudgetBurn{suffix}",

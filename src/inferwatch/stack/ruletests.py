@@ -31,7 +31,7 @@ from inferwatch.metrics.names import (
 )
 from inferwatch.stack import rules as r
 from inferwatch.stack.profiles import Profile, parse_duration
-from inferwatch.stack.slo import SLO
+from inferwatch.stack.slo import LATENCY_SLIS, SLO, LatencyObjective, LatencySLI
 
 INSTANCE = "127.0.0.1:8080"
 SERVICE = {"instance": INSTANCE, "job": "inference", "model": "digits", "version": "1"}
@@ -260,11 +260,12 @@ def slo_scenarios(slo: SLO) -> list[tuple[Scenario, float]]:
                     series(ERRORS_TOTAL, sel, ramp(1000 * ratio, n))]
         return build
 
-    def slow(budget_factor: float) -> Callable[[float, int], list[dict[str, str]]]:
+    def slow(sli: LatencySLI, objective: LatencyObjective,
+             budget_factor: float) -> Callable[[float, int], list[dict[str, str]]]:
         def build(lv: float, n: int) -> list[dict[str, str]]:
-            ratio = slo.latency_budget * budget_factor * lv
-            return [series(f"{LATENCY_SECONDS}_count", sel, ramp(1000, n)),
-                    series(f"{LATENCY_SECONDS}_bucket", {**sel, "le": slo.le},
+            ratio = objective.budget * budget_factor * lv
+            return [series(f"{sli.histogram}_count", sel, ramp(1000, n)),
+                    series(f"{sli.histogram}_bucket", {**sel, "le": objective.le},
                            ramp(1000 * (1 - ratio), n))]
         return build
 
@@ -274,9 +275,13 @@ def slo_scenarios(slo: SLO) -> list[tuple[Scenario, float]]:
     if slo.availability is not None:
         found += [(Scenario("InferenceErrorBudgetBurnFast", errors(page), labels), page),
                   (Scenario("InferenceErrorBudgetBurnSlow", errors(ticket), labels), ticket)]
-    if slo.latency_threshold is not None:
-        found += [(Scenario("InferenceLatencyBudgetBurnFast", slow(page), labels), page),
-                  (Scenario("InferenceLatencyBudgetBurnSlow", slow(ticket), labels), ticket)]
+    for sli in LATENCY_SLIS:
+        objective = slo.objective(sli)
+        if objective is None:
+            continue
+        name = r.latency_burn_alert(sli)
+        found += [(Scenario(f"{name}Fast", slow(sli, objective, page), labels), page),
+                  (Scenario(f"{name}Slow", slow(sli, objective, ticket), labels), ticket)]
     return found
 
 

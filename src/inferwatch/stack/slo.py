@@ -14,9 +14,13 @@ The file is YAML::
     defaults:                        # a model named nowhere above: one on a monitored server
       availability: 0.99
       latency: {objective: 0.95, threshold_seconds: 1.0}
+      # An LLM's streams, where the proxy or vLLM measure them: p95 within each threshold.
+      time_to_first_token: {objective: 0.95, threshold_seconds: 1.0}
+      inter_token_latency: {objective: 0.95, threshold_seconds: 0.1}
 
-``availability`` and ``latency`` may each be left out: no objective, no alert. A model whose
-server exports no per-model failures or no latency histogram gets none (``stack/monitor.py``).
+Each objective may be left out: no objective, no alert. A model whose server exports no
+per-model failures, no latency histogram or no LLM series gets none of the objectives they
+would measure (``stack/monitor.py``).
 """
 
 from __future__ import annotations
@@ -31,11 +35,58 @@ import yaml
 from prometheus_client.utils import floatToGoString
 
 from inferwatch.metrics import DEFAULT_LATENCY_BUCKETS
+from inferwatch.metrics.buckets import (
+    DEFAULT_INTER_TOKEN_BUCKETS,
+    DEFAULT_TIME_TO_FIRST_TOKEN_BUCKETS,
+)
+from inferwatch.metrics.names import (
+    INTER_TOKEN_LATENCY_SECONDS,
+    LATENCY_SECONDS,
+    TIME_TO_FIRST_TOKEN_SECONDS,
+)
 from inferwatch.stack.profiles import parse_duration
 
 
 class SLOError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class LatencyObjective:
+    """``objective`` (a share) of observations within ``threshold`` seconds, a bucket bound
+    of the histogram: the share above it is then counted exactly. With 0.95, the p95 stays
+    within the threshold."""
+
+    objective: float
+    threshold: float
+
+    @property
+    def budget(self) -> float:
+        return 1 - self.objective
+
+    @property
+    def le(self) -> str:
+        """The threshold as Prometheus writes the ``le`` label of its bucket."""
+        return floatToGoString(self.threshold)
+
+
+@dataclass(frozen=True)
+class LatencySLI:
+    """A histogram that an SLO file may set a :class:`LatencyObjective` on, under ``key``."""
+
+    key: str
+    histogram: str
+    buckets: Sequence[float] | None  # None: the ones ``parse_slos`` is given
+
+
+LATENCY_SLIS = (
+    LatencySLI("latency", LATENCY_SECONDS, None),
+    # LLM streams, measured by the proxy or a server (vLLM): the first token, and the gaps
+    # between the next ones.
+    LatencySLI("time_to_first_token", TIME_TO_FIRST_TOKEN_SECONDS,
+               DEFAULT_TIME_TO_FIRST_TOKEN_BUCKETS),
+    LatencySLI("inter_token_latency", INTER_TOKEN_LATENCY_SECONDS, DEFAULT_INTER_TOKEN_BUCKETS),
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +98,8 @@ class SLO:
     window: str = "30d"
     expect_traffic: bool = False
     accuracy: float | None = None  # least top-1 accuracy from labelled feedback
+    time_to_first_token: LatencyObjective | None = None
+    inter_token_latency: LatencyObjective | None = None
 
     def __post_init__(self) -> None:
         if (self.latency_objective is None) != (self.latency_threshold is None):
@@ -72,13 +125,24 @@ class SLO:
             raise SLOError(f"{self.model} has no latency objective")
         return floatToGoString(self.latency_threshold)
 
-    def measurable(self, errors: bool, latency_histogram: bool) -> SLO:
+    def objective(self, sli: LatencySLI) -> LatencyObjective | None:
+        """The objective on ``sli``'s histogram, if this SLO sets one."""
+        latency = None
+        if self.latency_objective is not None and self.latency_threshold is not None:
+            latency = LatencyObjective(self.latency_objective, self.latency_threshold)
+        return {"latency": latency, "time_to_first_token": self.time_to_first_token,
+                "inter_token_latency": self.inter_token_latency}[sli.key]
+
+    def measurable(self, errors: bool, latency_histogram: bool, *, first_token: bool,
+                   inter_token: bool) -> SLO:
         """This SLO without the objectives that the model's series cannot measure: an alert
         on them would never evaluate."""
         return replace(
             self, availability=self.availability if errors else None,
             latency_objective=self.latency_objective if latency_histogram else None,
-            latency_threshold=self.latency_threshold if latency_histogram else None)
+            latency_threshold=self.latency_threshold if latency_histogram else None,
+            time_to_first_token=self.time_to_first_token if first_token else None,
+            inter_token_latency=self.inter_token_latency if inter_token else None)
 
 
 def _ratio(model: str, key: str, value: Any) -> float:
@@ -87,34 +151,46 @@ def _ratio(model: str, key: str, value: Any) -> float:
     return float(value)
 
 
+def _parse_objective(model: str, key: str, spec: Any,
+                     buckets: Sequence[float]) -> LatencyObjective | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise SLOError(f"{model}: {key} needs objective and threshold_seconds")
+    threshold = spec.get("threshold_seconds")
+    if threshold is None or threshold not in buckets:
+        near = sorted(buckets, key=lambda b: abs(b - float(threshold or 0)))[:2]
+        raise SLOError(
+            f"{model}: {key} threshold_seconds {threshold!r} is not a histogram bucket "
+            f"bound, so the SLI could only be estimated; nearest bounds: "
+            f"{', '.join(f'{b:g}' for b in sorted(near))}")
+    return LatencyObjective(_ratio(model, f"{key}.objective", spec.get("objective")),
+                            float(threshold))
+
+
 def _parse_slo(model: str, spec: Any, buckets: Sequence[float]) -> SLO:
     if not isinstance(spec, dict):
         raise SLOError(f"{model}: needs a mapping: availability, latency: {{objective, "
-                       "threshold_seconds}}, window, expect_traffic, accuracy")
-    latency, objective, threshold = spec.get("latency"), None, None
-    if latency is not None:
-        if not isinstance(latency, dict):
-            raise SLOError(f"{model}: latency needs objective and threshold_seconds")
-        threshold = latency.get("threshold_seconds")
-        if threshold not in buckets:
-            near = sorted(buckets, key=lambda b: abs(b - float(threshold or 0)))[:2]
-            raise SLOError(
-                f"{model}: latency threshold_seconds {threshold!r} is not a histogram bucket "
-                f"bound, so the SLI could only be estimated; nearest bounds: "
-                f"{', '.join(f'{b:g}' for b in sorted(near))}")
-        objective = _ratio(model, "latency.objective", latency.get("objective"))
+                       "threshold_seconds}}, time_to_first_token and inter_token_latency "
+                       "(the same shape), window, expect_traffic, accuracy")
+    found = {sli.key: _parse_objective(model, sli.key, spec.get(sli.key),
+                                       buckets if sli.buckets is None else sli.buckets)
+             for sli in LATENCY_SLIS}
+    latency = found.pop("latency")
     window = str(spec.get("window", "30d"))
     parse_duration(window)
     return SLO(
         model=str(model),
         availability=None if spec.get("availability") is None else _ratio(
             model, "availability", spec["availability"]),
-        latency_objective=objective,
-        latency_threshold=None if threshold is None else float(threshold),
+        latency_objective=None if latency is None else latency.objective,
+        latency_threshold=None if latency is None else latency.threshold,
         window=window,
         expect_traffic=bool(spec.get("expect_traffic", False)),
         accuracy=None if spec.get("accuracy") is None else _ratio(
             model, "accuracy", spec["accuracy"]),
+        time_to_first_token=found["time_to_first_token"],
+        inter_token_latency=found["inter_token_latency"],
     )
 
 
