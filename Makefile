@@ -22,6 +22,11 @@ MLSERVER_PACKAGES := mlserver==1.7.1 mlserver-sklearn==1.7.1
 JAVA := openjdk-17-jre-headless
 TORCHSERVE_VENV := .venv-torchserve
 TORCHSERVE_PACKAGES := torchserve==0.12.0 torch-model-archiver==0.12.0 torch==2.13.0 PyYAML
+# `transformers serve`, Hugging Face's OpenAI-compatible server, serves a tiny random model the
+# tests build (no download) behind the proxy: a venv of its own (about 65 s, 1.2 GB), torch
+# pinned to the CPU build as above.
+TRANSFORMERS_VENV := .venv-transformers
+TRANSFORMERS_PACKAGES := 'transformers[serving]==5.25.0' torch==2.13.0
 
 .PHONY: up test test-compat check-latest-client test-py313 deps lint clean assets
 
@@ -90,6 +95,11 @@ $(TORCHSERVE_VENV)/.installed: $(VENV)/.venv-ok
 	$(TORCHSERVE_VENV)/bin/pip install -q $(TORCHSERVE_PACKAGES)
 	touch $@
 
+$(TRANSFORMERS_VENV)/.installed: $(VENV)/.venv-ok
+	$(PYTHON) -m venv $(TRANSFORMERS_VENV)
+	$(TRANSFORMERS_VENV)/bin/pip install -q $(TRANSFORMERS_PACKAGES)
+	touch $@
+
 up: deps $(VENV)/.installed-run
 	$(BIN)/inferwatch up $(UP_ARGS)
 
@@ -97,7 +107,8 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
 
-test: deps $(VENV)/.installed-test $(MLSERVER_VENV)/.installed $(TORCHSERVE_VENV)/.installed lint
+test: deps $(VENV)/.installed-test $(MLSERVER_VENV)/.installed $(TORCHSERVE_VENV)/.installed \
+  $(TRANSFORMERS_VENV)/.installed lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 # What CI runs after `make test`: the newest prometheus-client, and Python 3.13.
@@ -135,4 +146,4 @@ assets:
 	cp web/node_modules/uplot/LICENSE $(VENDOR)/uPlot.LICENSE
 
 clean:
-	rm -rf $(VENV) $(MLSERVER_VENV) $(TORCHSERVE_VENV) $(VENV313) run generated build
+	rm -rf $(VENV) $(MLSERVER_VENV) $(TORCHSERVE_VENV) $(TRANSFORMERS_VENV) $(VENV313) run generated build
