@@ -38,8 +38,10 @@ TOKEN_TYPE_LABEL = "type"
 TOKEN_TYPES = ("input", "output")
 TOKEN_SOURCE_LABEL = "source"
 TOKEN_SOURCES = ("usage", "estimated")
-"""usage: the server's own ``usage`` counts; estimated: one token per streamed content chunk,
-for a stream without ``stream_options.include_usage``."""
+"""The proxy's sources. usage: the server's own ``usage`` counts; estimated: one token per
+streamed content chunk, for a stream without ``stream_options.include_usage`` (a lower bound: a
+server that falls behind sends several tokens in one chunk). Series recorded from a server's
+own (stack/native.py) carry its kind instead, e.g. ``vllm``."""
 FINISH_REASON_LABEL = "finish_reason"
 FINISH_REASONS = ("stop", "length", "tool_calls", "content_filter", "function_call", "other")
 """OpenAI's finish reasons; any other value is counted as ``other`` (a bounded label)."""
