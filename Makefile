@@ -127,11 +127,14 @@ check-latest-client: $(VENV)/.installed-test
 
 # The unit tests on Python 3.13 (pyenv's, or python3.13 on PATH), without torch: its CPU
 # build on this disk is for Python 3.11 only.
-PYTHON313 ?= $(shell command -v python3.13 || ls -d $(HOME)/.pyenv/versions/3.13*/bin/python3.13 2>/dev/null | tail -1)
+# pyenv's shim for python3.13 exists but fails unless 3.13 is selected, so each candidate is
+# run once and the first that starts is used.
+PYTHON313 ?= $(shell for p in $(HOME)/.pyenv/versions/3.13*/bin/python3.13 $$(command -v python3.13); do \
+  "$$p" -c "import sys" 2>/dev/null && { echo "$$p"; break; }; done)
 VENV313 := .venv-py313
 test-py313:
 	@if [ -z "$(PYTHON313)" ]; then echo "test-py313: no Python 3.13 (python3.13 or pyenv's): skipped"; exit 0; fi; \
-	[ -x $(VENV313)/bin/pip ] || $(PYTHON313) -m venv $(VENV313); \
+	{ [ -x $(VENV313)/bin/pip ] || $(PYTHON313) -m venv $(VENV313); } && \
 	$(VENV313)/bin/pip install -q --upgrade pip && \
 	$(VENV313)/bin/pip install -q -e '.[demo,dev,gpu]' && \
 	$(VENV313)/bin/python --version && \
