@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from prometheus_client import CollectorRegistry
@@ -187,6 +187,7 @@ def tensors(draw: st.DrawFn) -> tuple[Any, Any]:
 
 @settings(max_examples=1000, deadline=None, database=None, derandomize=True)
 @given(tensors())
+@example(([1, 64], [1e300] * 64))  # finite in JSON, infinite as float32
 def test_any_json_tensor_gives_samples_or_a_4xx_reason(tensor: tuple[Any, Any]) -> None:
     """The OIP v2 tensor parser, where the schema-driven fuzzing above rarely reaches: odd
     shapes (bools, huge or many dimensions) and data (huge ints, nesting, non-numbers)."""
@@ -198,3 +199,13 @@ def test_any_json_tensor_gives_samples_or_a_4xx_reason(tensor: tuple[Any, Any]) 
         assert 400 <= exc.status < 500 and str(exc)
     else:
         assert samples.shape[1:] == (8, 8) and np.isfinite(samples).all()
+
+
+def test_drift_features_of_extreme_accepted_values_stay_finite() -> None:
+    """64 pixels at float32's limit overflow a float32 sum; the features are summed wider."""
+    from inferwatch.models.digits import digit_features
+    for value in (3e38, -3e38):
+        samples = DIGITS.from_tensor(np.full((2, 64), value))
+        with np.errstate(all="raise"):
+            features = digit_features(samples)
+        assert all(np.isfinite(v).all() for v in features.values())

@@ -103,9 +103,14 @@ class ServedModel(ABC):
         if values.ndim >= 1 and values.size % size == 0 and values.size > 0:
             n = values.size // size
             if values.shape in ((n, *shape), (n, size), shape, (size,)):
-                if not np.isfinite(values).all():
-                    raise InputError("invalid_shape", "the tensor holds NaN or infinite values")
-                return values.reshape((n, *shape)).astype(np.float32, copy=False)
+                # Checked after the cast: a finite float64 above float32's range becomes inf.
+                with np.errstate(over="ignore", invalid="ignore"):
+                    samples = values.reshape((n, *shape)).astype(np.float32, copy=False)
+                if not np.isfinite(samples).all():
+                    raise InputError(
+                        "invalid_shape",
+                        "the tensor holds NaN, infinite or beyond-float32 values")
+                return samples
         raise InputError(
             "invalid_shape",
             f"expected shape [n, {', '.join(map(str, shape))}] or [n, {size}], "

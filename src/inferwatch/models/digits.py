@@ -90,16 +90,19 @@ def train_weights() -> dict[str, np.ndarray]:
 def digit_features(images: np.ndarray) -> dict[str, np.ndarray]:
     """Mean intensity, share of inked pixels, and share of the ink in the top half.
 
-    Summed from the raw 0..16 pixels and scaled after: dividing by 16 is exact, so the
-    values are those of the scaled image, bit for bit, without a scaled copy of the batch.
+    Summed in float64 from the raw 0..16 pixels and scaled after: dividing by 16 is exact,
+    so the values are those of the scaled image in float64, bit for bit, without a scaled
+    copy of the batch. float64 also holds the sum of 64 pixels near float32's limit, which
+    a client may send: the features stay finite.
     """
     raw = images.reshape(len(images), 8, 8)
-    ink = raw.sum(axis=(1, 2)) / 16.0
+    ink = raw.sum(axis=(1, 2), dtype=np.float64) / 16.0
+    top = raw[:, :4].sum(axis=(1, 2), dtype=np.float64) / 16.0
     return {
         "mean_intensity": ink / 64,
         # Between the integer levels 7 and 8: PNG's 8-bit round trip moves no pixel across.
         "ink_fraction": np.count_nonzero(raw > 7.5, axis=(1, 2)) / 64,
-        "top_half_ink": raw[:, :4].sum(axis=(1, 2)) / 16.0 / np.maximum(ink, 1e-9),
+        "top_half_ink": top / np.maximum(ink, 1e-9),
     }
 
 
