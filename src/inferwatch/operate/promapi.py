@@ -82,8 +82,13 @@ class PrometheusAPI:
             raise PrometheusError(f"{expr} returned {len(samples)} series, expected one")
         return samples[0].value
 
-    def query_range(self, expr: str, start: float, end: float, step: float) -> Any:
-        return self._get("/api/v1/query_range", query=expr, start=start, end=end, step=step)
+    def query_range(self, expr: str, start: float, end: float, step: float, *,
+                    nocache: bool = False) -> Any:
+        """``nocache``: VictoriaMetrics skips its cache of range results."""
+        params: dict[str, Any] = {"query": expr, "start": start, "end": end, "step": step}
+        if nocache:
+            params["nocache"] = 1
+        return self._get("/api/v1/query_range", **params)
 
     def raw_samples(self, selector: str, start: float, end: float
                     ) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
