@@ -123,13 +123,15 @@ def test_every_panel_through_the_page_has_data_where_prometheus_has(
                              profile=FAST, prometheus_auth=auth)
     end = time.time() - 5
     wait_until_stored(store, end)
-    cases = list(product(DASHBOARD.panels, ["", "digits"], ["", "127.0.0.1"]))
-    empty_locally = set()
-    for panel, model, instance in cases:
-        selection = (literal_regex(model) if model else ALL,
-                     literal_regex(instance) if instance else ALL)
-        if not _finite(local.query_range(panel.query(FAST, *selection), end - 60, end, 1)):
-            empty_locally.add((panel.key, model, instance))
+    window = (end - 60, end, 1)
+    # (panel, model, instance) -> the query the page sends for that selection
+    queries = {(panel.key, model, instance): panel.query(
+                   FAST, literal_regex(model) if model else ALL,
+                   literal_regex(instance) if instance else ALL)
+               for panel, model, instance in product(DASHBOARD.panels, ["", "digits"],
+                                                     ["", "127.0.0.1"])}
+    empty_locally = {case for case, query in queries.items()
+                     if not _finite(local.query_range(query, *window))}
     with serving(create_dashboard_app(config)) as page, httpx.Client(base_url=page) as client:
         assert client.get("/api/variables").json() == {"model": ["digits"],
                                                        "instance": ["127.0.0.1"]}
@@ -137,11 +139,11 @@ def test_every_panel_through_the_page_has_data_where_prometheus_has(
         def empty_through_page(panel_key: str, model: str, instance: str) -> bool:
             response = client.get("/api/query_range", params={
                 "panel": panel_key, "model": model, "instance": instance,
-                "start": end - 60, "end": end, "step": 1})
+                "start": window[0], "end": window[1], "step": window[2]})
             assert response.status_code == 200, (panel_key, response.text)
             return not _finite(response.json()["data"])
 
-        empty = {(p.key, m, i) for p, m, i in cases if empty_through_page(p.key, m, i)}
+        empty = {case for case in queries if empty_through_page(*case)}
         # CI once saw every range query of the store empty for a moment while its instant
         # queries had data: ask again for a while before failing, then say what it holds.
         deadline = time.monotonic() + 30
@@ -150,11 +152,7 @@ def test_every_panel_through_the_page_has_data_where_prometheus_has(
             empty = {case for case in empty if empty_through_page(*case)}
         missing = sorted(empty - empty_locally)
         if missing:
-            key, model, instance = missing[0]
-            panel = next(p for p in DASHBOARD.panels if p.key == key)
-            query = panel.query(FAST, literal_regex(model) if model else ALL,
-                                literal_regex(instance) if instance else ALL)
-            window = (end - 60, end, 1)
+            query = queries[missing[0]]
             raise AssertionError(
                 f"empty in the store only: {missing}; {query} over {window}: "
                 f"Prometheus {_summary(local.query_range(query, *window))}, "
